@@ -1,0 +1,3 @@
+from fitmm.cli import main
+
+raise SystemExit(main())

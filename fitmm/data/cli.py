@@ -1,0 +1,79 @@
+"""`fitmm data {check,synth,split,download}`: handlers raise DataError on bad input (exit code 2 in fitmm.cli)."""
+
+from __future__ import annotations
+
+import argparse
+
+from fitmm.data.dataset import Interactions
+from fitmm.data.download import DATASETS
+
+
+def print_stats(data: Interactions) -> None:
+    s = data.stats()
+    print(f"dataset       {s['name']} ({data.path})")
+    print(f"users         {s['users']:,}")
+    print(f"items         {s['items']:,}")
+    print(f"interactions  {s['interactions']:,} (train {s['n_train']:,} / valid {s['n_valid']:,} / test {s['n_test']:,})")
+    print(f"density       {s['density']:.6f}")
+    if not s["modalities"]:
+        print("modalities    none")
+    for m, dim in s["modalities"].items():
+        print(f"modality      {m}: {dim}-d")
+
+
+def _check(args: argparse.Namespace) -> int:
+    from fitmm.data.loader import load_dataset
+
+    print_stats(load_dataset(args.path))
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from fitmm.data.loader import load_dataset
+    from fitmm.data.synthetic import generate
+
+    print_stats(load_dataset(generate(args.out, args.name, args.users, args.items, args.seed)))
+    return 0
+
+
+def _split(args: argparse.Namespace) -> int:
+    from fitmm.data.split import split_file
+
+    print(f"wrote {split_file(args.src, args.out, args.seed)}")
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    from fitmm.data.download import download
+
+    print(f"downloaded {download(args.name, args.to)}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `data` command and its subcommands (each sets `func`)."""
+    data = subparsers.add_parser("data", help="check, generate, split or download MMRec-format datasets")
+    sub = data.add_subparsers(dest="data_command", required=True)
+
+    check = sub.add_parser("check", help="validate a dataset folder DIR/NAME and print its statistics")
+    check.add_argument("path", metavar="DIR/NAME")
+    check.set_defaults(func=_check)
+
+    synth = sub.add_parser("synth", help="write the synthetic benchmark to OUT/NAME")
+    synth.add_argument("out", metavar="OUT")
+    synth.add_argument("--name", default="synthetic")
+    synth.add_argument("--users", type=int, default=1000, help="users before the 5-core filter")
+    synth.add_argument("--items", type=int, default=600, help="items before the 5-core filter")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=_synth)
+
+    split = sub.add_parser("split", help="label a userID/itemID table by MMRec's split rule into OUT_DIR/NAME/NAME.inter")
+    split.add_argument("src", metavar="IN")
+    split.add_argument("out", metavar="OUT_DIR/NAME")
+    split.add_argument("--seed", type=int, default=999, help="shuffle seed (default: MMRec's 999)")
+    split.set_defaults(func=_split)
+
+    download = sub.add_parser("download", help="fetch an official MMRec dataset (needs internet)")
+    download.add_argument("name", choices=DATASETS)
+    download.add_argument("--to", required=True, metavar="DIR")
+    download.set_defaults(func=_download)

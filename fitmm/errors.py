@@ -1,0 +1,9 @@
+"""Typed errors. The CLI turns a `DataError` into a message and exit code 2."""
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file, the line or field, and what was expected."""
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (non-finite loss, bad config, ...)."""

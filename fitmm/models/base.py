@@ -1,0 +1,79 @@
+"""The interface every model implements; the trainer and evaluator rely on nothing else.
+
+A model is built as `Model(data, config)` from an `Interactions` dataset and a flat
+config dict (protocol keys + its own keys, see `fitmm/configs/`). Trainable models
+implement `loss_terms` and `embeddings`; closed-form models (EASE) set
+`trainable = False` and implement `fit` and `scorer`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fitmm.data.dataset import Interactions
+from fitmm.graphs import spmm
+
+Scorer = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Recommender(nn.Module):
+    """Base class: user/item embeddings scored by inner product, losses as named terms."""
+
+    trainable: bool = True
+
+    def __init__(self, data: Interactions, config: dict):
+        super().__init__()
+        self.n_users = data.n_users
+        self.n_items = data.n_items
+        self.config = config
+
+    def loss_terms(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Weighted scalar loss terms of one batch, by name; the trainer minimises their sum."""
+        raise NotImplementedError
+
+    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final (n_users x d, n_items x d) embeddings used for ranking."""
+        raise NotImplementedError
+
+    def fit(self) -> None:
+        """Closed-form models compute their parameters here."""
+        raise NotImplementedError(f"{type(self).__name__} is trained by gradient descent, not fit()")
+
+    @torch.no_grad()
+    def scorer(self) -> Scorer:
+        """A function from a batch of user ids to their scores over all items."""
+        users_emb, items_emb = self.embeddings()
+        return lambda users: users_emb[users] @ items_emb.T
+
+    def diagnostics(self) -> dict:
+        """Optional model-specific values recorded with each run (band weights, ...)."""
+        return {}
+
+
+def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
+    """Bayesian personalised ranking: mean softplus(neg - pos) = -mean log σ(pos - neg)."""
+    return F.softplus(neg_scores - pos_scores).mean()
+
+
+def bce_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy with logits, label 1 on positives and 0 on negatives (mean of both)."""
+    scores = torch.cat([pos_scores, neg_scores])
+    labels = torch.cat([torch.ones_like(pos_scores), torch.zeros_like(neg_scores)])
+    return F.binary_cross_entropy_with_logits(scores, labels)
+
+
+def emb_norm_loss(*embeddings: torch.Tensor) -> torch.Tensor:
+    """MMRec's EmbLoss: sum of the Frobenius norms of the batch embeddings, over the batch size."""
+    return sum(torch.linalg.norm(e) for e in embeddings) / embeddings[-1].shape[0]
+
+
+def propagate(adj: torch.Tensor, x: torch.Tensor, n_layers: int) -> list[torch.Tensor]:
+    """Layer outputs [x, Âx, Â²x, ...] of `n_layers` steps on a symmetric sparse graph Â."""
+    outputs = [x]
+    for _ in range(n_layers):
+        outputs.append(spmm(adj, outputs[-1]))
+    return outputs

@@ -1,0 +1,39 @@
+"""LightGCN (He et al., SIGIR 2020), as in MMRec.
+
+    E^(0) = [P; Q],  E^(l+1) = Â E^(l),  E = 1/(L+1) Σ_{l=0..L} E^(l)
+    ŷ_ui = ⟨e_u, e_i⟩,  L = BPR + λ · EmbLoss(E^(0) rows of the batch)
+
+Â = D^{-1/2} A D^{-1/2} is the normalised bipartite train graph (CSR, built once).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fitmm.data.dataset import Interactions
+from fitmm.graphs import normalized_adjacency
+from fitmm.models.base import Recommender, bpr_loss, emb_norm_loss, propagate
+
+
+class LightGCN(Recommender):
+    def __init__(self, data: Interactions, config: dict):
+        super().__init__(data, config)
+        dim = config["embedding_dim"]
+        self.ego = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.n_users + data.n_items, dim)))
+        self.register_buffer("adj", normalized_adjacency(data), persistent=False)
+        self.n_layers = config["n_layers"]
+        self.reg_weight = config["reg_weight"]
+
+    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        out = torch.stack(propagate(self.adj, self.ego, self.n_layers)).mean(0)
+        return out[: self.n_users], out[self.n_users :]
+
+    def loss_terms(self, users, pos_items, neg_items):
+        user_out, item_out = self.embeddings()
+        u, p, n = user_out[users], item_out[pos_items], item_out[neg_items]
+        ego_u, ego_p, ego_n = self.ego[users], self.ego[self.n_users + pos_items], self.ego[self.n_users + neg_items]
+        return {
+            "bpr": bpr_loss((u * p).sum(1), (u * n).sum(1)),
+            "reg": self.reg_weight * emb_norm_loss(ego_u, ego_p, ego_n),
+        }

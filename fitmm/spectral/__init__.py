@@ -1,0 +1,9 @@
+"""Spectral band decompositions.
+
+`feature_bands`: FITMM's modality-wise bands of a representation matrix (Gram-eigh,
+SPEC §5). `graph_bands`: SSR's bands over the user-item graph spectrum (SPEC §6).
+"""
+
+from fitmm.spectral.feature_bands import apply_bands, band_projectors, feature_bands, group_sizes
+
+__all__ = ["apply_bands", "band_projectors", "feature_bands", "group_sizes"]

@@ -1,0 +1,129 @@
+"""Modality-wise spectral bands of a representation matrix (FITMM, SPEC §5).
+
+A representation Z (N x B·d) is split into its B modality blocks Z^b (N x d). For
+each block, the d right singular vectors V (strongest first) are split into M
+contiguous groups G_1..G_M and band k of the block is the projection
+
+    B_k(Z^b) = Z^b V_{G_k} V_{G_k}ᵀ = Z^b P_k^b.
+
+Band k of Z concatenates B_k(Z^b) over blocks. Σ_k P_k^b = I, so the bands sum to
+Z, and B_jᵀB_k = P_j (ZᵀZ) P_k = 0 for j ≠ k, so they are mutually orthogonal.
+
+Why the d x d Gram matrix instead of FITMM's thin SVD: the right singular vectors
+of Z are the eigenvectors of ZᵀZ, with eigenvalues σ². Only the group projectors
+P_k are used, never the individual vectors, and P_k is unique whenever the group's
+eigenvalues are separated from the other groups', even where the eigenvectors
+inside a group are not (repeated values). So `eigh(ZᵀZ)` (O(N d²) + O(d³)) gives the
+same bands as `svd(Z)` (O(N d²) with a much larger constant, and an O(N d) U).
+
+Gradients: eigenvector derivatives divide by eigenvalue gaps λ_j − λ_i, which is
+why SVD/eigh backward blows up at repeated values. A projector's derivative only
+involves gaps between different groups (within-group terms cancel), so
+`GroupProjectors` differentiates the projectors directly and regularises those
+gaps as gap / (gap² + ε²), bounded by 1/(2ε); ε is relative to the largest
+eigenvalue. Computed in float64 (the Gram matrices are tiny).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+Borders = Literal["equal", "energy"]
+
+
+def group_sizes(dim: int, n_bands: int) -> list[int]:
+    """Contiguous group sizes, as even as possible, larger first (64, 3 -> [22, 21, 21])."""
+    if not 1 <= n_bands <= dim:
+        raise ValueError(f"n_bands must be in [1, {dim}], got {n_bands}")
+    base, extra = divmod(dim, n_bands)
+    return [base + (k < extra) for k in range(n_bands)]
+
+
+def equal_membership(dim: int, n_bands: int, batch: int = 1) -> torch.Tensor:
+    """(batch, M, d) one-hot group membership of the d directions (strongest first)."""
+    group = torch.repeat_interleave(torch.arange(n_bands), torch.tensor(group_sizes(dim, n_bands)))
+    return torch.nn.functional.one_hot(group, n_bands).T.to(torch.float64).expand(batch, n_bands, dim)
+
+
+def energy_membership(eigenvalues: torch.Tensor, n_bands: int) -> torch.Tensor:
+    """Membership with each band carrying ≈ 1/M of the eigenvalue mass (energy).
+
+    `eigenvalues`: (batch, d), descending. Border k sits after the direction where
+    the cumulative energy fraction is closest to k/M, kept so that every group
+    has at least one direction.
+    """
+    batch, dim = eigenvalues.shape
+    if not 1 <= n_bands <= dim:
+        raise ValueError(f"n_bands must be in [1, {dim}], got {n_bands}")
+    lam = eigenvalues.clamp_min(0)
+    cum = lam.cumsum(-1) / lam.sum(-1, keepdim=True).clamp_min(torch.finfo(lam.dtype).tiny)
+    ends = []  # ends[k-1]: number of directions in groups 1..k
+    prev = torch.zeros(batch, dtype=torch.long, device=lam.device)
+    for k in range(1, n_bands):
+        end = (cum - k / n_bands).abs().argmin(-1) + 1
+        end = torch.maximum(end, prev + 1).clamp_max(dim - (n_bands - k))
+        ends.append(end)
+        prev = end
+    index = torch.arange(dim, device=lam.device)
+    group = sum((index >= e[:, None]).long() for e in ends) if ends else torch.zeros(batch, dim, dtype=torch.long)
+    return torch.nn.functional.one_hot(group, n_bands).transpose(1, 2).to(torch.float64)
+
+
+class GroupProjectors(torch.autograd.Function):
+    """P_k = V diag(mask_k) Vᵀ from symmetric G = V Λ Vᵀ, with a gap-regularised backward.
+
+    dP_k = V (Ω ∘ K_k) Vᵀ with Ω = Vᵀ dG V and K_k,ij = (e_kj − e_ki)/(λ_j − λ_i): zero
+    unless i and j lie in different groups. The backward returns V sym(Σ_k (VᵀḠ_k V) ∘ K_k) Vᵀ.
+    """
+
+    @staticmethod
+    def forward(ctx, gram: torch.Tensor, n_bands: int, borders: str, eps: float) -> torch.Tensor:
+        lam, vec = torch.linalg.eigh(gram)  # ascending
+        lam, vec = lam.flip(-1), vec.flip(-1)
+        if borders == "equal":
+            mask = equal_membership(gram.shape[-1], n_bands, gram.shape[0]).to(gram.device)
+        elif borders == "energy":
+            mask = energy_membership(lam, n_bands)
+        else:
+            raise ValueError(f"band_borders must be 'equal' or 'energy', got {borders!r}")
+        ctx.save_for_backward(lam, vec, mask)
+        ctx.eps = eps
+        return torch.einsum("bik,bmk,bjk->bmij", vec, mask, vec)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        lam, vec, mask = ctx.saved_tensors
+        gap = lam[:, None, :] - lam[:, :, None]  # gap_ij = λ_j − λ_i
+        eps = ctx.eps * lam.abs().amax(-1, keepdim=True)[..., None].clamp_min(torch.finfo(lam.dtype).tiny)
+        inv_gap = gap / (gap.square() + eps.square())
+        k = (mask[:, :, None, :] - mask[:, :, :, None]) * inv_gap[:, None]  # (b, M, i, j)
+        rotated = torch.einsum("bki,bmkl,blj->bmij", vec, grad, vec)
+        a = (rotated * k).sum(1)
+        a = 0.5 * (a + a.transpose(-1, -2))
+        return vec @ a @ vec.transpose(-1, -2), None, None, None
+
+
+def band_projectors(z: torch.Tensor, block_dim: int, n_bands: int, borders: Borders = "equal",
+                    eps: float = 1e-6) -> torch.Tensor:
+    """(B, M, d, d) band projectors of the B blocks of z (N x B·d), from the Gram matrices in float64."""
+    n, width = z.shape
+    if width % block_dim:
+        raise ValueError(f"width {width} is not a multiple of the block size {block_dim}")
+    blocks = z.double().reshape(n, width // block_dim, block_dim)
+    gram = torch.einsum("nbi,nbj->bij", blocks, blocks)
+    return GroupProjectors.apply(gram, n_bands, borders, eps)
+
+
+def apply_bands(z: torch.Tensor, projectors: torch.Tensor) -> torch.Tensor:
+    """(M, n, B·d) bands of the rows z (n x B·d) under `projectors` (B, M, d, d)."""
+    n_blocks, n_bands, block_dim, _ = projectors.shape
+    blocks = z.reshape(z.shape[0], n_blocks, block_dim)
+    bands = torch.einsum("nbi,bmij->mnbj", blocks, projectors.to(z.dtype))
+    return bands.reshape(n_bands, z.shape[0], n_blocks * block_dim)
+
+
+def feature_bands(z: torch.Tensor, block_dim: int, n_bands: int, borders: Borders = "equal") -> torch.Tensor:
+    """(M, N, B·d) modality-wise spectral bands of z (N x B·d); they sum to z and are orthogonal."""
+    return apply_bands(z, band_projectors(z, block_dim, n_bands, borders))

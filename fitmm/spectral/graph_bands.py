@@ -1,0 +1,271 @@
+"""Band decompositions of a node signal on the user-item graph (SSR, SPEC §6).
+
+A signal X (N x D) on the N = N_u + N_i nodes is split into M bands (M x N x D)
+by its frequencies on the normalised Laplacian L = I − Â, whose eigenvalues λ lie
+in [0, 2]. All paths work with L̃ = L − I = −Â (spectrum t = λ − 1 ∈ [−1, 1]),
+so the Chebyshev polynomials T_k(L̃) need no rescaling:
+T_0 X = X, T_1 X = L̃X, T_k X = 2 L̃ T_{k−1} X − T_{k−2} X.
+
+- `ChebyshevBands`: the released SSR code's fixed split (M = 3), not band-pass.
+- `ExactBands`: the paper's equal-energy bands from a dense eigendecomposition.
+- `ScalableBands`: this study's equal-energy bands from Jackson-damped Chebyshev
+  expansions of interval indicators (kernel polynomial method), linear in edges.
+
+Every path maps X to bands differentiably in X; what depends only on the graph
+is computed once (and the eigendecomposition cached on disk).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+from fitmm.graphs import cached
+from fitmm.errors import TrainingError
+
+BAND_PATHS = ("chebyshev", "exact", "scalable")
+
+
+def graph_key(adj: torch.Tensor) -> str:
+    """A short hash of a CSR adjacency (cache key for per-graph spectra)."""
+    h = hashlib.sha1()
+    for part in (adj.crow_indices(), adj.col_indices(), adj.values()):
+        h.update(part.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def chebyshev_recurrence(adj: torch.Tensor, x: torch.Tensor, order: int) -> list[torch.Tensor]:
+    """[T_0(L̃)X, ..., T_order(L̃)X] with L̃ = −Â: one sparse mm per order."""
+    out = [x]
+    if order >= 1:
+        out.append(-torch.sparse.mm(adj, x))
+    for _ in range(2, order + 1):
+        out.append(-2 * torch.sparse.mm(adj, out[-1]) - out[-2])
+    return out
+
+
+class GraphBands(nn.Module):
+    """Maps a node signal X (N x D) to M bands (M x N x D) that sum to X."""
+
+    n_bands: int
+
+    def __init__(self, adj: torch.Tensor, n_bands: int):
+        super().__init__()
+        self.register_buffer("adj", adj, persistent=False)
+        self.n_bands = n_bands
+        self.n_nodes = adj.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+# --- the released code's fixed Chebyshev split -------------------------------------------------
+
+
+def chebyshev_responses(lam: torch.Tensor) -> torch.Tensor:
+    """Frequency responses (3 x len(lam)) of the fixed low / mid / high filters at eigenvalues λ of L.
+
+    With t = λ − 1: low = 1 − t/2, mid = 0.8 T_2(t) + 0.3 T_3(t), high = 1 − low − mid.
+    """
+    t = torch.as_tensor(lam, dtype=torch.float64) - 1
+    low = 1 - 0.5 * t
+    mid = 0.8 * (2 * t**2 - 1) + 0.3 * (4 * t**3 - 3 * t)
+    return torch.stack([low, mid, 1 - low - mid])
+
+
+class ChebyshevBands(GraphBands):
+    """SSR's released split: low = x − 0.5 T_1x, mid = 0.8 T_2x + 0.3 T_3x, high = x − low − mid (M = 3)."""
+
+    def __init__(self, adj: torch.Tensor, n_bands: int = 3):
+        if n_bands != 3:
+            raise TrainingError(f"bands: chebyshev is the released code's fixed 3-band split; got n_bands={n_bands}")
+        super().__init__(adj, n_bands)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t0, t1, t2, t3 = chebyshev_recurrence(self.adj, x, 3)
+        low = t0 - 0.5 * t1
+        mid = 0.8 * t2 + 0.3 * t3
+        return torch.stack([low, mid, x - low - mid])
+
+
+# --- the paper's exact equal-energy bands ------------------------------------------------------
+
+
+def eigh_bytes(n: int) -> int:
+    """Rough peak memory of a dense float64 eigh of an n x n matrix (matrix, vectors, LAPACK workspace)."""
+    return 4 * 8 * n * n
+
+
+def laplacian_eigh(adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (ascending, float64) and eigenvectors (float32 columns) of L = I − Â, cached per graph."""
+
+    def build() -> tuple[torch.Tensor, torch.Tensor]:
+        lap = torch.eye(adj.shape[0], dtype=torch.float64) - adj.cpu().to_dense().double()
+        evals, evecs = torch.linalg.eigh(lap)
+        return evals, evecs.float()
+
+    evals, evecs = cached(f"eigh-{graph_key(adj)}", build)
+    return evals, evecs
+
+
+def energy_borders(cum: torch.Tensor, n_bands: int) -> torch.Tensor:
+    """Indices j_1 < ... < j_{M−1} where a cumulative energy (ascending) first reaches m/M of its total.
+
+    The crossing eigenvector belongs to the lower band; a single eigenvector with more than 1/M
+    of the energy leaves a band empty (equal borders), as in the paper's rule.
+    """
+    targets = cum[-1] * torch.arange(1, n_bands, dtype=cum.dtype, device=cum.device) / n_bands
+    return torch.searchsorted(cum, targets) + 1
+
+
+class ExactBands(GraphBands):
+    """The paper's equal-energy bands: C = BᵀX over eigenvectors B of L (ascending λ), band m = B_m C_m.
+
+    Borders are recomputed from the current X at every forward, without gradient (they are indices),
+    so they follow the signal as the paper's rule says; the projection itself is differentiable.
+    The eigenvector ordering inside a degenerate eigenvalue (bipartite graphs have at least
+    |N_u − N_i| eigenvalues λ = 1) is arbitrary, so a border falling there splits it arbitrarily.
+    A dense eigendecomposition needs O(N²) memory and O(N³) time: refused above `max_nodes`
+    or above `memory_fraction` of the machine's RAM.
+    """
+
+    def __init__(self, adj: torch.Tensor, n_bands: int, max_nodes: int = 20_000, memory_fraction: float = 0.5):
+        super().__init__(adj, n_bands)
+        n = adj.shape[0]
+        need = eigh_bytes(n)
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if n > max_nodes or need > memory_fraction * ram:
+            raise TrainingError(
+                f"bands: exact needs a dense eigendecomposition of the {n:,} x {n:,} graph Laplacian "
+                f"(about {need / 2**30:.1f} GiB, O(N^3) time); the limit is N <= {max_nodes:,} and "
+                f"{memory_fraction:.0%} of this machine's {ram / 2**30:.1f} GiB RAM. Use bands: scalable."
+            )
+        evals, evecs = laplacian_eigh(adj)
+        self.register_buffer("evals", evals, persistent=False)
+        self.register_buffer("basis", evecs, persistent=False)
+        self.borders = torch.zeros(n_bands - 1)  # λ of the latest forward's band borders (diagnostics)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        coef = self.basis.T @ x  # N x D spectral coefficients
+        with torch.no_grad():
+            cum = coef.double().square().sum(1).cumsum(0)
+            cuts = energy_borders(cum, self.n_bands).clamp(max=self.n_nodes)
+            inner = cuts.clamp(1, self.n_nodes - 1)
+            self.borders = ((self.evals[inner - 1] + self.evals[inner]) / 2).float().cpu()
+        bounds = [0, *cuts.tolist(), self.n_nodes]
+        return torch.stack([self.basis[:, a:b] @ coef[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
+
+
+# --- this study's scalable equal-energy bands ---------------------------------------------------
+
+
+def jackson_damping(order: int) -> torch.Tensor:
+    """Jackson kernel g_0..g_K (Weiße et al., Rev. Mod. Phys. 2006): removes Gibbs oscillations, keeps h ≥ 0."""
+    n = order + 1
+    k = torch.arange(n, dtype=torch.float64)
+    q = math.pi / (n + 1)
+    return ((n - k + 1) * torch.cos(q * k) + torch.sin(q * k) / math.tan(q)) / (n + 1)
+
+
+def step_coefficients(t: torch.Tensor, order: int) -> torch.Tensor:
+    """Chebyshev coefficients (len(t) x K+1) of the step 1[s ≤ t] on [−1, 1], undamped.
+
+    For s = cos θ: c_0 = (π − θ_t)/π, c_k = −2 sin(k θ_t)/(kπ), θ_t = arccos t. An interval
+    indicator 1[a < s ≤ b] has coefficients step(b) − step(a).
+    """
+    theta = torch.arccos(t.clamp(-1, 1)).unsqueeze(1)
+    k = torch.arange(1, order + 1, dtype=t.dtype, device=t.device)
+    return torch.cat([(math.pi - theta) / math.pi, -2 * torch.sin(k * theta) / (k * math.pi)], dim=1)
+
+
+def chebyshev_moments(adj: torch.Tensor, x: torch.Tensor, order: int) -> torch.Tensor:
+    """μ_k = Σ_cols xᵀ T_k(L̃) x for k = 0..K (float64), from ⌈K/2⌉ sparse mms.
+
+    T_j T_k = (T_{j+k} + T_{|j−k|})/2 gives μ_{2k} = 2⟨T_k x, T_k x⟩ − μ_0 and
+    μ_{2k−1} = 2⟨T_k x, T_{k−1} x⟩ − μ_1.
+    """
+    dot = lambda a, b: (a * b).sum(dtype=torch.float64)
+    moments = torch.empty(order + 1, dtype=torch.float64, device=x.device)
+    prev, cur = x, -torch.sparse.mm(adj, x)
+    moments[0], moments[1] = dot(x, x), dot(cur, x)
+    for k in range(1, (order + 1) // 2 + 1):
+        if k > 1:
+            prev, cur = cur, -2 * torch.sparse.mm(adj, cur) - prev
+            moments[2 * k - 1] = 2 * dot(cur, prev) - moments[1]
+        if 2 * k <= order:
+            moments[2 * k] = 2 * dot(cur, cur) - moments[0]
+    return moments
+
+
+def chebyshev_filter(adj: torch.Tensor, x: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+    """Σ_k c_{f,k} T_k(L̃) X for each row f of `coefficients` (F x K+1): F x N x D, by the three-term recurrence.
+
+    Only the running T_{k−1}, T_k and the F outputs are alive at a time, so memory is O((F + 2) N D)
+    whatever K; gradients flow back through the same recurrence.
+    """
+    c = coefficients.to(x.dtype)[:, :, None, None]
+    prev, cur = x, -torch.sparse.mm(adj, x)
+    out = c[:, 0] * prev + c[:, 1] * cur
+    for k in range(2, coefficients.shape[1]):
+        prev, cur = cur, -2 * torch.sparse.mm(adj, cur) - prev
+        out = out + c[:, k] * cur
+    return out
+
+
+class ScalableBands(GraphBands):
+    """Equal-energy bands by Jackson-damped Chebyshev band-pass filters of order K (this study, SPEC §6).
+
+    Spectral moments μ_k = Σ_cols xᵀ T_k(L̃) x (no gradient) give the cumulative spectral energy
+    E(t) = Σ_k g_k c_k(t) μ_k, with g_k the Jackson damping and c_k(t) the step coefficients;
+    border t_m is the first point of a fine grid (uniform in θ = arccos t) where E(t_m) ≥ m/M · μ_0.
+    Band m = Σ_k g_k (c_k(t_m) − c_k(t_{m−1})) T_k(L̃) X for m < M, and the last band is X minus
+    the others, so bands sum exactly to X. Like the exact path, borders follow X at each forward.
+    Cost per forward: ⌈K/2⌉ sparse mms for the moments and K for the bands (plus K backward), each
+    linear in edges; memory O(M N D). A polynomial of order K resolves the spectrum to about
+    ±6.5/K in λ near λ = 1 (finer towards 0 and 2), so energy within that distance of a border is
+    shared by the two bands; a border inside a point mass (λ = 1 on bipartite graphs with
+    N_u ≠ N_i) splits it about evenly.
+    """
+
+    def __init__(self, adj: torch.Tensor, n_bands: int, order: int = 100, grid: int = 4096):
+        super().__init__(adj, n_bands)
+        if order < 2:
+            raise TrainingError(f"bands: scalable needs a Chebyshev order of at least 2; got {order}")
+        self.order = order
+        t_grid = torch.cos(torch.linspace(math.pi, 0, grid, dtype=torch.float64))
+        g = jackson_damping(order)
+        self.register_buffer("t_grid", t_grid, persistent=False)
+        self.register_buffer("damping", g, persistent=False)
+        self.register_buffer("cumulative", step_coefficients(t_grid, order) * g, persistent=False)
+        self.borders = torch.zeros(n_bands - 1)  # λ of the latest forward's band borders (diagnostics)
+
+    def band_filters(self, moments: torch.Tensor) -> torch.Tensor:
+        """Damped Chebyshev coefficients ((M−1) x (K+1)) of the lower M − 1 bands, borders from the moments."""
+        energy = torch.cummax(self.cumulative @ moments, 0).values  # monotone up to float error
+        targets = moments[0] * torch.arange(1, self.n_bands, dtype=moments.dtype, device=moments.device) / self.n_bands
+        borders = self.t_grid[torch.searchsorted(energy, targets).clamp(max=len(self.t_grid) - 1)]
+        self.borders = (borders + 1).float().cpu()
+        steps = step_coefficients(torch.cat([borders.new_full((1,), -1.0), borders]), self.order) * self.damping
+        return steps[1:] - steps[:-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            filters = self.band_filters(chebyshev_moments(self.adj, x.detach(), self.order))
+        lower = chebyshev_filter(self.adj, x, filters)
+        return torch.cat([lower, (x - lower.sum(0)).unsqueeze(0)])
+
+
+def make_graph_bands(path: str, adj: torch.Tensor, n_bands: int, order: int = 100) -> GraphBands:
+    """The band decomposition named by a config's `bands` key."""
+    if path == "chebyshev":
+        return ChebyshevBands(adj, n_bands)
+    if path == "exact":
+        return ExactBands(adj, n_bands)
+    if path == "scalable":
+        return ScalableBands(adj, n_bands, order)
+    raise TrainingError(f"unknown bands path {path!r}; expected one of {', '.join(BAND_PATHS)}")

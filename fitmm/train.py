@@ -1,0 +1,239 @@
+"""One trainer for every model: MMRec's sampling, early stopping, checkpoints and run records.
+
+A run is identified by (dataset, model, seed, config): its folder
+`results_dir/runs/<dataset>/<model>/<run_id>/` holds `record.json` and `per_user.npz`
+once it has finished, and `checkpoints/` (last and best state) while it runs, so an
+interrupted run resumes where it stopped. Randomness is drawn per epoch from
+(seed, epoch), which makes a resumed run identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fitmm.data.dataset import Interactions
+from fitmm.errors import TrainingError
+from fitmm.graphs import fingerprint
+from fitmm.io import atomic_path, provenance, torch_save, write_json
+from fitmm.metrics import evaluate
+from fitmm.models import MODELS
+from fitmm.models.base import Recommender
+
+# Keys that do not change what is computed, left out of the run id.
+NON_SEMANTIC_KEYS = {"device", "eval_batch_users"}
+
+
+class NegativeSampler:
+    """MMRec's sampler: shuffled train pairs, one uniform negative per positive, redrawn while it is a train item."""
+
+    def __init__(self, data: Interactions, batch_size: int):
+        self.pairs = data.train
+        self.n_items = data.n_items
+        self.batch_size = batch_size
+        self.known = np.sort(self.pairs[:, 0].astype(np.int64) * self.n_items + self.pairs[:, 1])
+
+    def is_known(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        keys = users.astype(np.int64) * self.n_items + items
+        pos = np.searchsorted(self.known, keys).clip(max=len(self.known) - 1)
+        return self.known[pos] == keys
+
+    def sample_negatives(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        negatives = rng.integers(0, self.n_items, size=len(users))
+        bad = np.flatnonzero(self.is_known(users, negatives))
+        while len(bad):
+            negatives[bad] = rng.integers(0, self.n_items, size=len(bad))
+            bad = bad[self.is_known(users[bad], negatives[bad])]
+        return negatives
+
+    def epoch(self, rng: np.random.Generator):
+        """Yield (users, positives, negatives) int64 tensors for one epoch."""
+        order = rng.permutation(len(self.pairs))
+        users, positives = self.pairs[order, 0], self.pairs[order, 1]
+        negatives = self.sample_negatives(users, rng)
+        for start in range(0, len(order), self.batch_size):
+            s = slice(start, start + self.batch_size)
+            yield (torch.from_numpy(users[s]), torch.from_numpy(positives[s]), torch.from_numpy(negatives[s]))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.pairs) / self.batch_size)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def run_id(data: Interactions, config: dict) -> str:
+    semantic = {k: v for k, v in sorted(config.items()) if k not in NON_SEMANTIC_KEYS}
+    digest = hashlib.sha1(json.dumps([fingerprint(data), semantic], sort_keys=True).encode()).hexdigest()[:8]
+    return f"{config['model']}-s{config['seed']}-{digest}"
+
+
+def run_dir(data: Interactions, config: dict, results_dir: str | Path) -> Path:
+    return Path(results_dir) / "runs" / data.name / config["model"] / run_id(data, config)
+
+
+def build_model(data: Interactions, config: dict, device: torch.device) -> Recommender:
+    if config["model"] not in MODELS:
+        raise TrainingError(f"unknown model {config['model']!r}; available: {', '.join(sorted(MODELS))}")
+    torch.manual_seed(config["seed"])
+    return MODELS[config["model"]](data, config).to(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _evaluate(model: Recommender, data: Interactions, split: str, config: dict, device: torch.device):
+    model.eval()
+    with torch.no_grad():
+        scorer = model.scorer()
+        return evaluate(scorer, data, split, config["topk"], config["eval_batch_users"], device)
+
+
+def train(data: Interactions, config: dict, results_dir: str | Path | None = None, progress: bool = True) -> dict:
+    """Train (or fit) `config['model']` on `data`; return the run record.
+
+    With `results_dir`, a finished run is read back instead of retrained, an
+    unfinished one resumes from its last checkpoint, and the record is written there.
+    """
+    out = run_dir(data, config, results_dir) if results_dir is not None else None
+    if out is not None and (out / "record.json").exists():
+        return json.loads((out / "record.json").read_text())
+    device = resolve_device(config["device"])
+    if config["model"] in MODELS and not MODELS[config["model"]].trainable:
+        model, record = _fit_closed_form(data, config, device, progress)
+    else:
+        model, record = _train_sgd(data, config, device, out, progress)
+    t0 = time.perf_counter()
+    test, per_user = _evaluate(model, data, "test", config, device)
+    record["wall_seconds"] += time.perf_counter() - t0
+    record.update(
+        run_id=run_id(data, config),
+        model=config["model"],
+        dataset=data.stats(),
+        data_path=str(data.path) if data.path else None,
+        seed=config["seed"],
+        config=config,
+        test=test,
+        peak_memory_mb=peak_memory_mb(device),
+        provenance=provenance(device),
+        diagnostics=model.diagnostics(),
+    )
+    if out is not None:
+        with atomic_path(out / "per_user.npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **per_user)
+        write_json(out / "record.json", record)
+    return record
+
+
+def _fit_closed_form(data: Interactions, config: dict, device: torch.device, progress: bool):
+    """Pick the grid value with the best valid metric (model keys `<key>_grid`), refit, return."""
+    grid_keys = [k for k in config if k.endswith("_grid") and config[k]]
+    names = [k[: -len("_grid")] for k in grid_keys]
+    candidates = list(itertools.product(*(config[k] for k in grid_keys))) or [()]
+    history, best = [], None
+    for values in tqdm(candidates, desc=f"{config['model']} grid", disable=not progress):
+        cfg = {**config, **dict(zip(names, values))}
+        model = build_model(data, cfg, device)
+        t0 = time.perf_counter()
+        model.fit()
+        fit_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        valid, _ = _evaluate(model, data, "valid", cfg, device)
+        history.append({**dict(zip(names, values)), "valid": valid, "fit_seconds": fit_seconds, "eval_seconds": time.perf_counter() - t0})
+        if best is None or valid[config["valid_metric"]] > best[1][config["valid_metric"]]:
+            best = (model, valid, dict(zip(names, values)))
+    model, valid, chosen = best
+    record = {"history": history, "chosen": chosen, "best_valid": valid, "best_epoch": None, "epochs": 0,
+              "seconds_per_epoch": None,
+              "eval_seconds": float(np.mean([h["eval_seconds"] for h in history])),
+              "wall_seconds": float(sum(h["fit_seconds"] + h["eval_seconds"] for h in history))}
+    return model, record
+
+
+def _train_sgd(data: Interactions, config: dict, device: torch.device, out: Path | None, progress: bool):
+    model = build_model(data, config, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    sampler = NegativeSampler(data, config["batch_size"])
+    metric = config["valid_metric"]
+    state = {"epoch": 0, "history": [], "best_valid": None, "best_epoch": None, "since_best": 0, "wall_seconds": 0.0}
+    best_state = copy.deepcopy(model.state_dict())
+    ckpt = out / "checkpoints" if out is not None else None
+    if ckpt is not None and (ckpt / "last.pt").exists():
+        saved = torch.load(ckpt / "last.pt", weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = saved["state"]
+        best_state = torch.load(ckpt / "best.pt", weights_only=False)
+    resumed_at = state["epoch"]
+    bar = tqdm(range(state["epoch"], config["epochs"]), desc=f"{config['model']} on {data.name}",
+               initial=state["epoch"], total=config["epochs"], disable=not progress)
+    for epoch in bar:
+        if state["since_best"] >= config["patience"]:
+            break
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([config["seed"], epoch])
+        torch.manual_seed(config["seed"] * 100_003 + epoch)
+        model.train()
+        sums: dict[str, float] = {}
+        for users, pos, neg in sampler.epoch(rng):
+            terms = model.loss_terms(users.to(device), pos.to(device), neg.to(device))
+            loss = sum(terms.values())
+            for name, value in terms.items():
+                if not torch.isfinite(value):
+                    raise TrainingError(f"non-finite loss term {name!r} = {value.item()} at epoch {epoch}; stopping the run")
+                sums[name] = sums.get(name, 0.0) + value.item()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        train_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        valid, _ = _evaluate(model, data, "valid", config, device)
+        eval_seconds = time.perf_counter() - t0
+        losses = {k: v / len(sampler) for k, v in sums.items()}
+        state["history"].append({"epoch": epoch, "losses": losses, "valid": valid,
+                                 "train_seconds": train_seconds, "eval_seconds": eval_seconds})
+        if state["best_valid"] is None or valid[metric] > state["best_valid"][metric]:
+            state.update(best_valid=valid, best_epoch=epoch, since_best=0)
+            best_state = copy.deepcopy(model.state_dict())
+            if ckpt is not None:
+                torch_save(ckpt / "best.pt", best_state)
+        else:
+            state["since_best"] += 1
+        state["epoch"] = epoch + 1
+        state["wall_seconds"] += train_seconds + eval_seconds
+        if ckpt is not None:
+            torch_save(ckpt / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state})
+        bar.set_postfix(loss=f"{sum(losses.values()):.4f}", **{metric: f"{valid[metric]:.4f}"},
+                        best=f"{state['best_valid'][metric]:.4f}")
+    bar.close()
+    model.load_state_dict(best_state)
+    history = state["history"]
+    record = {
+        "history": history,
+        "best_epoch": state["best_epoch"],
+        "best_valid": state["best_valid"],
+        "epochs": state["epoch"],
+        "stopped_early": state["epoch"] < config["epochs"],
+        "resumed_at_epoch": resumed_at or None,
+        "seconds_per_epoch": float(np.mean([h["train_seconds"] for h in history])) if history else None,
+        "eval_seconds": float(np.mean([h["eval_seconds"] for h in history])) if history else None,
+        "wall_seconds": state["wall_seconds"],
+    }
+    return model, record

@@ -1,0 +1,144 @@
+import numpy as np
+import pytest
+import torch
+
+from fitmm.errors import TrainingError
+from fitmm.graphs import scipy_to_torch_csr, user_item_adjacency
+from fitmm.spectral.graph_bands import (
+    ChebyshevBands,
+    ExactBands,
+    ScalableBands,
+    chebyshev_moments,
+    chebyshev_recurrence,
+    chebyshev_responses,
+    jackson_damping,
+    make_graph_bands,
+    step_coefficients,
+)
+
+
+def bipartite_graph(n_users: int, n_items: int, seed: int) -> torch.Tensor:
+    """Â of a random user-item graph with 5-core-like users and long-tailed item popularity."""
+    rng = np.random.default_rng(seed)
+    popularity = rng.pareto(1.2, n_items) + 1
+    popularity /= popularity.sum()
+    degree = np.minimum(4 + rng.geometric(0.3, n_users), n_items // 2)
+    pairs = np.array([(u, i) for u, d in enumerate(degree) for i in rng.choice(n_items, d, replace=False, p=popularity)])
+    return scipy_to_torch_csr(user_item_adjacency(pairs, n_users, n_items))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FITMM_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def small():
+    return bipartite_graph(60, 40, seed=1)
+
+
+@pytest.fixture(scope="module")
+def medium():
+    return bipartite_graph(1500, 800, seed=0)
+
+
+def signals(adj: torch.Tensor) -> dict[str, torch.Tensor]:
+    x = torch.randn(adj.shape[0], 32, generator=torch.Generator().manual_seed(0))
+    ax = torch.sparse.mm(adj, x)
+    return {"white": x, "smooth": x + 2 * ax + torch.sparse.mm(adj, ax)}  # (2 − λ)² response: DRAGON-like
+
+
+def energy_fractions(bands: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return bands.square().sum((1, 2)) / x.square().sum()
+
+
+@pytest.mark.parametrize("path,n_bands", [("chebyshev", 3), ("exact", 2), ("exact", 4), ("scalable", 3), ("scalable", 5)])
+def test_bands_sum_to_input(cache, small, path, n_bands):
+    x = torch.randn(small.shape[0], 8, generator=torch.Generator().manual_seed(2))
+    bands = make_graph_bands(path, small, n_bands, order=20)(x)
+    assert bands.shape == (n_bands, *x.shape)
+    torch.testing.assert_close(bands.sum(0), x, atol=1e-4, rtol=1e-4)
+
+
+def test_chebyshev_responses_hand_values():
+    h = chebyshev_responses(torch.tensor([0.0, 1.0, 2.0]))
+    # t = λ − 1 ∈ {−1, 0, 1}: low = 1 − t/2; mid = 0.8(2t² − 1) + 0.3(4t³ − 3t); high = 1 − low − mid
+    expected = torch.tensor([[1.5, 1.0, 0.5], [0.5, -0.8, 1.1], [-1.0, 0.8, -0.6]], dtype=torch.float64)
+    torch.testing.assert_close(h, expected)
+
+
+def test_chebyshev_bands_act_on_eigenvectors_by_their_responses(cache, small):
+    evals, evecs = torch.linalg.eigh(torch.eye(small.shape[0], dtype=torch.float64) - small.to_dense().double())
+    bands = ChebyshevBands(small)(evecs.float())
+    torch.testing.assert_close(bands, (chebyshev_responses(evals)[:, None, :] * evecs).float(), atol=1e-4, rtol=0)
+
+
+def test_chebyshev_needs_three_bands(small):
+    with pytest.raises(TrainingError, match="n_bands=4"):
+        ChebyshevBands(small, 4)
+
+
+def test_moments_match_the_recurrence(small):
+    adj = torch.sparse_csr_tensor(small.crow_indices(), small.col_indices(), small.values().double(), small.shape)
+    x = torch.randn(small.shape[0], 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    for order in (2, 3, 8, 11):
+        direct = torch.stack([(t * x).sum() for t in chebyshev_recurrence(adj, x, order)])
+        torch.testing.assert_close(chebyshev_moments(adj, x, order), direct)
+
+
+def test_jackson_damped_steps_stay_in_unit_interval():
+    g = jackson_damping(40)
+    assert g[0].item() == pytest.approx(1.0) and (g[1:] < g[:-1]).all()
+    s = torch.linspace(-1, 1, 501, dtype=torch.float64)
+    polys = torch.cos(torch.arange(41, dtype=torch.float64) * torch.arccos(s)[:, None])  # T_k(s)
+    for border in (-0.5, 0.0, 0.7):
+        h = polys @ (step_coefficients(torch.tensor([border], dtype=torch.float64), 40)[0] * g)
+        assert h.min() > -1e-9 and h.max() < 1 + 1e-9
+        assert h[s < border - 0.25].min() > 0.99 and h[s > border + 0.25].max() < 0.01
+
+
+def test_exact_bands_have_equal_energy_and_are_orthogonal(cache, medium):
+    x = signals(medium)["white"]
+    bands = ExactBands(medium, 3)(x)
+    assert torch.allclose(energy_fractions(bands, x), torch.full((3,), 1 / 3), atol=0.01)
+    gram = torch.einsum("mnd,knd->mk", bands, bands)
+    assert gram.fill_diagonal_(0).abs().max() < 1e-3 * x.square().sum()
+
+
+@pytest.mark.parametrize("signal", ["white", "smooth"])
+def test_scalable_matches_exact(cache, medium, signal):
+    x = signals(medium)[signal]
+    exact = ExactBands(medium, 3)
+    reference = exact(x)
+    errors = {}
+    for order in (50, 200):
+        scalable = ScalableBands(medium, 3, order)
+        bands = scalable(x)
+        errors[order] = ((bands - reference).flatten(1).norm(dim=1) / reference.flatten(1).norm(dim=1)).max()
+    # order 200: borders within 0.01 of the exact ones; energy fractions within 0.03; bands within 20 % (Frobenius)
+    torch.testing.assert_close(scalable.borders, exact.borders, atol=0.01, rtol=0)
+    torch.testing.assert_close(energy_fractions(bands, x), energy_fractions(reference, x), atol=0.03, rtol=0)
+    assert errors[200] < 0.2 and errors[200] < 0.8 * errors[50]
+
+
+def test_scalable_bands_are_differentiable(small):
+    x = torch.randn(small.shape[0], 4, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    weights = torch.randn(3, *x.shape, generator=torch.Generator().manual_seed(5))
+    (ScalableBands(small, 3, 20)(x) * weights).sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_exact_refuses_large_graphs():
+    n = 20_001
+    adj = torch.sparse_csr_tensor(torch.zeros(n + 1, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0), (n, n))
+    with pytest.raises(TrainingError, match=r"20,001 x 20,001.*GiB"):
+        ExactBands(adj, 3)
+    with pytest.raises(TrainingError, match=r"GiB RAM"):
+        ExactBands(adj, 3, max_nodes=10**9, memory_fraction=1e-6)
+
+
+def test_unknown_path(small):
+    with pytest.raises(TrainingError, match="unknown bands path"):
+        make_graph_bands("wavelet", small, 3)

@@ -1,0 +1,110 @@
+"""Trainer: sampling, determinism, early stopping, records, failures."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fitmm.config import load_config
+from fitmm.data.dataset import Interactions
+from fitmm.errors import TrainingError
+from fitmm.models.bpr import BPRMF
+from fitmm.metrics import evaluate
+from fitmm.train import NegativeSampler, build_model, train
+
+
+def planted(n_users=120, n_items=80, rank=4, per_user=12, seed=0) -> Interactions:
+    """Interactions drawn from a low-rank preference model, split 80/10/10 per user."""
+    rng = np.random.default_rng(seed)
+    u, v = rng.normal(size=(n_users, rank)), rng.normal(size=(n_items, rank))
+    logits = 2 * u @ v.T
+    split = {0: [], 1: [], 2: []}
+    for user in range(n_users):
+        p = np.exp(logits[user] - logits[user].max())
+        items = rng.choice(n_items, size=per_user, replace=False, p=p / p.sum())
+        for rank_, item in enumerate(items):
+            split[0 if rank_ < per_user - 2 else 1 if rank_ == per_user - 2 else 2].append((user, item))
+    arr = {k: np.array(v, dtype=np.int64) for k, v in split.items()}
+    return Interactions("planted", n_users, n_items, arr[0], arr[1], arr[2])
+
+
+def config(model: str, **overrides) -> dict:
+    return load_config(model, {"batch_size": 256, "epochs": 4, "eval_batch_users": 64, "device": "cpu", **overrides})
+
+
+def test_negatives_are_never_train_positives():
+    data = planted()
+    sampler = NegativeSampler(data, batch_size=100)
+    known = set(map(tuple, data.train.tolist()))
+    for epoch in range(3):
+        for users, _, negatives in sampler.epoch(np.random.default_rng(epoch)):
+            assert not any((u, n) in known for u, n in zip(users.tolist(), negatives.tolist()))
+
+
+def test_epoch_covers_every_train_pair_once():
+    data = planted()
+    sampler = NegativeSampler(data, batch_size=100)
+    batches = list(sampler.epoch(np.random.default_rng(0)))
+    assert len(batches) == len(sampler)
+    pairs = torch.cat([torch.stack([u, p], 1) for u, p, _ in batches]).numpy()
+    assert sorted(map(tuple, pairs.tolist())) == sorted(map(tuple, data.train.tolist()))
+
+
+@pytest.mark.parametrize("model", ["bpr", "lightgcn"])
+def test_fixed_seed_is_deterministic(model):
+    data = planted()
+    first = train(data, config(model), progress=False)
+    second = train(data, config(model), progress=False)
+    assert [h["losses"] for h in first["history"]] == [h["losses"] for h in second["history"]]
+    assert first["test"] == second["test"]
+    other = train(data, config(model, seed=1), progress=False)
+    assert other["history"][0]["losses"] != first["history"][0]["losses"]
+
+
+def test_training_improves_valid_recall():
+    data = planted()
+    cfg = config("lightgcn", epochs=25, lr=0.01)
+    model = build_model(data, cfg, torch.device("cpu"))
+    untrained, _ = evaluate(model.scorer(), data, "valid", cfg["topk"])
+    trained = train(data, cfg, progress=False)
+    assert trained["best_valid"]["recall@20"] > untrained["recall@20"] + 0.1
+
+
+def test_early_stopping_and_record(tmp_path):
+    data = planted()
+    record = train(data, config("bpr", epochs=50, patience=2, lr=0.05), results_dir=tmp_path, progress=False)
+    assert record["stopped_early"]
+    assert record["epochs"] == record["best_epoch"] + 3
+    run = next((tmp_path / "runs" / "planted" / "bpr").iterdir())
+    saved = json.loads((run / "record.json").read_text())
+    assert saved["test"] == record["test"]
+    assert set(saved) >= {"config", "seed", "history", "best_epoch", "test", "best_valid", "wall_seconds",
+                          "seconds_per_epoch", "peak_memory_mb", "provenance"}
+    assert set(saved["provenance"]) >= {"git_commit", "packages", "device"}
+    per_user = np.load(run / "per_user.npz")
+    assert per_user["recall@20"].mean() == pytest.approx(record["test"]["recall@20"], abs=1e-6)
+    # A finished run is read back, not retrained.
+    assert train(data, config("bpr", epochs=50, patience=2, lr=0.05), results_dir=tmp_path, progress=False) == saved
+
+
+def test_non_finite_loss_names_epoch_and_term(monkeypatch):
+    def broken(self, users, pos, neg):
+        return {"bpr": (self.user_emb[users] * np.nan).sum()}
+
+    monkeypatch.setattr(BPRMF, "loss_terms", broken)
+    with pytest.raises(TrainingError, match=r"'bpr'.*epoch 0"):
+        train(planted(), config("bpr"), progress=False)
+
+
+def test_ease_picks_l2_on_valid():
+    data = planted()
+    record = train(data, config("ease", l2_grid=[1.0, 100.0, 1.0e4]), progress=False)
+    scores = {h["l2"]: h["valid"]["recall@20"] for h in record["history"]}
+    assert record["chosen"]["l2"] == max(scores, key=scores.get)
+    assert record["best_valid"]["recall@20"] == max(scores.values())
+
+
+def test_unknown_override_is_an_error():
+    with pytest.raises(TrainingError, match="n_layer"):
+        load_config("lightgcn", {"n_layer": 3})
