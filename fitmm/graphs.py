@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -18,6 +19,9 @@ import torch
 
 from fitmm.data.dataset import Interactions
 from fitmm.io import torch_save
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
 
 def cache_dir() -> Path:
@@ -66,7 +70,7 @@ def spmm(adj: torch.Tensor, x: torch.Tensor, adj_t: torch.Tensor | None = None) 
 def scipy_to_torch_csr(matrix: sp.spmatrix) -> torch.Tensor:
     m = sp.csr_matrix(matrix, dtype=np.float32)
     m.sort_indices()
-    return torch.sparse_csr_tensor(  # indices are sorted and in range: skip torch's invariant checks
+    return torch.sparse_csr_tensor(
         torch.from_numpy(m.indptr.astype(np.int64)),
         torch.from_numpy(m.indices.astype(np.int64)),
         torch.from_numpy(m.data),

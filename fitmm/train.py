@@ -190,6 +190,7 @@ def _train_sgd(data: Interactions, config: dict, device: torch.device, out: Path
         t0 = time.perf_counter()
         rng = np.random.default_rng([config["seed"], epoch])
         torch.manual_seed(config["seed"] * 100_003 + epoch)
+        model.on_epoch_start(epoch)
         model.train()
         sums: dict[str, float] = {}
         for users, pos, neg in sampler.epoch(rng):

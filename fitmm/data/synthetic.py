@@ -33,7 +33,7 @@ from fitmm.data.split import mmrec_split
 from fitmm.errors import DataError
 from fitmm.io import write_json
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 DEFAULT_MODALITIES = {"image": 64, "text": 32}
 
 
@@ -122,6 +122,7 @@ def generate(
     kept_users, users = np.unique(pairs[:, 0], return_inverse=True)
     kept_items, items = np.unique(pairs[:, 1], return_inverse=True)
     pairs = np.stack([users, items], axis=1)
+    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]  # sampling order follows affinity: hide it
     labels = mmrec_split(pairs, int(rng.integers(2**31)))
 
     snr = list(shared_snr) + list(specific_snr)
@@ -167,17 +168,11 @@ def synthetic_dataset(n_users: int = 1000, n_items: int = 600, seed: int = 0) ->
     """The embedded synthetic default, generated once into the cache and loaded from there."""
     from fitmm.graphs import cache_dir  # fitmm.graphs imports fitmm.data: import at call time
 
-    root = cache_dir() / "data"
-    folder = root / f"synthetic-v{GENERATOR_VERSION}-u{n_users}-i{n_items}-s{seed}"
+    folder = cache_dir() / "data" / f"synthetic-v{GENERATOR_VERSION}-u{n_users}-i{n_items}-s{seed}" / "synthetic"
     if not folder.exists():
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".synthetic."))
         try:
-            generate(tmp, "synthetic", n_users, n_items, seed)
-            os.rename(tmp, folder)
-        except OSError:
-            if not folder.exists():  # lost a race to another process otherwise
+            generate(folder.parent, "synthetic", n_users, n_items, seed)
+        except (OSError, DataError):
+            if not folder.exists():  # else another process generated it first
                 raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return load_dataset(folder / "synthetic")
+    return load_dataset(folder)

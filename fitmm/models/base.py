@@ -39,6 +39,9 @@ class Recommender(nn.Module):
         """Final (n_users x d, n_items x d) embeddings used for ranking."""
         raise NotImplementedError
 
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called by the trainer at each epoch start, after it seeds torch from (seed, epoch)."""
+
     def fit(self) -> None:
         """Closed-form models compute their parameters here."""
         raise NotImplementedError(f"{type(self).__name__} is trained by gradient descent, not fit()")

@@ -1,0 +1,100 @@
+"""User and item groups, and controlled sparsification (SPEC §9).
+
+- Users by number of train interactions: cold ≤ 5, warm 6–20, hot ≥ 21 (SSR's
+  cold-start definition), and equal-population degree quintiles.
+- Items by train popularity: tail (bottom 50 % of items), mid, head (top 20 %);
+  a group's metrics count only its items as relevant (the ranking is still over
+  all items, train items masked).
+- Sparsification: drop a fraction of the train edges uniformly at random, valid and
+  test fixed; for one seed the kept sets are nested (80 % dropped ⊂ 60 % dropped ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fitmm.data.dataset import Interactions
+from fitmm.metrics import evaluate
+
+USER_GROUPS = ("cold", "warm", "hot")
+ITEM_GROUPS = ("tail", "mid", "head")
+
+
+def user_degree_groups(degree: np.ndarray, cold_max: int = 5, warm_max: int = 20) -> np.ndarray:
+    """'cold' for degree ≤ cold_max, 'warm' up to warm_max, 'hot' above."""
+    degree = np.asarray(degree)
+    return np.asarray(USER_GROUPS, dtype=object)[np.digitize(degree, [cold_max + 0.5, warm_max + 0.5])]
+
+
+def stable_rank(values: np.ndarray) -> np.ndarray:
+    """0-based rank by value, ties broken by position, so groups cut by rank have exact sizes."""
+    rank = np.empty(len(values), dtype=np.int64)
+    rank[np.argsort(values, kind="stable")] = np.arange(len(values))
+    return rank
+
+
+def degree_quintiles(degree: np.ndarray, n_groups: int = 5) -> np.ndarray:
+    """Group 1 (lowest degree) .. n_groups of equal population (sizes differ by at most one)."""
+    return stable_rank(np.asarray(degree)) * n_groups // len(degree) + 1
+
+
+def item_popularity_groups(popularity: np.ndarray, tail: float = 0.5, head: float = 0.2) -> np.ndarray:
+    """'tail' for the least popular `tail` share of items, 'head' for the most popular `head` share, else 'mid'."""
+    n = len(popularity)
+    rank = stable_rank(np.asarray(popularity))
+    labels = np.full(n, "mid", dtype=object)
+    labels[rank < round(tail * n)] = "tail"
+    labels[rank >= n - round(head * n)] = "head"
+    return labels
+
+
+def group_means(per_user: dict[str, np.ndarray], user_labels: np.ndarray, metrics: Sequence[str]) -> pd.DataFrame:
+    """Mean of each per-user metric by the group of each evaluated user (user_labels is indexed by user id)."""
+    frame = pd.DataFrame({m: per_user[m] for m in metrics})
+    frame["group"] = np.asarray(user_labels)[per_user["users"]]
+    grouped = frame.groupby("group")
+    out = grouped[list(metrics)].mean()
+    out.insert(0, "users", grouped.size())
+    return out
+
+
+def restrict_items(data: Interactions, split: str, keep_items: np.ndarray) -> Interactions:
+    """`data` with the `split` pairs limited to items where keep_items (bool per item) holds."""
+    pairs = data.pairs(split)
+    return dataclasses.replace(data, **{split: pairs[np.asarray(keep_items)[pairs[:, 1]]]})
+
+
+def item_group_metrics(
+    scorer: Callable[[torch.Tensor], torch.Tensor],
+    data: Interactions,
+    item_labels: np.ndarray,
+    metrics: Sequence[str],
+    split: str = "test",
+    topk: Sequence[int] = (10, 20),
+) -> pd.DataFrame:
+    """Metrics per item group: only the group's items are relevant; users without one are not evaluated."""
+    rows = {}
+    for group in pd.unique(np.asarray(item_labels)):
+        sub = restrict_items(data, split, np.asarray(item_labels) == group)
+        if len(sub.pairs(split)) == 0:
+            continue
+        summary, per_user = evaluate(scorer, sub, split, topk)
+        rows[group] = {"users": len(per_user["users"]), "pairs": len(sub.pairs(split)),
+                       **{m: summary[m] for m in metrics}}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("group")
+
+
+def sparsify(data: Interactions, fraction: float, seed: int = 0) -> Interactions:
+    """Drop round(fraction·|train|) train edges uniformly at random (valid and test kept); fraction 0 is `data`."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+    if fraction == 0.0:
+        return data
+    order = np.random.default_rng(seed).permutation(len(data.train))
+    keep = np.sort(order[round(fraction * len(order)):])
+    return dataclasses.replace(data, name=f"{data.name}-drop{round(100 * fraction)}-s{seed}", train=data.train[keep])

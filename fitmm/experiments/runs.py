@@ -1,0 +1,121 @@
+"""Train-or-reuse runs and their records as DataFrames: what every notebook calls first.
+
+`train(..., results_dir=...)` already reads a finished run back instead of retraining,
+so running a notebook twice trains only what is missing. Models not (yet) in
+`fitmm.models.MODELS`, config variants a model does not know, and runs that fail are
+reported as notes, never raised: one missing model must not lose a chapter.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fitmm.config import load_config
+from fitmm.data import get_dataset
+from fitmm.data.dataset import Interactions
+from fitmm.models import MODELS
+from fitmm.models.base import Recommender
+from fitmm.train import build_model, run_dir, train
+
+HEADLINE = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
+COST_FIELDS = ("best_epoch", "epochs", "seconds_per_epoch", "eval_seconds", "wall_seconds", "peak_memory_mb")
+
+
+@dataclass
+class Runs:
+    """Finished runs (one row each, `frame`), their full records, and notes on what was skipped."""
+
+    frame: pd.DataFrame
+    records: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __add__(self, other: Runs) -> Runs:
+        return Runs(pd.concat([self.frame, other.frame], ignore_index=True),
+                    self.records + other.records, self.notes + other.notes)
+
+
+def split_models(models: list[str]) -> tuple[list[str], list[str]]:
+    """Requested names -> (registered in MODELS, not registered yet), order kept."""
+    return [m for m in models if m in MODELS], [m for m in models if m not in MODELS]
+
+
+def load_datasets(names: list[str], data_dir: str | Path | None) -> dict[str, Interactions]:
+    return {name: get_dataset(name, data_dir) for name in names}
+
+
+def protocol_overrides(**values) -> dict:
+    """The profile's budget keys (epochs, patience, ...) that are set; None means the model's own default."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def record_row(record: dict, path: Path, variant: str) -> dict:
+    """One flat row: identity, test metrics (bare names), valid metrics (valid_ prefix), cost."""
+    row = {"dataset": record["dataset"]["name"], "model": record["model"], "variant": variant,
+           "seed": record["seed"], "run_id": record["run_id"], "path": str(path),
+           "device": record["provenance"]["device"]}
+    row.update(record["test"])
+    row.update({f"valid_{k}": v for k, v in (record["best_valid"] or {}).items()})
+    row.update({k: record.get(k) for k in COST_FIELDS})
+    return row
+
+
+def run_all(
+    datasets: dict[str, Interactions] | list[Interactions],
+    models: list[str],
+    seeds: list[int],
+    results_dir: str | Path,
+    overrides: dict | None = None,
+    variants: dict[str, dict] | None = None,
+    progress: bool = False,
+) -> Runs:
+    """Every (dataset, model, variant, seed) run, trained only if its record is missing.
+
+    `overrides` apply to every run (profile budgets); `variants` maps a label to extra
+    config overrides (ablations; default: one unlabelled variant). A variant with a key
+    the model's config does not know is skipped with a note.
+    """
+    data_list = list(datasets.values()) if isinstance(datasets, dict) else list(datasets)
+    present, missing = split_models(models)
+    notes = [f"{m}: not in fitmm.models.MODELS yet, skipped" for m in missing]
+    rows, records = [], []
+    for data in data_list:
+        for model in present:
+            for label, extra in (variants or {"": {}}).items():
+                for seed in seeds:
+                    what = f"{model}{f' [{label}]' if label else ''} on {data.name}, seed {seed}"
+                    try:
+                        config = load_config(model, {**(overrides or {}), **extra, "seed": seed})
+                        record = train(data, config, results_dir=results_dir, progress=progress)
+                    except Exception as err:  # noqa: BLE001 — reported in the notebook, the others go on
+                        notes.append(f"{what}: {type(err).__name__}: {err}")
+                        continue
+                    records.append(record)
+                    rows.append(record_row(record, run_dir(data, config, results_dir), label))
+    return Runs(pd.DataFrame(rows), records, list(dict.fromkeys(notes)))
+
+
+def per_user(path: str | Path) -> dict[str, np.ndarray]:
+    """The per-user test metrics of a run folder (`users` plus one array per metric)."""
+    with np.load(Path(path) / "per_user.npz") as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def trained_model(data: Interactions, path: str | Path, device: str = "cpu") -> Recommender:
+    """Rebuild a finished run's model in eval mode: its best checkpoint, or a refit (closed-form models)."""
+    path = Path(path)
+    record = json.loads((path / "record.json").read_text())
+    config = {**record["config"], "device": device}
+    if MODELS[config["model"]].trainable:
+        model = build_model(data, config, torch.device(device))
+        model.load_state_dict(torch.load(path / "checkpoints" / "best.pt", map_location=device, weights_only=False))
+    else:  # refit with the grid value chosen on valid
+        config.update(record["chosen"])
+        model = build_model(data, config, torch.device(device))
+        model.fit()
+    return model.eval()

@@ -1,0 +1,227 @@
+"""SSR: structured spectral reasoning (Yang et al., NeurIPS 2025; SPEC §6).
+
+On the DRAGON-style backbone (`backbone.py`), each node's signal is
+X = [[R_u; R_i] | [H_u; H_i]] (N x D, D = 2·B·d with B = 1 + n_modalities blocks of d),
+split into M graph spectral bands X_m (`fitmm.spectral.graph_bands`, path `bands`).
+Per side (users, items, separate parameters), with context h:
+
+    G-HSNO    K = Wq Wkᵀ/(√R τ),  A = softmax_m(K),  Y_m = Σ_n A_mn X_n,
+              v_r = exp(0.1·tanh γ_r),  c = σ(MLP(h)),  Z_m = c ⊙ Σ_r w_r v_r ⊙ Y_m,
+              reg = mean(K²) + mean(γ²)
+    gating    a = 1 + γ_f·tanh(MLP([h, mean_m Z_m])),  Z'_m = a_m Z_m · ‖Σ Z‖/‖Σ a_m Z_m‖,
+              e = Σ_m Z'_m,  ŷ_ui = ⟨e_u, e_i⟩
+
+Loss: BCE + λ_reg·reg + λ_mask·L_mask + λ_c·L_contrast (0.1, 0.001, 1e-4), where
+L_mask = mean over (users, positives, negatives) of MSE(e(masked bands), stop_grad(e)),
+each (node, band) dropped w.p. p in training only, and L_contrast is the within-band
+InfoNCE between modality blocks.
+
+Choices the paper leaves open (SPEC §6), made here:
+- The context h of a node is its backbone representation R_u or R_i (B·d), the same
+  context FITMM's gate uses (SPEC §5).
+- A = softmax over the output index m, so each input band's signal is distributed over
+  the outputs and Σ_m Y_m = Σ_n X_n. Wq, Wk start Xavier-uniform, γ and the rank logits
+  at 0 (all gains 1). The MLPs are Linear → ReLU → Linear with `embedding_dim` hidden units.
+- A "modality block" of a row of X (viewed as 2 x B x d: [R | H] by block) is the 2d
+  entries of one modality in R and in H. Contrastive pairs are every pair of item
+  modalities (the id block is not a modality), on the output bands Z'_m of the unique
+  batch users and of the unique positive items (a duplicate would be its own negative),
+  each side its own candidate set of 2·n·M blocks; the loss is the mean over sides,
+  pairs and both anchor directions.
+
+Ablations (config): `bands`, `n_bands`, `operator: false` (Z_m = X_m, no reg),
+`gating: false` (Z' = Z), `masking: false`, `contrastive: false`. With operator and gating
+off, e = Σ_m X_m = X: the backbone alone.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fitmm.data.dataset import Interactions
+from fitmm.errors import TrainingError
+from fitmm.models.backbone import Backbone
+from fitmm.models.base import Recommender, bce_loss
+from fitmm.spectral.graph_bands import BAND_PATHS, make_graph_bands
+
+
+def mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, n_out))
+
+
+class SpectralOperator(nn.Module):
+    """G-HSNO: low-rank cross-band mixing, R diagonal gains and a context scale, on (n, M, D) band stacks."""
+
+    def __init__(self, n_bands: int, width: int, context_width: int, hidden: int, rank: int, temperature: float):
+        super().__init__()
+        self.wq = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_bands, rank)))
+        self.wk = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_bands, rank)))
+        self.gamma = nn.Parameter(torch.zeros(rank, width))
+        self.rank_logits = nn.Parameter(torch.zeros(rank))
+        self.context = mlp(context_width, hidden, width)
+        self.kernel_scale = 1 / (rank**0.5 * temperature)
+
+    def kernel(self) -> torch.Tensor:
+        return self.wq @ self.wk.T * self.kernel_scale
+
+    def mixing(self) -> torch.Tensor:
+        """A (M x M), A_mn = share of input band n sent to output band m (columns sum to 1)."""
+        return F.softmax(self.kernel(), dim=0)
+
+    def forward(self, bands: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        y = torch.einsum("mk,nkd->nmd", self.mixing(), bands)
+        gain = (F.softmax(self.rank_logits, 0)[:, None] * torch.exp(0.1 * torch.tanh(self.gamma))).sum(0)
+        return (torch.sigmoid(self.context(h)) * gain)[:, None] * y
+
+    def regularizer(self) -> torch.Tensor:
+        return self.kernel().square().mean() + self.gamma.square().mean()
+
+
+class BandGate(nn.Module):
+    """Node-wise band gate a = 1 + γ_f·tanh(MLP([h, mean_m Z_m])), norm-preserving on Σ_m Z_m."""
+
+    def __init__(self, n_bands: int, width: int, context_width: int, hidden: int, scale_init: float):
+        super().__init__()
+        self.mlp = mlp(context_width + width, hidden, n_bands)
+        self.scale = nn.Parameter(torch.tensor(scale_init))
+
+    def weights(self, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return 1 + self.scale * torch.tanh(self.mlp(torch.cat([h, z.mean(1)], dim=-1)))
+
+    def forward(self, z: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z (n, M, D) -> gated bands Z' (n, M, D) with ‖Σ Z'‖ = ‖Σ Z‖ per node, and the gates a (n, M)."""
+        a = self.weights(z, h)
+        gated = a[..., None] * z
+        ratio = z.sum(1).norm(dim=-1) / gated.sum(1).norm(dim=-1).clamp_min(1e-12)
+        return gated * ratio[:, None, None], a
+
+
+def band_infonce(z: torch.Tensor, n_blocks: int, pairs: list[tuple[int, int]], temperature: float) -> torch.Tensor:
+    """Within-band InfoNCE on (n, M, 2·B·d) bands: for each modality pair (a, b), block a of (node, band) has
+    block b of the same (node, band) as positive, all other 2nM − 2 blocks of both modalities as negatives."""
+    n, m = z.shape[:2]
+    blocks = z.reshape(n * m, 2, n_blocks, -1)
+    target = torch.arange(2 * n * m, device=z.device).roll(n * m)  # block a of row r <-> block b of row r
+    losses = []
+    for a, b in pairs:
+        cand = F.normalize(torch.cat([blocks[:, :, a].flatten(1), blocks[:, :, b].flatten(1)]), dim=-1)
+        logits = (cand @ cand.T / temperature).fill_diagonal_(float("-inf"))
+        losses.append(F.cross_entropy(logits, target))
+    return torch.stack(losses).mean()
+
+
+class SSR(Recommender):
+    """SSR with its ablation switches; see the module docstring and `fitmm/configs/ssr.yaml`."""
+
+    def __init__(self, data: Interactions, config: dict):
+        super().__init__(data, config)
+        c = config
+        self.dim, self.n_bands = int(c["embedding_dim"]), int(c["n_bands"])
+        self.use_operator, self.gated = bool(c["operator"]), bool(c["gating"])
+        self.masking, self.contrastive = bool(c["masking"]), bool(c["contrastive"])
+        self.mask_prob, self.temperature = float(c["mask_prob"]), float(c["contrast_temperature"])
+        self.lambda_reg, self.lambda_mask = float(c["lambda_reg"]), float(c["lambda_mask"])
+        self.lambda_contrast = float(c["lambda_contrast"])
+        if c["bands"] not in BAND_PATHS:
+            raise TrainingError(f"bands must be one of {', '.join(BAND_PATHS)}; got {c['bands']!r}")
+        if not 2 <= self.n_bands <= 5:
+            raise TrainingError(f"n_bands must be in [2, 5] (SSR's range), got {self.n_bands}")
+        if not 0 <= self.mask_prob < 1:
+            raise TrainingError(f"mask_prob must be in [0, 1), got {self.mask_prob}")
+        self.backbone = Backbone(data, self.dim, int(c["n_layers"]), graph=True,
+                                 item_graph_k=int(c["item_graph_k"]), item_graph_weights=c["item_graph_weights"])
+        n_blocks = self.backbone.n_blocks
+        self.pairs = list(itertools.combinations(range(1, n_blocks), 2))
+        if self.contrastive and not self.pairs:
+            raise TrainingError(f"contrastive: true aligns pairs of item modalities, but {data.name!r} has "
+                                f"{n_blocks - 1} modality; set contrastive: false")
+        self.bands = make_graph_bands(c["bands"], self.backbone.adj, self.n_bands, int(c["scalable_order"]))
+        context, width = n_blocks * self.dim, 2 * n_blocks * self.dim
+        sides = ("user", "item")
+        if self.use_operator:
+            self.operators = nn.ModuleDict({s: SpectralOperator(self.n_bands, width, context, self.dim, int(c["rank"]),
+                                                                float(c["operator_temperature"])) for s in sides})
+        if self.gated:
+            self.gates = nn.ModuleDict({s: BandGate(self.n_bands, width, context, self.dim, float(c["gate_scale_init"]))
+                                        for s in sides})
+
+    def encode(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bands of all nodes (M, N, D) and the contexts h = [R_u; R_i] (N, B·d)."""
+        v = self.backbone()
+        context = torch.cat([v.r_u, v.r_i])
+        return self.bands(torch.cat([context, torch.cat([v.h_u, v.h_i])], dim=1)), context
+
+    def reason(self, side: str, stack: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(n, M, D) input bands -> output bands Z' (n, M, D) and the gates a (n, M) (None without gating)."""
+        z = self.operators[side](stack, h) if self.use_operator else stack
+        return self.gates[side](z, h) if self.gated else (z, None)
+
+    def _rows(self, bands: torch.Tensor, context: torch.Tensor, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return bands[:, nodes].transpose(0, 1), context[nodes]
+
+    def mask(self, stack: torch.Tensor) -> torch.Tensor:
+        """Drop each (node, band) w.p. p (band 1 kept where all would drop), rescale by 1/(1 − p)."""
+        keep = torch.rand(stack.shape[:2], device=stack.device) >= self.mask_prob
+        keep[:, 0] |= ~keep.any(1)
+        return stack * keep[..., None] / (1 - self.mask_prob)
+
+    def loss_terms(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> dict[str, torch.Tensor]:
+        bands, context = self.encode()
+        nodes = {"user": users, "item": self.n_users + torch.cat([pos_items, neg_items])}
+        rows = {s: self._rows(bands, context, n) for s, n in nodes.items()}
+        out = {s: self.reason(s, *rows[s]) for s in nodes}
+        e_u = out["user"][0].sum(1)
+        e_pos, e_neg = out["item"][0].sum(1).split(len(pos_items))
+        terms = {"bce": bce_loss((e_u * e_pos).sum(-1), (e_u * e_neg).sum(-1))}
+        if self.use_operator and self.lambda_reg > 0:
+            terms["reg"] = self.lambda_reg * sum(op.regularizer() for op in self.operators.values())
+        if self.masking and self.lambda_mask > 0:
+            m_u = self.reason("user", self.mask(rows["user"][0]), rows["user"][1])[0].sum(1)
+            m_pos, m_neg = self.reason("item", self.mask(rows["item"][0]), rows["item"][1])[0].sum(1).split(len(pos_items))
+            mse = [F.mse_loss(m, e.detach()) for m, e in ((m_u, e_u), (m_pos, e_pos), (m_neg, e_neg))]
+            terms["mask"] = self.lambda_mask * sum(mse) / 3
+        if self.contrastive and self.lambda_contrast > 0:
+            loss = 0
+            for side, ids in (("user", users.unique()), ("item", self.n_users + pos_items.unique())):
+                z, _ = self.reason(side, *self._rows(bands, context, ids))
+                loss = loss + band_infonce(z, self.backbone.n_blocks, self.pairs, self.temperature)
+            terms["contrast"] = self.lambda_contrast * loss / 2
+        return terms
+
+    def _all_bands(self) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor | None]]]:
+        bands, context = self.encode()
+        nodes = {"user": slice(0, self.n_users), "item": slice(self.n_users, None)}
+        return bands, {s: self.reason(s, bands[:, n].transpose(0, 1), context[n]) for s, n in nodes.items()}
+
+    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        _, out = self._all_bands()
+        return out["user"][0].sum(1), out["item"][0].sum(1)
+
+    @torch.no_grad()
+    def diagnostics(self) -> dict:
+        """Per side: energy fraction of the input bands, mean gate per band, mixing matrix A, and per output band
+        the mean cosine between the two blocks of each modality pair; the graph band borders (λ) where signal-dependent."""
+        bands, out = self._all_bands()
+        n_blocks = self.backbone.n_blocks
+        names = self.backbone.blocks
+        result = {"block_weights_mean": dict(zip(names, self.backbone.block_weights.mean(0).tolist()))}
+        if hasattr(self.bands, "borders"):
+            result["band_borders"] = self.bands.borders.tolist()
+        for side, part in (("user", bands[:, : self.n_users]), ("item", bands[:, self.n_users :])):
+            energy = part.square().sum((1, 2))
+            z, a = out[side]
+            blocks = z.reshape(*z.shape[:2], 2, n_blocks, self.dim)  # (n, M, [R | H], B, d)
+            result[side] = {
+                "band_energy": (energy / energy.sum()).tolist(),
+                "mean_gate": a.mean(0).tolist() if a is not None else None,
+                "mixing": self.operators[side].mixing().tolist() if self.use_operator else None,
+                "modality_agreement": {
+                    f"{names[i]}-{names[j]}": F.cosine_similarity(blocks[:, :, :, i].flatten(2), blocks[:, :, :, j].flatten(2),
+                                                                   dim=-1).mean(0).tolist()
+                    for i, j in self.pairs},
+            }
+        return result
