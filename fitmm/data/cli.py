@@ -1,4 +1,4 @@
-"""`fitmm data {check,synth,split,download}`: handlers raise DataError on bad input (exit code 2 in fitmm.cli)."""
+"""`fitmm data {check,synth,split,download,encode-text}`: handlers raise DataError on bad input (exit code 2 in fitmm.cli)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,17 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _encode_text(args: argparse.Namespace) -> int:
+    import time
+
+    from fitmm.data.text import encode_text
+
+    t0 = time.perf_counter()
+    out = encode_text(args.path, args.column, args.out, batch_size=args.batch_size)
+    print(f"wrote {out / 'text_feat.npy'} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `data` command and its subcommands (each sets `func`)."""
     data = subparsers.add_parser("data", help="check, generate, split or download MMRec-format datasets")
@@ -77,3 +88,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     download.add_argument("name", choices=DATASETS)
     download.add_argument("--to", required=True, metavar="DIR")
     download.set_defaults(func=_download)
+
+    text = sub.add_parser("encode-text", help="encode DIR/NAME/item_text.tsv into text_feat.npy (all-MiniLM-L6-v2, offline)")
+    text.add_argument("path", metavar="DIR/NAME")
+    text.add_argument("--column", action="append", required=True, help="text column (repeatable; joined with ' | ')")
+    text.add_argument("--out", default=None, metavar="DIR/NAME2",
+                      help="output dataset folder (default: DIR/NAME itself); the .inter file is copied there")
+    text.add_argument("--batch-size", type=int, default=128)
+    text.set_defaults(func=_encode_text)

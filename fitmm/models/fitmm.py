@@ -12,6 +12,10 @@ task-adaptive gate g = 1 + s·σ(W h + b) (h = R_u or R_i):
 
     e = Σ_k ω_k g_k Ũ_k.
 
+As in the released code, users and items have separate fusion modules (own w, s, W, b).
+A training step is one full backbone forward, the band projectors of the four full
+matrices, and bands / embeddings of the batch's distinct users and items only.
+
 Loss: BCE + λ_IB·L_IB(g) + λ_c·L_consistency (two readings, `consistency: code | paper`).
 Ablations (config): `spectral: false` gives e = R + H (the backbone alone; no bands,
 gates, IB or consistency); `gate: false` drops the gate and with it the IB term;
@@ -29,8 +33,6 @@ from fitmm.errors import TrainingError
 from fitmm.models.backbone import Backbone, Views
 from fitmm.models.base import Recommender, bce_loss
 from fitmm.spectral.feature_bands import apply_bands, band_projectors
-
-CONSISTENCY_TEMPERATURE = 1.0
 
 
 class BandFusion(nn.Module):
@@ -62,43 +64,55 @@ class BandFusion(nn.Module):
 
 def ib_penalty(gates: torch.Tensor, alpha: float, mu: float, phi: float) -> torch.Tensor:
     """FITMM's frequency-domain IB surrogate on (N, M) gates, δ = ReLU(g − 1):
-    α·mean_n ‖δ_n‖² + μ·mean_n(‖δ_n‖·Σ_k ReLU(δ_nk − φ)). The 1e-12 keeps ‖δ‖'s gradient finite at 0 (as the code)."""
+    α·mean_n ‖δ_n‖² + μ·mean_n(‖δ_n‖·Σ_k ReLU(δ_nk − φ)).
+    The 1e-12 keeps ‖δ‖'s gradient finite at δ = 0 (as in the released code)."""
     delta = F.relu(gates - 1)
     sq = delta.square().sum(1)
     return alpha * sq.mean() + mu * ((sq + 1e-12).sqrt() * F.relu(delta - phi).sum(1)).mean()
 
 
-def _in_batch_contrast(bands: torch.Tensor) -> torch.Tensor:
-    """Σ over the upper half of the bands (k ≥ M//2) of −mean log_softmax(X_k X_kᵀ / τ) (raw dot products)."""
-    m = bands.shape[0]
-    logits = bands[m // 2:] @ bands[m // 2:].transpose(1, 2) / CONSISTENCY_TEMPERATURE
-    return -F.log_softmax(logits, dim=-1).mean((1, 2)).sum()
+def _batch_mean(values: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of per-distinct-row `values` (..., n) that occur `counts` (n,) times."""
+    return (values * counts).sum(-1) / counts.sum()
 
 
-def consistency_code(user_bands: torch.Tensor, item_bands: torch.Tensor) -> torch.Tensor:
-    """The released code's loss on (M, n, D) bands of batch users and positive items: Σ over ordered
-    band pairs j ≠ k of MSE(cos(band_j, band_k), 1), plus the in-batch contrast; over M(M−1).
-    (At M = 1 the code divides by zero; here by 1.)"""
+def _in_batch_contrast(bands: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Σ over the upper half of the bands (k ≥ M//2) of −mean log_softmax(X_k X_kᵀ) over the batch
+    (raw dot products, temperature 1), computed on distinct rows: with duplicates weighted by
+    their counts c, −mean_ab log_softmax = mean_a logsumexp_b(S_ab + log c_b) − ‖mean_b x_b‖²."""
+    upper = bands[bands.shape[0] // 2:]
+    logits = upper @ upper.transpose(1, 2) + counts.log()
+    mean_row = _batch_mean(upper.transpose(1, 2), counts)
+    return (_batch_mean(logits.logsumexp(-1), counts) - mean_row.square().sum(-1)).sum()
+
+
+def consistency_code(user_bands: torch.Tensor, user_counts: torch.Tensor,
+                     item_bands: torch.Tensor, item_counts: torch.Tensor) -> torch.Tensor:
+    """The released code's loss on the (M, n, D) bands of the distinct batch users and positive items
+    (each row occurring `counts` times in the batch): Σ over ordered band pairs j ≠ k of
+    MSE(cos(band_j, band_k), 1), plus the in-batch contrast, over M(M−1). (At M = 1 the code divides by
+    zero; here by 1.)"""
     m = user_bands.shape[0]
-    off_diagonal = ~torch.eye(m, dtype=torch.bool, device=user_bands.device)
+    j, k = torch.triu_indices(m, m, offset=1, device=user_bands.device)
     loss = user_bands.new_zeros(())
-    for bands in (user_bands, item_bands):
+    for bands, counts in ((user_bands, user_counts), (item_bands, item_counts)):
         unit = F.normalize(bands, dim=-1)
-        cos = torch.einsum("jnd,knd->jkn", unit, unit)
-        loss = loss + (cos - 1).square().mean(-1)[off_diagonal].sum() + _in_batch_contrast(bands)
+        cos = (unit[j] * unit[k]).sum(-1)  # (pairs, n); cos is symmetric: ordered pairs count twice
+        loss = loss + 2 * _batch_mean((cos - 1).square(), counts).sum() + _in_batch_contrast(bands, counts)
     return loss / max(m * (m - 1), 1)
 
 
-def consistency_paper(user_bands: torch.Tensor, item_bands: torch.Tensor, n_blocks: int) -> torch.Tensor:
+def consistency_paper(user_bands: torch.Tensor, user_counts: torch.Tensor,
+                      item_bands: torch.Tensor, item_counts: torch.Tensor, n_blocks: int) -> torch.Tensor:
     """The paper's reading: within each band, MSE(cos, 1) between every pair of modality blocks, for
     users and items, plus the in-batch contrast; over M·B(B−1) (= 6M with id + 2 modalities)."""
     m = user_bands.shape[0]
     i, j = torch.triu_indices(n_blocks, n_blocks, offset=1, device=user_bands.device)
     loss = user_bands.new_zeros(())
-    for bands in (user_bands, item_bands):
+    for bands, counts in ((user_bands, user_counts), (item_bands, item_counts)):
         unit = F.normalize(bands.view(m, bands.shape[1], n_blocks, -1), dim=-1)
-        cos = (unit[:, :, i] * unit[:, :, j]).sum(-1)  # (M, n, pairs)
-        loss = loss + (cos - 1).square().mean(1).sum() + _in_batch_contrast(bands)
+        cos = (unit[:, :, i] * unit[:, :, j]).sum(-1).transpose(1, 2)  # (M, pairs, n)
+        loss = loss + _batch_mean((cos - 1).square(), counts).sum() + _in_batch_contrast(bands, counts)
     return loss / (m * n_blocks * (n_blocks - 1))
 
 
@@ -128,63 +142,63 @@ class FITMM(Recommender):
             self.user_fusion = BandFusion(n_blocks * self.dim, self.n_bands, self.gated)
             self.item_fusion = BandFusion(n_blocks * self.dim, self.n_bands, self.gated)
 
-    def _encode(self) -> tuple[Views, dict[str, torch.Tensor], tuple]:
-        """One full forward: backbone views, band projectors of each view (from all nodes), gates of each side."""
+    def _encode(self) -> tuple[Views, dict[str, torch.Tensor], dict[str, torch.Tensor | None]]:
+        """One full forward: backbone views, band projectors of each view (bases from all nodes), gates per side."""
         views = self.backbone()
         if not self.spectral:
-            return views, {}, (None, None)
+            return views, {}, {}
         projectors = {name: band_projectors(z, self.dim, self.n_bands, self.band_borders)
                       for name, z in views._asdict().items() if z is not None}
-        gates = (self.user_fusion.gates(views.r_u), self.item_fusion.gates(views.r_i))
+        gates = {"u": self.user_fusion.gates(views.r_u), "i": self.item_fusion.gates(views.r_i)}
         return views, projectors, gates
 
-    def _bands(self, views: Views, projectors: dict, side: str, rows: torch.Tensor | None) -> torch.Tensor:
-        """(M, n, D) graph-enhanced bands Ũ_k (side 'u') or Ĩ_k (side 'i') of `rows` (None: all)."""
-        out = 0
-        for view in (f"r_{side}", f"h_{side}"):
-            z = getattr(views, view)
-            if z is not None:
-                out = out + apply_bands(z if rows is None else z[rows], projectors[view])
-        return out
-
-    def _embed(self, views: Views, projectors: dict, gates: torch.Tensor | None, side: str,
-               rows: torch.Tensor | None, bands: torch.Tensor | None = None) -> torch.Tensor:
+    def _side(self, state: tuple, side: str, rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Embeddings e of `rows` (None: all) of side 'u' or 'i', and their bands Ũ_k / Ĩ_k (M, n, D) if spectral."""
+        views, projectors, gates = state
+        r, h = getattr(views, f"r_{side}"), getattr(views, f"h_{side}")
+        if rows is not None:
+            r, h = r[rows], None if h is None else h[rows]
         if not self.spectral:
-            r, h = getattr(views, f"r_{side}"), getattr(views, f"h_{side}")
-            e = r if h is None else r + h
-            return e if rows is None else e[rows]
-        if bands is None:
-            bands = self._bands(views, projectors, side, rows)
-        if gates is not None and rows is not None:
-            gates = gates[rows]
-        return (self.user_fusion if side == "u" else self.item_fusion)(bands, gates)
+            return (r if h is None else r + h), None
+        bands = apply_bands(r, projectors[f"r_{side}"])
+        if h is not None:
+            bands = bands + apply_bands(h, projectors[f"h_{side}"])
+        g = gates[side]
+        if g is not None and rows is not None:
+            g = g[rows]
+        return (self.user_fusion if side == "u" else self.item_fusion)(bands, g), bands
 
     def loss_terms(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> dict[str, torch.Tensor]:
-        views, projectors, (g_u, g_i) = self._encode()
-        items = torch.cat([pos_items, neg_items])
-        user_bands = item_bands = None
-        if self.spectral:
-            user_bands = self._bands(views, projectors, "u", users)
-            item_bands = self._bands(views, projectors, "i", items)
-        e_u = self._embed(views, projectors, g_u, "u", users, user_bands)
-        e_pos, e_neg = self._embed(views, projectors, g_i, "i", items, item_bands).split(len(pos_items))
+        # Bands and embeddings are computed once per distinct user / item of the batch.
+        users, user_index, user_counts = users.unique(return_inverse=True, return_counts=True)
+        items, item_index = torch.cat([pos_items, neg_items]).unique(return_inverse=True)
+        state = self._encode()
+        e_u, user_bands = self._side(state, "u", users)
+        e_i, item_bands = self._side(state, "i", items)
+        e_u, (e_pos, e_neg) = e_u[user_index], e_i[item_index].split(len(pos_items))
         terms = {"bce": bce_loss((e_u * e_pos).sum(-1), (e_u * e_neg).sum(-1))}
+        gates = state[2]
         if self.spectral and self.gated and self.lambda_ib > 0:
-            terms["ib"] = self.lambda_ib * (ib_penalty(g_u, *self.ib_args) + ib_penalty(g_i, *self.ib_args))
+            terms["ib"] = self.lambda_ib * sum(ib_penalty(g, *self.ib_args) for g in gates.values())
         if self.spectral and self.lambda_c > 0:
-            pos_bands = item_bands[:, : len(pos_items)]
-            loss = (consistency_code(user_bands, pos_bands) if self.consistency == "code"
-                    else consistency_paper(user_bands, pos_bands, self.backbone.n_blocks))
+            pos, pos_counts = pos_items.unique(return_counts=True)
+            pos_bands = item_bands[:, torch.searchsorted(items, pos)]
+            args = (user_bands, user_counts.to(user_bands.dtype), pos_bands, pos_counts.to(pos_bands.dtype))
+            if self.consistency == "code":
+                loss = consistency_code(*args)
+            else:
+                loss = consistency_paper(*args, self.backbone.n_blocks)
             terms["consistency"] = self.lambda_c * loss
         return terms
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        views, projectors, (g_u, g_i) = self._encode()
-        return (self._embed(views, projectors, g_u, "u", None), self._embed(views, projectors, g_i, "i", None))
+        state = self._encode()
+        return self._side(state, "u", None)[0], self._side(state, "i", None)[0]
 
     @torch.no_grad()
     def diagnostics(self) -> dict:
-        """Band weights ω, gate scale s and mean gate per band (per side), energy fraction per band of each view."""
+        """Mean block weights w_u; per side: band weights ω, gate scale s, mean gate per band;
+        energy fraction of each band of each view (‖B_k(Z)‖² / ‖Z‖²)."""
         out = {"block_weights_mean": dict(zip(self.backbone.blocks, self.backbone.block_weights.mean(0).tolist()))}
         if not self.spectral:
             return out
@@ -193,10 +207,7 @@ class FITMM(Recommender):
         out["band_weights"] = {s: f.band_weights().tolist() for s, f in fusions.items()}
         if self.gated:
             out["gate_scale"] = {s: f.gate_scale.item() for s, f in fusions.items()}
-            out["mean_gate"] = {s: g.mean(0).tolist() for s, g in zip(fusions, gates)}
-        out["band_energy"] = {}
-        for name, p in projectors.items():
-            z = getattr(views, name)
-            energy = apply_bands(z, p).square().sum((1, 2))
-            out["band_energy"][name] = (energy / energy.sum()).tolist()
+            out["mean_gate"] = {"user": gates["u"].mean(0).tolist(), "item": gates["i"].mean(0).tolist()}
+        energy = {name: apply_bands(getattr(views, name), p).square().sum((1, 2)) for name, p in projectors.items()}
+        out["band_energy"] = {name: (e / e.sum()).tolist() for name, e in energy.items()}
         return out

@@ -7,7 +7,8 @@ contiguous groups G_1..G_M and band k of the block is the projection
     B_k(Z^b) = Z^b V_{G_k} V_{G_k}ᵀ = Z^b P_k^b.
 
 Band k of Z concatenates B_k(Z^b) over blocks. Σ_k P_k^b = I, so the bands sum to
-Z, and B_jᵀB_k = P_j (ZᵀZ) P_k = 0 for j ≠ k, so they are mutually orthogonal.
+Z; within each block B_jᵀB_k = P_j (Z^bᵀZ^b) P_k = 0 for j ≠ k, so the bands are
+mutually orthogonal (block by block, hence also as N x B·d matrices).
 
 Why the d x d Gram matrix instead of FITMM's thin SVD: the right singular vectors
 of Z are the eigenvectors of ZᵀZ, with eigenvalues σ². Only the group projectors
@@ -19,14 +20,15 @@ same bands as `svd(Z)` (O(N d²) with a much larger constant, and an O(N d) U).
 Gradients: eigenvector derivatives divide by eigenvalue gaps λ_j − λ_i, which is
 why SVD/eigh backward blows up at repeated values. A projector's derivative only
 involves gaps between different groups (within-group terms cancel), so
-`GroupProjectors` differentiates the projectors directly and regularises those
+`BandProjectors` differentiates the projectors directly and regularises those
 gaps as gap / (gap² + ε²), bounded by 1/(2ε); ε is relative to the largest
-eigenvalue. Computed in float64 (the Gram matrices are tiny).
+eigenvalue. The d x d eigenproblems are solved in float64.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import contextlib
+from typing import Iterator, Literal
 
 import torch
 
@@ -59,28 +61,45 @@ def energy_membership(eigenvalues: torch.Tensor, n_bands: int) -> torch.Tensor:
         raise ValueError(f"n_bands must be in [1, {dim}], got {n_bands}")
     lam = eigenvalues.clamp_min(0)
     cum = lam.cumsum(-1) / lam.sum(-1, keepdim=True).clamp_min(torch.finfo(lam.dtype).tiny)
-    ends = []  # ends[k-1]: number of directions in groups 1..k
-    prev = torch.zeros(batch, dtype=torch.long, device=lam.device)
-    for k in range(1, n_bands):
-        end = (cum - k / n_bands).abs().argmin(-1) + 1
-        end = torch.maximum(end, prev + 1).clamp_max(dim - (n_bands - k))
-        ends.append(end)
-        prev = end
     index = torch.arange(dim, device=lam.device)
-    group = sum((index >= e[:, None]).long() for e in ends) if ends else torch.zeros(batch, dim, dtype=torch.long)
+    group = torch.zeros(batch, dim, dtype=torch.long, device=lam.device)
+    end = torch.zeros(batch, dtype=torch.long, device=lam.device)  # directions in groups 1..k
+    for k in range(1, n_bands):
+        closest = (cum - k / n_bands).abs().argmin(-1) + 1
+        end = torch.maximum(closest, end + 1).clamp_max(dim - (n_bands - k))
+        group += index >= end[:, None]
     return torch.nn.functional.one_hot(group, n_bands).transpose(1, 2).to(torch.float64)
 
 
-class GroupProjectors(torch.autograd.Function):
-    """P_k = V diag(mask_k) Vᵀ from symmetric G = V Λ Vᵀ, with a gap-regularised backward.
+@contextlib.contextmanager
+def single_threaded(device: torch.device) -> Iterator[None]:
+    """Run a tiny CPU LAPACK call on one thread: MKL's threaded eigh of a 64 x 64 matrix is
+    ~100x slower than the single-threaded one when the cores are busy (measured: 170 ms vs 1.6 ms)."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
-    dP_k = V (Ω ∘ K_k) Vᵀ with Ω = Vᵀ dG V and K_k,ij = (e_kj − e_ki)/(λ_j − λ_i): zero
-    unless i and j lie in different groups. The backward returns V sym(Σ_k (VᵀḠ_k V) ∘ K_k) Vᵀ.
+
+class BandProjectors(torch.autograd.Function):
+    """P_k^b = V diag(mask_k) Vᵀ from the Gram matrix G = Z^bᵀ Z^b = V Λ Vᵀ of each block, with a
+    gap-regularised backward.
+
+    dP_k = V (Ω ∘ K_k) Vᵀ with Ω = Vᵀ dG V and K_k,ij = (e_kj − e_ki)/(λ_j − λ_i): zero unless i and j
+    lie in different groups. So Ḡ = V sym(Σ_k (VᵀP̄_k V) ∘ K_k) Vᵀ and, as dG = dZᵀZ + ZᵀdZ, Z̄ = 2 Z Ḡ.
+    The Gram matrix is accumulated in Z's dtype; the eigendecomposition runs in float64.
     """
 
     @staticmethod
-    def forward(ctx, gram: torch.Tensor, n_bands: int, borders: str, eps: float) -> torch.Tensor:
-        lam, vec = torch.linalg.eigh(gram)  # ascending
+    def forward(ctx, blocks: torch.Tensor, n_bands: int, borders: str, eps: float) -> torch.Tensor:
+        gram = torch.einsum("nbi,nbj->bij", blocks, blocks).double()
+        with single_threaded(gram.device):
+            lam, vec = torch.linalg.eigh(gram)  # ascending
         lam, vec = lam.flip(-1), vec.flip(-1)
         if borders == "equal":
             mask = equal_membership(gram.shape[-1], n_bands, gram.shape[0]).to(gram.device)
@@ -88,32 +107,30 @@ class GroupProjectors(torch.autograd.Function):
             mask = energy_membership(lam, n_bands)
         else:
             raise ValueError(f"band_borders must be 'equal' or 'energy', got {borders!r}")
-        ctx.save_for_backward(lam, vec, mask)
+        ctx.save_for_backward(blocks, lam, vec, mask)
         ctx.eps = eps
-        return torch.einsum("bik,bmk,bjk->bmij", vec, mask, vec)
+        return (vec[:, None] * mask[:, :, None, :]) @ vec.transpose(-1, -2)[:, None]
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        lam, vec, mask = ctx.saved_tensors
+        blocks, lam, vec, mask = ctx.saved_tensors
         gap = lam[:, None, :] - lam[:, :, None]  # gap_ij = λ_j − λ_i
         eps = ctx.eps * lam.abs().amax(-1, keepdim=True)[..., None].clamp_min(torch.finfo(lam.dtype).tiny)
         inv_gap = gap / (gap.square() + eps.square())
-        k = (mask[:, :, None, :] - mask[:, :, :, None]) * inv_gap[:, None]  # (b, M, i, j)
-        rotated = torch.einsum("bki,bmkl,blj->bmij", vec, grad, vec)
+        k = (mask[:, :, None, :] - mask[:, :, :, None]) * inv_gap[:, None]  # (B, M, i, j)
+        rotated = vec.transpose(-1, -2)[:, None] @ grad.double() @ vec[:, None]
         a = (rotated * k).sum(1)
-        a = 0.5 * (a + a.transpose(-1, -2))
-        return vec @ a @ vec.transpose(-1, -2), None, None, None
+        grad_gram = vec @ (a + a.transpose(-1, -2)) @ vec.transpose(-1, -2)  # = 2 Ḡ
+        return torch.einsum("nbi,bij->nbj", blocks, grad_gram.to(blocks.dtype)), None, None, None
 
 
 def band_projectors(z: torch.Tensor, block_dim: int, n_bands: int, borders: Borders = "equal",
                     eps: float = 1e-6) -> torch.Tensor:
-    """(B, M, d, d) band projectors of the B blocks of z (N x B·d), from the Gram matrices in float64."""
+    """(B, M, d, d) float64 band projectors of the B blocks of z (N x B·d), from the full matrix."""
     n, width = z.shape
     if width % block_dim:
         raise ValueError(f"width {width} is not a multiple of the block size {block_dim}")
-    blocks = z.double().reshape(n, width // block_dim, block_dim)
-    gram = torch.einsum("nbi,nbj->bij", blocks, blocks)
-    return GroupProjectors.apply(gram, n_bands, borders, eps)
+    return BandProjectors.apply(z.reshape(n, width // block_dim, block_dim), n_bands, borders, eps)
 
 
 def apply_bands(z: torch.Tensor, projectors: torch.Tensor) -> torch.Tensor:
