@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fitmm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     data_cli.register(commands)
+    from fitmm import reproduce
+    reproduce.register(commands)
 
     train = commands.add_parser("train", help="train one model on one dataset and write its run record")
     train.add_argument("--model", required=True, choices=available_models())

@@ -67,6 +67,11 @@ def spmm(adj: torch.Tensor, x: torch.Tensor, adj_t: torch.Tensor | None = None) 
     return _SparseDenseMM.apply(adj, adj if adj_t is None else adj_t, x)
 
 
+def transpose_csr(adj: torch.Tensor) -> torch.Tensor:
+    """Aᵀ as CSR, for `spmm`'s backward on a non-symmetric graph (built once)."""
+    return adj.to_sparse_coo().t().coalesce().to_sparse_csr()
+
+
 def scipy_to_torch_csr(matrix: sp.spmatrix) -> torch.Tensor:
     m = sp.csr_matrix(matrix, dtype=np.float32)
     m.sort_indices()

@@ -8,7 +8,7 @@ from torch.nn import functional as F
 from fitmm.config import load_config
 from fitmm.data.dataset import Interactions
 from fitmm.errors import TrainingError
-from fitmm.models.backbone import Backbone, SparseMatmul
+from fitmm.models.backbone import Backbone
 from fitmm.models.fitmm import FITMM, BandFusion, consistency_code, consistency_paper, ib_penalty
 from fitmm.spectral.feature_bands import apply_bands, band_projectors, feature_bands, group_sizes
 
@@ -159,14 +159,6 @@ def test_backbone_without_item_modalities_needs_no_item_graph():
     assert views.r_u.shape == (60, 8) and views.h_u is None and views.h_i is None
     with pytest.raises(ValueError, match="no item modality"):
         Backbone(data, dim=8)
-
-
-def test_sparse_matmul_gradient_uses_the_transpose():
-    a = torch.rand(7, 5).where(torch.rand(7, 5) < 0.4, torch.tensor(0.0))
-    x = torch.randn(5, 3, requires_grad=True)
-    SparseMatmul.apply(a.to_sparse_csr(), a.T.to_sparse_csr(), x).square().sum().backward()
-    expected = torch.autograd.grad((a @ x).square().sum(), x)[0]
-    torch.testing.assert_close(x.grad, expected)
 
 
 # ---- gate, IB, consistency ------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from fitmm.data.dataset import Interactions
+from fitmm.experiments.runs import per_user, trained_model
 from fitmm.metrics import evaluate
 
 USER_GROUPS = ("cold", "warm", "hot")
@@ -98,3 +99,38 @@ def sparsify(data: Interactions, fraction: float, seed: int = 0) -> Interactions
     order = np.random.default_rng(seed).permutation(len(data.train))
     keep = np.sort(order[round(fraction * len(order)):])
     return dataclasses.replace(data, name=f"{data.name}-drop{round(100 * fraction)}-s{seed}", train=data.train[keep])
+
+
+def user_group_frame(frame: pd.DataFrame, datasets: dict[str, Interactions], grouping: str = "degree",
+                     metrics: Sequence[str] = ("recall@20", "ndcg@20")) -> pd.DataFrame:
+    """Per run (rows of `Runs.frame`) and user group: users and mean metrics.
+
+    grouping 'degree' is cold / warm / hot, 'quintile' the equal-population degree quintiles 1..5.
+    """
+    label = {"degree": user_degree_groups, "quintile": degree_quintiles}[grouping]
+    out = []
+    for row in frame.itertuples():
+        means = group_means(per_user(row.path), label(datasets[row.dataset].user_degree), metrics)
+        out.append(means.reset_index().assign(dataset=row.dataset, model=row.model, seed=row.seed))
+    return pd.concat(out, ignore_index=True)
+
+
+def item_group_frame(frame: pd.DataFrame, datasets: dict[str, Interactions], labels: dict[str, np.ndarray],
+                     metrics: Sequence[str] = ("recall@20", "ndcg@20")) -> tuple[pd.DataFrame, list[str]]:
+    """Per run and item group (labels: dataset -> label per item): metrics with only the group's items relevant.
+
+    Rebuilds each run's model from its best checkpoint (or refits it); runs that cannot be
+    rebuilt are listed in the returned notes.
+    """
+    out, notes = [], []
+    for row in frame.itertuples():
+        data = datasets[row.dataset]
+        try:
+            model = trained_model(data, row.path)
+        except Exception as err:  # noqa: BLE001 — reported in the notebook, the others go on
+            notes.append(f"{row.model} on {row.dataset} (seed {row.seed}): cannot rebuild the model: {err}")
+            continue
+        with torch.no_grad():
+            table = item_group_metrics(model.scorer(), data, labels[row.dataset], metrics)
+        out.append(table.reset_index().assign(dataset=row.dataset, model=row.model, seed=row.seed))
+    return (pd.concat(out, ignore_index=True) if out else pd.DataFrame()), notes

@@ -37,7 +37,7 @@ class Runs:
 
     def __add__(self, other: Runs) -> Runs:
         return Runs(pd.concat([self.frame, other.frame], ignore_index=True),
-                    self.records + other.records, self.notes + other.notes)
+                    self.records + other.records, list(dict.fromkeys(self.notes + other.notes)))
 
 
 def split_models(models: list[str]) -> tuple[list[str], list[str]]:
@@ -72,7 +72,6 @@ def run_all(
     results_dir: str | Path,
     overrides: dict | None = None,
     variants: dict[str, dict] | None = None,
-    progress: bool = False,
 ) -> Runs:
     """Every (dataset, model, variant, seed) run, trained only if its record is missing.
 
@@ -91,7 +90,7 @@ def run_all(
                     what = f"{model}{f' [{label}]' if label else ''} on {data.name}, seed {seed}"
                     try:
                         config = load_config(model, {**(overrides or {}), **extra, "seed": seed})
-                        record = train(data, config, results_dir=results_dir, progress=progress)
+                        record = train(data, config, results_dir=results_dir, progress=False)
                     except Exception as err:  # noqa: BLE001 — reported in the notebook, the others go on
                         notes.append(f"{what}: {type(err).__name__}: {err}")
                         continue
@@ -119,3 +118,26 @@ def trained_model(data: Interactions, path: str | Path, device: str = "cpu") -> 
         model = build_model(data, config, torch.device(device))
         model.fit()
     return model.eval()
+
+
+def history_frame(records: list[dict], metric: str = "recall@20") -> pd.DataFrame:
+    """Valid `metric` and total loss per epoch of each trained run (long format, for convergence plots)."""
+    rows = []
+    for r in records:
+        for h in r["history"]:
+            if "epoch" in h:  # closed-form models record a grid search instead
+                rows.append({"dataset": r["dataset"]["name"], "model": r["model"], "seed": r["seed"],
+                             "epoch": h["epoch"], f"valid {metric}": h["valid"][metric], "loss": sum(h["losses"].values())})
+    return pd.DataFrame(rows)
+
+
+def collect_records(results_dir: str | Path) -> pd.DataFrame:
+    """Every finished run under `results_dir/runs`: identity, provenance and cost (one row each)."""
+    rows = []
+    for path in sorted(Path(results_dir).glob("runs/*/*/*/record.json")):
+        r = json.loads(path.read_text())
+        p = r["provenance"]
+        rows.append({"dataset": r["dataset"]["name"], "model": r["model"], "seed": r["seed"], "run_id": r["run_id"],
+                     "git_commit": p["git_commit"], "device": p["device"], "python": p["python"],
+                     "torch": p["packages"].get("torch"), "epochs": r["epochs"], "wall_seconds": r["wall_seconds"]})
+    return pd.DataFrame(rows)

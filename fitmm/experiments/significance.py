@@ -55,23 +55,48 @@ def seed_mean(paths: Sequence[str | Path]) -> dict[str, np.ndarray]:
     return out
 
 
-def versus_best_baseline(frame: pd.DataFrame, targets: Sequence[str], metric: str = "recall@20") -> pd.DataFrame:
-    """Each target model against the best other model (highest mean `metric` over seeds), per dataset.
+def restrict(vectors: dict[str, np.ndarray], keep_users: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Per-user vectors limited to the users where keep_users (bool per user id) holds; None keeps all."""
+    if keep_users is None:
+        return vectors
+    mask = np.asarray(keep_users)[vectors["users"]]
+    return {k: v[mask] for k, v in vectors.items()}
 
-    `frame` is `Runs.frame` (one row per run, with `path`). Rows: dataset, model,
-    baseline, the means, the mean difference and both p-values.
+
+def versus_best_baseline(frame: pd.DataFrame, targets: Sequence[str], metric: str = "recall@20",
+                         keep_users: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+    """Each target model against the best other model, per dataset (models averaged over their seeds).
+
+    `frame` is `Runs.frame` (one row per run, with `path`). `keep_users` (dataset -> bool per
+    user) limits both the choice of the best baseline and the test to a user group. Rows:
+    dataset, model, baseline, seeds, users, the means, the mean difference and both p-values.
     """
     rows = []
     for dataset, runs in frame.groupby("dataset"):
-        means = runs.groupby("model")[metric].mean()
-        baselines = means.drop([t for t in targets if t in means.index])
-        if baselines.empty:
+        keep = None if keep_users is None else keep_users[dataset]
+        vectors = {m: restrict(seed_mean(g["path"].tolist()), keep) for m, g in runs.groupby("model")}
+        baselines = {m: v[metric].mean() for m, v in vectors.items() if m not in targets and len(v["users"])}
+        if not baselines:
             continue
-        best = baselines.idxmax()
-        best_vec = seed_mean(runs.loc[runs.model == best, "path"].tolist())
-        for target in (t for t in targets if t in means.index):
-            target_vec = seed_mean(runs.loc[runs.model == target, "path"].tolist())
-            test = paired_test(target_vec, best_vec, metric)
+        best = max(baselines, key=baselines.get)
+        for target in (t for t in targets if t in vectors):
             rows.append({"dataset": dataset, "model": target, "baseline": best, "metric": metric,
-                         "seeds": int((runs.model == target).sum()), **test})
+                         "seeds": int((runs.model == target).sum()),
+                         **paired_test(vectors[target], vectors[best], metric)})
+    return pd.DataFrame(rows)
+
+
+def versus_reference(frame: pd.DataFrame, reference: str, metric: str = "recall@20") -> pd.DataFrame:
+    """Per (dataset, model), the `reference` variant against every other variant (column `variant`).
+
+    mean_diff = reference − variant: positive when the reference is better.
+    """
+    rows = []
+    for (dataset, model), runs in frame.groupby(["dataset", "model"]):
+        if reference not in set(runs.variant):
+            continue
+        ref = seed_mean(runs.loc[runs.variant == reference, "path"].tolist())
+        for variant, g in runs[runs.variant != reference].groupby("variant", sort=False):
+            rows.append({"dataset": dataset, "model": model, "variant": variant, "metric": metric,
+                         **paired_test(ref, seed_mean(g["path"].tolist()), metric)})
     return pd.DataFrame(rows)

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fitmm.data.dataset import Interactions
-from fitmm.graphs import item_graph, normalized_adjacency, spmm
+from fitmm.graphs import item_graph, normalized_adjacency, spmm, transpose_csr
 
 
 class Views(NamedTuple):
@@ -65,7 +65,7 @@ class Backbone(nn.Module):
         # Â is symmetric; S (directed kNN) is not, so its transpose is kept for the backward.
         s = item_graph(data, item_graph_weights, item_graph_k) if graph else None
         self.register_buffer("item_adj", s, persistent=False)
-        self.register_buffer("item_adj_t", None if s is None else s.t().to_sparse_csr(), persistent=False)
+        self.register_buffer("item_adj_t", None if s is None else transpose_csr(s), persistent=False)
 
     @property
     def n_blocks(self) -> int:

@@ -24,12 +24,8 @@ from torch import nn
 
 from fitmm.data.dataset import Interactions
 from fitmm.errors import TrainingError
-from fitmm.graphs import item_graph, normalized_adjacency, spmm
+from fitmm.graphs import item_graph, normalized_adjacency, spmm, transpose_csr
 from fitmm.models.base import Recommender, bpr_loss, propagate
-
-
-def transpose_csr(adj: torch.Tensor) -> torch.Tensor:
-    return adj.to_sparse_coo().t().coalesce().to_sparse_csr()
 
 
 class FREEDOM(Recommender):

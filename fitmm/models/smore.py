@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 from fitmm.data.dataset import Interactions
 from fitmm.errors import TrainingError
-from fitmm.graphs import cached, fingerprint, knn_adjacency, normalized_adjacency, scipy_to_torch_csr, spmm
+from fitmm.graphs import cached, fingerprint, knn_adjacency, scipy_to_torch_csr, spmm, transpose_csr, user_item_adjacency
 from fitmm.models.base import Recommender, bpr_loss, propagate
 
 
@@ -56,10 +56,6 @@ def max_pool(graphs: list[torch.Tensor]) -> torch.Tensor:
     values = torch.full((index.shape[1],), float("-inf")).scatter_reduce(
         0, inverse, torch.cat([g.values() for g in coo]), reduce="amax")
     return torch.sparse_coo_tensor(index, values, graphs[0].shape).coalesce().to_sparse_csr()
-
-
-def transpose_csr(adj: torch.Tensor) -> torch.Tensor:
-    return adj.to_sparse_coo().t().coalesce().to_sparse_csr()
 
 
 def gate(dim: int) -> nn.Module:
@@ -101,18 +97,14 @@ class SMORE(Recommender):
         self.temperature = config["temperature"]
         self.batch_size = config["batch_size"]
 
-        adj = normalized_adjacency(data)
-        self.register_buffer("adj", adj, persistent=False)
-        block = adj.to_sparse_coo().coalesce()
-        keep = (block.indices()[0] < data.n_users) & (block.indices()[1] >= data.n_users)
-        index = block.indices()[:, keep] - torch.tensor([[0], [data.n_users]])
-        r = torch.sparse_coo_tensor(index, block.values()[keep], (data.n_users, data.n_items)).coalesce()
-        self.register_buffer("r", r.to_sparse_csr(), persistent=False)
-        self.register_buffer("r_t", transpose_csr(r), persistent=False)
+        adj = user_item_adjacency(data.train, data.n_users, data.n_items)
+        r = adj[: data.n_users, data.n_users :]
+        self.register_buffer("adj", scipy_to_torch_csr(adj), persistent=False)
+        self.register_buffer("r", scipy_to_torch_csr(r), persistent=False)
+        self.register_buffer("r_t", scipy_to_torch_csr(r.T), persistent=False)
         k_by_modality = config["knn_k_by_modality"] or {}
         graphs = {m: weighted_knn_graph(data, m, k_by_modality.get(m, config["knn_k"])) for m in mods}
         graphs["fusion"] = max_pool(list(graphs.values()))
-        self.views = list(graphs)
         for name, g in graphs.items():
             self.register_buffer(f"item_adj_{name}", g, persistent=False)
             self.register_buffer(f"item_adj_t_{name}", transpose_csr(g), persistent=False)
@@ -134,16 +126,20 @@ class SMORE(Recommender):
             z = spmm(adj, z, adj_t)
         return torch.cat([spmm(self.r, z, self.r_t), z])
 
-    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Behaviour view E and side view over all N_u + N_i nodes."""
+    def forward(self, nodes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Behaviour view E and side view, on the rows `nodes` of the N_u + N_i nodes (default all).
+
+        Propagation needs every node; the preference module after it is row-wise, so a
+        batch computes it for its own nodes only.
+        """
         conv, fused = self.spectrum()
         behaviour = torch.stack(propagate(self.adj, torch.cat([self.user_emb, self.item_emb]), self.n_ui_layers)).mean(0)
         fusion = self.item_view("fusion", self.item_emb * self.fusion_gate(fused))
-        parts = []
-        for m, c in conv.items():
-            view = self.item_view(m, self.item_emb * self.gates[m](c))
-            attention = torch.softmax(self.queries[m](fusion), dim=-1)
-            parts.append(self.dropout(self.prefers[m](behaviour)) * attention * view)
+        views = {m: self.item_view(m, self.item_emb * self.gates[m](c)) for m, c in conv.items()}
+        if nodes is not None:
+            behaviour, fusion, views = behaviour[nodes], fusion[nodes], {m: v[nodes] for m, v in views.items()}
+        parts = [self.dropout(self.prefers[m](behaviour)) * torch.softmax(self.queries[m](fusion), dim=-1) * v
+                 for m, v in views.items()]
         parts.append(self.dropout(self.fusion_prefer(behaviour)) * fusion)
         return behaviour, torch.stack(parts).mean(0)
 
@@ -153,9 +149,11 @@ class SMORE(Recommender):
         return out[: self.n_users], out[self.n_users :]
 
     def loss_terms(self, users, pos_items, neg_items):
-        behaviour, side = self.forward()
+        nodes, index = torch.unique(torch.cat([users, pos_items + self.n_users, neg_items + self.n_users]), return_inverse=True)
+        behaviour, side = self.forward(nodes)
         out = behaviour + side
-        pos, neg = pos_items + self.n_users, neg_items + self.n_users
+        b = len(users)
+        users, pos, neg = index[:b], index[b : 2 * b], index[2 * b :]
         u, p, n = out[users], out[pos], out[neg]
         cl = info_nce(side[pos], behaviour[pos], self.temperature) + info_nce(side[users], behaviour[users], self.temperature)
         return {
@@ -166,5 +164,5 @@ class SMORE(Recommender):
 
     def diagnostics(self) -> dict:
         """Magnitude of each learned spectral filter per frequency bin (1 = pass-through)."""
-        filters = {m: w for m, w in self.filters.items()} | {"fusion": self.fusion_filter}
+        filters = {**self.filters, "fusion": self.fusion_filter}
         return {f"filter_gain_{name}": torch.view_as_complex(w.detach()).abs().cpu().tolist() for name, w in filters.items()}

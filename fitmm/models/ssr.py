@@ -19,9 +19,13 @@ InfoNCE between modality blocks.
 Choices the paper leaves open (SPEC §6), made here:
 - The context h of a node is its backbone representation R_u or R_i (B·d), the same
   context FITMM's gate uses (SPEC §5).
-- A = softmax over the output index m, so each input band's signal is distributed over
-  the outputs and Σ_m Y_m = Σ_n X_n. Wq, Wk start Xavier-uniform, γ and the rank logits
-  at 0 (all gains 1). The MLPs are Linear → ReLU → Linear with `embedding_dim` hidden units.
+- "A = softmax over output bands" is read literally by default (`mixing_softmax: output`):
+  normalised over m, each input band is distributed over the outputs and Σ_m Y_m = Σ_n X_n,
+  so Σ_m Z_m = c ⊙ v̄ ⊙ X does not depend on the band split at all; the split then acts on e
+  only through the gate (and the masking term). `mixing_softmax: input` is the attention
+  convention (normalised over n for each output m), under which A re-weights the bands.
+  Wq, Wk start Xavier-uniform, γ and the rank logits at 0 (all gains 1). The MLPs are
+  Linear → ReLU → Linear with `embedding_dim` hidden units.
 - A "modality block" of a row of X (viewed as 2 x B x d: [R | H] by block) is the 2d
   entries of one modality in R and in H. Contrastive pairs are every pair of item
   modalities (the id block is not a modality), on the output bands Z'_m of the unique
@@ -56,7 +60,8 @@ def mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
 class SpectralOperator(nn.Module):
     """G-HSNO: low-rank cross-band mixing, R diagonal gains and a context scale, on (n, M, D) band stacks."""
 
-    def __init__(self, n_bands: int, width: int, context_width: int, hidden: int, rank: int, temperature: float):
+    def __init__(self, n_bands: int, width: int, context_width: int, hidden: int, rank: int, temperature: float,
+                 softmax_over: str):
         super().__init__()
         self.wq = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_bands, rank)))
         self.wk = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_bands, rank)))
@@ -64,13 +69,15 @@ class SpectralOperator(nn.Module):
         self.rank_logits = nn.Parameter(torch.zeros(rank))
         self.context = mlp(context_width, hidden, width)
         self.kernel_scale = 1 / (rank**0.5 * temperature)
+        self.softmax_dim = {"output": 0, "input": 1}[softmax_over]
 
     def kernel(self) -> torch.Tensor:
         return self.wq @ self.wk.T * self.kernel_scale
 
     def mixing(self) -> torch.Tensor:
-        """A (M x M), A_mn = share of input band n sent to output band m (columns sum to 1)."""
-        return F.softmax(self.kernel(), dim=0)
+        """A (M x M), A_mn = weight of input band n in output band m, normalised over m (columns sum to 1)
+        or over n (rows sum to 1)."""
+        return F.softmax(self.kernel(), dim=self.softmax_dim)
 
     def forward(self, bands: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         y = torch.einsum("mk,nkd->nmd", self.mixing(), bands)
@@ -109,9 +116,16 @@ def band_infonce(z: torch.Tensor, n_blocks: int, pairs: list[tuple[int, int]], t
     losses = []
     for a, b in pairs:
         cand = F.normalize(torch.cat([blocks[:, :, a].flatten(1), blocks[:, :, b].flatten(1)]), dim=-1)
-        logits = (cand @ cand.T / temperature).fill_diagonal_(float("-inf"))
+        logits = (cand / temperature) @ cand.T
+        logits.fill_diagonal_(float("-inf"))
         losses.append(F.cross_entropy(logits, target))
     return torch.stack(losses).mean()
+
+
+def first_occurrence(ids: torch.Tensor) -> torch.Tensor:
+    """Positions in `ids` of one copy of each distinct value."""
+    uniq, inverse = ids.unique(return_inverse=True)
+    return torch.empty(len(uniq), dtype=torch.long, device=ids.device).scatter_(0, inverse, torch.arange(len(ids), device=ids.device))
 
 
 class SSR(Recommender):
@@ -130,6 +144,8 @@ class SSR(Recommender):
             raise TrainingError(f"bands must be one of {', '.join(BAND_PATHS)}; got {c['bands']!r}")
         if not 2 <= self.n_bands <= 5:
             raise TrainingError(f"n_bands must be in [2, 5] (SSR's range), got {self.n_bands}")
+        if c["mixing_softmax"] not in ("output", "input"):
+            raise TrainingError(f"mixing_softmax must be 'output' or 'input', got {c['mixing_softmax']!r}")
         if not 0 <= self.mask_prob < 1:
             raise TrainingError(f"mask_prob must be in [0, 1), got {self.mask_prob}")
         self.backbone = Backbone(data, self.dim, int(c["n_layers"]), graph=True,
@@ -144,58 +160,58 @@ class SSR(Recommender):
         sides = ("user", "item")
         if self.use_operator:
             self.operators = nn.ModuleDict({s: SpectralOperator(self.n_bands, width, context, self.dim, int(c["rank"]),
-                                                                float(c["operator_temperature"])) for s in sides})
+                                                                float(c["operator_temperature"]), c["mixing_softmax"])
+                                            for s in sides})
         if self.gated:
             self.gates = nn.ModuleDict({s: BandGate(self.n_bands, width, context, self.dim, float(c["gate_scale_init"]))
                                         for s in sides})
 
-    def encode(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Bands of all nodes (M, N, D) and the contexts h = [R_u; R_i] (N, B·d)."""
+    def encode(self, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bands (M, n, D) of the given node rows (None: all N) and their contexts h (n, B·d) from [R_u; R_i]."""
         v = self.backbone()
         context = torch.cat([v.r_u, v.r_i])
-        return self.bands(torch.cat([context, torch.cat([v.h_u, v.h_i])], dim=1)), context
+        bands = self.bands(torch.cat([context, torch.cat([v.h_u, v.h_i])], dim=1), rows)
+        return bands, context if rows is None else context[rows]
 
-    def reason(self, side: str, stack: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(n, M, D) input bands -> output bands Z' (n, M, D) and the gates a (n, M) (None without gating)."""
-        z = self.operators[side](stack, h) if self.use_operator else stack
+    def reason(self, side: str, bands: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(M, n, D) input bands -> output bands Z' (n, M, D) and the gates a (n, M) (None without gating)."""
+        z = bands.transpose(0, 1)
+        if self.use_operator:
+            z = self.operators[side](z, h)
         return self.gates[side](z, h) if self.gated else (z, None)
 
-    def _rows(self, bands: torch.Tensor, context: torch.Tensor, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return bands[:, nodes].transpose(0, 1), context[nodes]
-
-    def mask(self, stack: torch.Tensor) -> torch.Tensor:
-        """Drop each (node, band) w.p. p (band 1 kept where all would drop), rescale by 1/(1 − p)."""
-        keep = torch.rand(stack.shape[:2], device=stack.device) >= self.mask_prob
-        keep[:, 0] |= ~keep.any(1)
-        return stack * keep[..., None] / (1 - self.mask_prob)
+    def mask(self, bands: torch.Tensor) -> torch.Tensor:
+        """Drop each (band, node) of (M, n, D) w.p. p (band 1 kept where all would drop), rescale by 1/(1 − p)."""
+        keep = torch.rand(bands.shape[:2], device=bands.device) >= self.mask_prob
+        keep[0] |= ~keep.any(0)
+        return bands * keep[..., None] / (1 - self.mask_prob)
 
     def loss_terms(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> dict[str, torch.Tensor]:
-        bands, context = self.encode()
-        nodes = {"user": users, "item": self.n_users + torch.cat([pos_items, neg_items])}
-        rows = {s: self._rows(bands, context, n) for s, n in nodes.items()}
-        out = {s: self.reason(s, *rows[s]) for s in nodes}
-        e_u = out["user"][0].sum(1)
-        e_pos, e_neg = out["item"][0].sum(1).split(len(pos_items))
+        n_u, n_p = len(users), len(pos_items)
+        bands, context = self.encode(torch.cat([users, self.n_users + pos_items, self.n_users + neg_items]))
+        split = {"user": slice(0, n_u), "item": slice(n_u, None)}
+        out = {s: self.reason(s, bands[:, r], context[r]) for s, r in split.items()}
+        e_u, e_i = out["user"][0].sum(1), out["item"][0].sum(1)
+        e_pos, e_neg = e_i.split(n_p)
         terms = {"bce": bce_loss((e_u * e_pos).sum(-1), (e_u * e_neg).sum(-1))}
         if self.use_operator and self.lambda_reg > 0:
             terms["reg"] = self.lambda_reg * sum(op.regularizer() for op in self.operators.values())
-        if self.masking and self.lambda_mask > 0:
-            m_u = self.reason("user", self.mask(rows["user"][0]), rows["user"][1])[0].sum(1)
-            m_pos, m_neg = self.reason("item", self.mask(rows["item"][0]), rows["item"][1])[0].sum(1).split(len(pos_items))
-            mse = [F.mse_loss(m, e.detach()) for m, e in ((m_u, e_u), (m_pos, e_pos), (m_neg, e_neg))]
+        if self.training and self.masking and self.lambda_mask > 0:
+            masked = {s: self.reason(s, self.mask(bands[:, r]), context[r])[0].sum(1) for s, r in split.items()}
+            m_pos, m_neg = masked["item"].split(n_p)
+            mse = [F.mse_loss(m, e.detach()) for m, e in ((masked["user"], e_u), (m_pos, e_pos), (m_neg, e_neg))]
             terms["mask"] = self.lambda_mask * sum(mse) / 3
         if self.contrastive and self.lambda_contrast > 0:
-            loss = 0
-            for side, ids in (("user", users.unique()), ("item", self.n_users + pos_items.unique())):
-                z, _ = self.reason(side, *self._rows(bands, context, ids))
-                loss = loss + band_infonce(z, self.backbone.n_blocks, self.pairs, self.temperature)
+            # Z' is node-wise deterministic, so one row per unique user / positive item stands for all its copies.
+            loss = sum(band_infonce(out[s][0][first_occurrence(ids)], self.backbone.n_blocks, self.pairs, self.temperature)
+                       for s, ids in (("user", users), ("item", pos_items)))
             terms["contrast"] = self.lambda_contrast * loss / 2
         return terms
 
     def _all_bands(self) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor | None]]]:
         bands, context = self.encode()
-        nodes = {"user": slice(0, self.n_users), "item": slice(self.n_users, None)}
-        return bands, {s: self.reason(s, bands[:, n].transpose(0, 1), context[n]) for s, n in nodes.items()}
+        split = {"user": slice(0, self.n_users), "item": slice(self.n_users, None)}
+        return bands, {s: self.reason(s, bands[:, r], context[r]) for s, r in split.items()}
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         _, out = self._all_bands()

@@ -21,12 +21,11 @@ import hashlib
 import math
 import os
 
-import numpy as np
 import torch
 from torch import nn
 
-from fitmm.graphs import cached
 from fitmm.errors import TrainingError
+from fitmm.graphs import cached
 
 BAND_PATHS = ("chebyshev", "exact", "scalable")
 
@@ -39,18 +38,84 @@ def graph_key(adj: torch.Tensor) -> str:
     return h.hexdigest()[:12]
 
 
-def chebyshev_recurrence(adj: torch.Tensor, x: torch.Tensor, order: int) -> list[torch.Tensor]:
-    """[T_0(L̃)X, ..., T_order(L̃)X] with L̃ = −Â: one sparse mm per order."""
-    out = [x]
-    if order >= 1:
-        out.append(-torch.sparse.mm(adj, x))
-    for _ in range(2, order + 1):
-        out.append(-2 * torch.sparse.mm(adj, out[-1]) - out[-2])
-    return out
+# --- Chebyshev polynomials of L̃ = −Â --------------------------------------------------------------
+
+
+def next_term(adj: torch.Tensor, prev: torch.Tensor, cur: torch.Tensor, overwrite: bool) -> torch.Tensor:
+    """T_{k+1}X = 2L̃ T_kX − T_{k−1}X = −2Â T_kX − T_{k−1}X in one fused sparse addmm, written over T_{k−1}
+    when `overwrite` (without gradient): a fresh N x D buffer per order costs more than the mm itself on CPU."""
+    if overwrite:
+        return prev.addmm_(adj, cur, beta=-1, alpha=-2)
+    return torch.addmm(prev, adj, cur, beta=-1, alpha=-2)
+
+
+def chebyshev_moments(adj: torch.Tensor, x: torch.Tensor, order: int) -> torch.Tensor:
+    """μ_k = Σ_cols xᵀ T_k(L̃) x for k = 0..K (float64), from ⌈K/2⌉ sparse mms, without gradient.
+
+    T_j T_k = (T_{j+k} + T_{|j−k|})/2 gives μ_{2k} = 2⟨T_k x, T_k x⟩ − μ_0 and
+    μ_{2k−1} = 2⟨T_k x, T_{k−1} x⟩ − μ_1.
+    """
+
+    def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.dot(a.flatten(), b.flatten()).double()
+
+    moments = torch.empty(order + 1, dtype=torch.float64, device=x.device)
+    with torch.no_grad():
+        prev, cur = x, -torch.sparse.mm(adj, x)
+        moments[0], moments[1] = dot(x, x), dot(cur, x)
+        for k in range(1, (order + 1) // 2 + 1):
+            if k > 1:
+                prev, cur = cur, next_term(adj, prev, cur, overwrite=prev is not x)
+                moments[2 * k - 1] = 2 * dot(cur, prev) - moments[1]
+            if 2 * k <= order:
+                moments[2 * k] = 2 * dot(cur, cur) - moments[0]
+    return moments
+
+
+class ChebyshevFilter(torch.autograd.Function):
+    """Y_f = Σ_k c_fk T_k(L̃) X for each row f of c (F x K+1), as F x N x D, with a hand-written backward.
+
+    The filters are polynomials of the symmetric L̃, so the gradient is Σ_k T_k(L̃) H_k with
+    H_k = Σ_f c_fk G_f, summed by Clenshaw's recurrence b_k = H_k + 2L̃ b_{k+1} − b_{k+2},
+    Σ_k T_k H_k = H_0 + L̃ b_1 − b_2: K sparse mms each way, as autograd through the recurrence
+    would take, but in place on a few N x D buffers (memory O((F + 3) N D) whatever K).
+    """
+
+    @staticmethod
+    def forward(ctx, adj: torch.Tensor, x: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+        ctx.adj, ctx.coefficients = adj, coefficients.tolist()
+        c = ctx.coefficients
+        prev, cur = x, -torch.sparse.mm(adj, x)
+        out = torch.stack([c[f][0] * prev + c[f][1] * cur for f in range(len(c))])
+        for k in range(2, len(c[0])):
+            prev, cur = cur, next_term(adj, prev, cur, overwrite=prev is not x)
+            for f in range(len(c)):
+                out[f].add_(cur, alpha=c[f][k])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor, None]:
+        adj, c = ctx.adj, ctx.coefficients
+
+        def h(k: int, into: torch.Tensor) -> torch.Tensor:
+            for f in range(len(c)):
+                into.add_(grad[f], alpha=c[f][k])
+            return into
+
+        b1, b2 = h(len(c[0]) - 1, torch.zeros_like(grad[0])), torch.zeros_like(grad[0])
+        for k in range(len(c[0]) - 2, 0, -1):
+            b1, b2 = h(k, b2.addmm_(adj, b1, beta=-1, alpha=-2)), b1  # b_k = H_k − 2Â b_{k+1} − b_{k+2}
+        return None, h(0, b2.addmm_(adj, b1, beta=-1, alpha=-1)), None  # H_0 − Â b_1 − b_2
+
+
+def chebyshev_filter(adj: torch.Tensor, x: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+    """Σ_k c_fk T_k(L̃) X for each row f of `coefficients` (F x K+1): F x N x D, differentiable in X."""
+    return ChebyshevFilter.apply(adj, x, coefficients)
 
 
 class GraphBands(nn.Module):
-    """Maps a node signal X (N x D) to M bands (M x N x D) that sum to X."""
+    """Maps a node signal X (N x D) to M bands (M x N x D) that sum to X; `forward(x, rows)` returns the bands
+    of the given rows only (M x len(rows) x D), which the exact path computes at a fraction of the cost."""
 
     n_bands: int
 
@@ -59,9 +124,6 @@ class GraphBands(nn.Module):
         self.register_buffer("adj", adj, persistent=False)
         self.n_bands = n_bands
         self.n_nodes = adj.shape[0]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
 
 
 # --- the released code's fixed Chebyshev split -------------------------------------------------
@@ -85,12 +147,13 @@ class ChebyshevBands(GraphBands):
         if n_bands != 3:
             raise TrainingError(f"bands: chebyshev is the released code's fixed 3-band split; got n_bands={n_bands}")
         super().__init__(adj, n_bands)
+        self.filters = torch.tensor([[1.0, -0.5, 0.0, 0.0], [0.0, 0.0, 0.8, 0.3]])  # low, mid over T_0..T_3
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t0, t1, t2, t3 = chebyshev_recurrence(self.adj, x, 3)
-        low = t0 - 0.5 * t1
-        mid = 0.8 * t2 + 0.3 * t3
-        return torch.stack([low, mid, x - low - mid])
+    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        lower = chebyshev_filter(self.adj, x, self.filters)
+        if rows is not None:
+            lower, x = lower[:, rows], x[rows]
+        return torch.cat([lower, (x - lower.sum(0)).unsqueeze(0)])
 
 
 # --- the paper's exact equal-energy bands ------------------------------------------------------
@@ -150,15 +213,16 @@ class ExactBands(GraphBands):
         self.register_buffer("basis", evecs, persistent=False)
         self.borders = torch.zeros(n_bands - 1)  # λ of the latest forward's band borders (diagnostics)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         coef = self.basis.T @ x  # N x D spectral coefficients
         with torch.no_grad():
             cum = coef.double().square().sum(1).cumsum(0)
             cuts = energy_borders(cum, self.n_bands).clamp(max=self.n_nodes)
             inner = cuts.clamp(1, self.n_nodes - 1)
             self.borders = ((self.evals[inner - 1] + self.evals[inner]) / 2).float().cpu()
+        basis = self.basis if rows is None else self.basis[rows]
         bounds = [0, *cuts.tolist(), self.n_nodes]
-        return torch.stack([self.basis[:, a:b] @ coef[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
+        return torch.stack([basis[:, a:b] @ coef[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
 
 
 # --- this study's scalable equal-energy bands ---------------------------------------------------
@@ -181,40 +245,6 @@ def step_coefficients(t: torch.Tensor, order: int) -> torch.Tensor:
     theta = torch.arccos(t.clamp(-1, 1)).unsqueeze(1)
     k = torch.arange(1, order + 1, dtype=t.dtype, device=t.device)
     return torch.cat([(math.pi - theta) / math.pi, -2 * torch.sin(k * theta) / (k * math.pi)], dim=1)
-
-
-def chebyshev_moments(adj: torch.Tensor, x: torch.Tensor, order: int) -> torch.Tensor:
-    """μ_k = Σ_cols xᵀ T_k(L̃) x for k = 0..K (float64), from ⌈K/2⌉ sparse mms.
-
-    T_j T_k = (T_{j+k} + T_{|j−k|})/2 gives μ_{2k} = 2⟨T_k x, T_k x⟩ − μ_0 and
-    μ_{2k−1} = 2⟨T_k x, T_{k−1} x⟩ − μ_1.
-    """
-    dot = lambda a, b: (a * b).sum(dtype=torch.float64)
-    moments = torch.empty(order + 1, dtype=torch.float64, device=x.device)
-    prev, cur = x, -torch.sparse.mm(adj, x)
-    moments[0], moments[1] = dot(x, x), dot(cur, x)
-    for k in range(1, (order + 1) // 2 + 1):
-        if k > 1:
-            prev, cur = cur, -2 * torch.sparse.mm(adj, cur) - prev
-            moments[2 * k - 1] = 2 * dot(cur, prev) - moments[1]
-        if 2 * k <= order:
-            moments[2 * k] = 2 * dot(cur, cur) - moments[0]
-    return moments
-
-
-def chebyshev_filter(adj: torch.Tensor, x: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
-    """Σ_k c_{f,k} T_k(L̃) X for each row f of `coefficients` (F x K+1): F x N x D, by the three-term recurrence.
-
-    Only the running T_{k−1}, T_k and the F outputs are alive at a time, so memory is O((F + 2) N D)
-    whatever K; gradients flow back through the same recurrence.
-    """
-    c = coefficients.to(x.dtype)[:, :, None, None]
-    prev, cur = x, -torch.sparse.mm(adj, x)
-    out = c[:, 0] * prev + c[:, 1] * cur
-    for k in range(2, coefficients.shape[1]):
-        prev, cur = cur, -2 * torch.sparse.mm(adj, cur) - prev
-        out = out + c[:, k] * cur
-    return out
 
 
 class ScalableBands(GraphBands):
@@ -244,19 +274,31 @@ class ScalableBands(GraphBands):
         self.register_buffer("cumulative", step_coefficients(t_grid, order) * g, persistent=False)
         self.borders = torch.zeros(n_bands - 1)  # λ of the latest forward's band borders (diagnostics)
 
+    def energy_curve(self, moments: torch.Tensor) -> torch.Tensor:
+        """Estimated cumulative spectral energy E(t) on the grid, from the moments."""
+        return torch.cummax(self.cumulative @ moments, 0).values  # monotone up to float error
+
+    @torch.no_grad()
+    def cumulative_energy(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(λ grid, estimated fraction of X's spectral energy at eigenvalues ≤ λ), for plots and checks."""
+        moments = chebyshev_moments(self.adj, x, self.order)
+        return self.t_grid + 1, self.energy_curve(moments) / moments[0]
+
     def band_filters(self, moments: torch.Tensor) -> torch.Tensor:
         """Damped Chebyshev coefficients ((M−1) x (K+1)) of the lower M − 1 bands, borders from the moments."""
-        energy = torch.cummax(self.cumulative @ moments, 0).values  # monotone up to float error
+        energy = self.energy_curve(moments)
         targets = moments[0] * torch.arange(1, self.n_bands, dtype=moments.dtype, device=moments.device) / self.n_bands
         borders = self.t_grid[torch.searchsorted(energy, targets).clamp(max=len(self.t_grid) - 1)]
         self.borders = (borders + 1).float().cpu()
         steps = step_coefficients(torch.cat([borders.new_full((1,), -1.0), borders]), self.order) * self.damping
         return steps[1:] - steps[:-1]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         with torch.no_grad():
             filters = self.band_filters(chebyshev_moments(self.adj, x.detach(), self.order))
         lower = chebyshev_filter(self.adj, x, filters)
+        if rows is not None:
+            lower, x = lower[:, rows], x[rows]
         return torch.cat([lower, (x - lower.sum(0)).unsqueeze(0)])
 
 

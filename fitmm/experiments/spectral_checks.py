@@ -1,0 +1,124 @@
+"""Checks of trained and graph bands for the spectral-theory chapter (SPEC §5 "Theory claim", §6).
+
+- FITMM: orthogonality, energy per band and cross-modal (off-block) covariance share of
+  the bands of each backbone view; learned band weights against the gains the planted
+  SNR of the synthetic benchmark calls for.
+- SSR: how each band path (released Chebyshev, exact and scalable equal-energy) splits
+  the energy of a signal on the user-item graph, and where in the spectrum.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fitmm.data.dataset import Interactions
+from fitmm.graphs import normalized_adjacency
+from fitmm.models.backbone import Backbone
+from fitmm.spectral.feature_bands import feature_bands, group_sizes
+from fitmm.spectral.graph_bands import chebyshev_responses, laplacian_eigh, make_graph_bands
+from fitmm.theory import (band_energy_fractions, band_orthogonality, chebyshev_band_energy_by_third,
+                          off_block_energy_share, wiener_gain)
+
+
+def synthetic_meta(data: Interactions) -> dict | None:
+    """The generator's metadata (planted SNR per direction) of a synthetic dataset, else None."""
+    if data.path is None:
+        return None
+    path = data.path / f"{data.path.name}.meta.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def planted_band_gains(meta: dict, n_bands: int) -> np.ndarray:
+    """(M,) optimal gain profile of the planted structure, strongest band first.
+
+    Per modality, the Wiener gains SNR/(1 + SNR) of its directions, sorted descending, are
+    averaged within M contiguous groups (FITMM's grouping of directions into bands), then
+    averaged over modalities. The model's bands live in learned 64-d blocks, not the raw
+    feature coordinates, so only the ordering of this profile is comparable.
+    """
+    profiles = []
+    for modality in meta["modalities"].values():
+        gains = np.sort(wiener_gain(np.asarray(modality["snr"])))[::-1]
+        bounds = np.cumsum([0, *group_sizes(len(gains), n_bands)])
+        profiles.append([gains[a:b].mean() for a, b in zip(bounds[:-1], bounds[1:])])
+    return np.mean(profiles, axis=0)
+
+
+@torch.no_grad()
+def backbone_views(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The trained backbone's views (r_u, r_i, h_u, h_i where present) of a FITMM or SSR model."""
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, Backbone):
+        raise TypeError(f"{type(model).__name__} has no DRAGON-style backbone")
+    return {k: v for k, v in backbone()._asdict().items() if v is not None}
+
+
+@torch.no_grad()
+def feature_band_checks(views: dict[str, torch.Tensor], n_bands: int, borders: str = "equal",
+                        block_dim: int = 64) -> pd.DataFrame:
+    """Per view: max |cos| between bands, energy share of each band, cross-modal covariance share of each band."""
+    rows = {}
+    for name, z in views.items():
+        bands = feature_bands(z, block_dim, n_bands, borders).double().numpy()
+        row = {"orthogonality": band_orthogonality(bands)}
+        energy = band_energy_fractions(bands)
+        off = off_block_energy_share(bands, [block_dim] * (z.shape[1] // block_dim))
+        row.update({f"energy {k + 1}": e for k, e in enumerate(energy)})
+        row.update({f"cross-modal {k + 1}": o for k, o in enumerate(off)})
+        rows[name] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def graph_signal(views: dict[str, torch.Tensor]) -> torch.Tensor:
+    """SSR's node signal X = [[R_u; R_i] | [H_u; H_i]] (SPEC §6) from backbone views."""
+    x = torch.cat([views["r_u"], views["r_i"]])
+    if "h_u" in views:
+        x = torch.cat([x, torch.cat([views["h_u"], views["h_i"]])], dim=1)
+    return x
+
+
+def spectral_energy_by_third(data: Interactions, signal: torch.Tensor | None = None) -> pd.DataFrame:
+    """Share of each fixed Chebyshev band's energy in the thirds of the Laplacian spectrum [0, 2].
+
+    `signal` None means a white signal (every eigen-coefficient 1): the responses weighted by
+    the graph's eigenvalue density alone. Needs a dense eigendecomposition (small graphs).
+    """
+    evals, evecs = laplacian_eigh(normalized_adjacency(data))
+    coeffs = np.ones(len(evals)) if signal is None else (evecs.double().T @ signal.double()).numpy()
+    shares = chebyshev_band_energy_by_third(lambda lam: chebyshev_responses(torch.from_numpy(lam)).numpy(),
+                                            evals.numpy(), coeffs)
+    return pd.DataFrame(shares, index=["low", "mid", "high"], columns=["[0, 2/3)", "[2/3, 4/3)", "[4/3, 2]"])
+
+
+@torch.no_grad()
+def graph_band_energy(data: Interactions, signal: torch.Tensor, n_bands: int = 3,
+                      paths: Sequence[str] = ("chebyshev", "exact", "scalable")) -> pd.DataFrame:
+    """Energy share of each band of `signal` under each SSR band path (rows: path, columns: band)."""
+    adj = normalized_adjacency(data)
+    rows = {}
+    for path in paths:
+        bands = make_graph_bands(path, adj, n_bands)(signal.float())
+        rows[path] = band_energy_fractions(bands.double().numpy())
+    return pd.DataFrame.from_dict(rows, orient="index", columns=[f"band {k + 1}" for k in range(n_bands)])
+
+
+def band_diagnostics(records: list[dict]) -> pd.DataFrame:
+    """Per-band values a model records in `diagnostics` (lists of numbers, possibly nested by side or view),
+    in long format: dataset, model, seed, quantity (e.g. 'band_weights/user'), band (1-based), value."""
+    rows = []
+
+    def walk(prefix: str, value, base: dict) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}/{k}" if prefix else str(k), v, base)
+        elif isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
+            rows.extend({**base, "quantity": prefix, "band": k + 1, "value": float(v)} for k, v in enumerate(value))
+
+    for r in records:
+        walk("", r.get("diagnostics") or {}, {"dataset": r["dataset"]["name"], "model": r["model"], "seed": r["seed"]})
+    return pd.DataFrame(rows)

@@ -1,0 +1,99 @@
+"""Result tables: mean ± std over seeds, and the published numbers of SPEC §8 beside ours.
+
+Published values were obtained on the official splits and feature files, which differ
+from what is on hand here (see the data caveats); they are context, not targets.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from fitmm.experiments.runs import HEADLINE
+
+# Registry name -> the name the papers print.
+DISPLAY = {"bpr": "BPR", "lightgcn": "LightGCN", "ease": "EASE", "vbpr": "VBPR", "freedom": "FREEDOM",
+           "smore": "SMORE", "fitmm": "FITMM", "ssr": "SSR"}
+
+_R10_R20_N10_N20 = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
+_SMORE_T2 = {  # SMORE (WSDM 2025), Table 2: Baby, Sports, Clothing
+    "BPR": ((.0382, .0595, .0207, .0263), (.0417, .0633, .0232, .0288), (.0200, .0295, .0111, .0135)),
+    "LightGCN": ((.0453, .0728, .0246, .0317), (.0542, .0837, .0300, .0376), (.0338, .0517, .0185, .0230)),
+    "VBPR": ((.0425, .0663, .0223, .0284), (.0561, .0857, .0307, .0384), (.0281, .0410, .0157, .0190)),
+    "FREEDOM": ((.0626, .0986, .0327, .0420), (.0724, .1089, .0390, .0484), (.0635, .0938, .0340, .0417)),
+    "MGCN": ((.0616, .0943, .0330, .0414), (.0736, .1105, .0403, .0498), (.0649, .0971, .0356, .0438)),
+    "SMORE": ((.0680, .1035, .0365, .0457), (.0762, .1142, .0408, .0506), (.0659, .0987, .0360, .0443)),
+}
+_DIFFMM_TIKTOK = {  # DiffMM (ACM MM 2024), Table 1: R@20 / P@20 / N@20
+    "BPR": (.0346, .0017, .0130), "LightGCN": (.0653, .0033, .0282), "VBPR": (.0380, .0018, .0134),
+    "MMGCN": (.0730, .0036, .0307), "GRCN": (.0804, .0036, .0350), "LATTICE": (.0843, .0042, .0367),
+    "SLMRec": (.0845, .0042, .0353), "BM3": (.0957, .0048, .0404), "DiffMM": (.1129, .0056, .0456),
+}
+
+
+def _published_rows() -> list[dict]:
+    rows = []
+    for model, per_dataset in _SMORE_T2.items():
+        for dataset, values in zip(("baby", "sports", "clothing"), per_dataset):
+            rows += [{"source": "SMORE T2", "dataset": dataset, "model": model, "metric": m, "value": v}
+                     for m, v in zip(_R10_R20_N10_N20, values)]
+    for model, values in _DIFFMM_TIKTOK.items():
+        rows += [{"source": "DiffMM T1", "dataset": "tiktok", "model": model, "metric": m, "value": v}
+                 for m, v in zip(("recall@20", "precision@20", "ndcg@20"), values)]
+    for dataset, model, value in (("baby", "LightGCN", .0698), ("baby", "VBPR", .0486), ("baby", "LATTICE", .0829),
+                                  ("baby", "BM3", .0839), ("baby", "DiffMM", .0975), ("sports", "LightGCN", .0782),
+                                  ("sports", "BM3", .0975), ("sports", "DiffMM", .1017)):
+        rows.append({"source": "DiffMM T1", "dataset": dataset, "model": model, "metric": "recall@20", "value": value})
+    for dataset, model, values in (("baby", "LightGCN", (.0479, .0754, .0257, .0328)),
+                                   ("baby", "FREEDOM", (.0627, .0992, .0330, .0424)),
+                                   ("sports", "FREEDOM", (.0717, .1089, .0385, .0481))):
+        rows += [{"source": "MMRec", "dataset": dataset, "model": model, "metric": m, "value": v}
+                 for m, v in zip(_R10_R20_N10_N20, values)]
+    for dataset, value in (("baby", .0728), ("sports", .0825), ("clothing", .0708)):
+        rows.append({"source": "SSR paper", "dataset": dataset, "model": "SSR", "metric": "recall@10", "value": value})
+    return rows
+
+
+PUBLISHED = pd.DataFrame(_published_rows())
+
+
+def summarize(frame: pd.DataFrame, metrics: Sequence[str] = HEADLINE, by: Sequence[str] = ("dataset", "model")) -> pd.DataFrame:
+    """Mean and sample std over seeds: columns (metric, 'mean'|'std') and ('seeds', '')."""
+    grouped = frame.groupby(list(by), sort=False)
+    out = grouped[list(metrics)].agg(["mean", "std"])
+    out[("seeds", "")] = grouped.size()
+    return out
+
+
+def mean_std(frame: pd.DataFrame, metrics: Sequence[str] = HEADLINE, by: Sequence[str] = ("dataset", "model"),
+             digits: int = 4) -> pd.DataFrame:
+    """'mean ± std' strings per group and metric (the mean alone for a single seed), plus the seed count."""
+    stats = summarize(frame, metrics, by)
+    out = pd.DataFrame(index=stats.index)
+    for m in metrics:
+        mean, std = stats[(m, "mean")], stats[(m, "std")]
+        out[m] = [f"{a:.{digits}f}" if np.isnan(s) else f"{a:.{digits}f} ± {s:.{digits}f}" for a, s in zip(mean, std)]
+    out["seeds"] = stats[("seeds", "")]
+    return out
+
+
+def with_published(frame: pd.DataFrame, dataset: str, metrics: Sequence[str] = HEADLINE, digits: int = 4) -> pd.DataFrame:
+    """One dataset's table: ours (mean ± std) and each published source side by side, per metric.
+
+    Rows are models by display name: ours first, then models that only a paper reports.
+    Columns are (metric, 'ours') and (metric, source) for the sources with a value there.
+    """
+    ours = mean_std(frame[frame.dataset == dataset], metrics, by=("model",), digits=digits)
+    ours.index = [DISPLAY.get(m, m) for m in ours.index]
+    published = PUBLISHED[(PUBLISHED.dataset == dataset) & PUBLISHED.metric.isin(metrics)]
+    wide = published.pivot_table(index="model", columns=["metric", "source"], values="value")
+    models = list(ours.index) + [m for m in wide.index if m not in ours.index]
+    columns = {}
+    for m in metrics:
+        columns[(m, "ours")] = ours[m].reindex(models)
+        for source in (s for (metric, s) in wide.columns if metric == m):
+            columns[(m, source)] = wide[(m, source)].reindex(models).map(lambda v: f"{v:.{digits}f}", na_action="ignore")
+    columns[("seeds", "")] = ours["seeds"].reindex(models).astype("Int64")
+    return pd.DataFrame(columns, index=models).astype(object).fillna("–")

@@ -1,0 +1,222 @@
+"""`fitmm reproduce`: execute every notebook under a profile with papermill, then build the book.
+
+    notebooks/NN_name.ipynb --papermill(profile parameters)--> book/notebooks/NN_name.ipynb
+    book/ (markdown pages + executed notebooks) --jupyter-book build --all -W--> book/_build/html
+
+The book never executes anything itself (`execute_notebooks: off`): every output comes
+from the papermill run, whose parameters are injected into each executed notebook.
+An executed notebook records in its metadata a digest of its source and parameters and
+whether it ran to the end; a rerun skips notebooks whose digest matches and that ran
+to the end, and the report (which gathers the other chapters' verdicts) reruns whenever
+another notebook's output changed. A failing notebook is reported and written out with
+its error; the others still run. Its text then cites numbers it never computed, so the
+`-W` build fails too, but `--keep-going` still writes the site for inspection.
+
+Math renders offline: MathJax 3 is fetched once with `npm pack` into the gitignored
+`book/_mathjax/` (checked against the registry's sha1) and copied into the site by
+Sphinx's `html_extra_path`; `mathjax_path` points at that copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from tqdm.auto import tqdm
+
+NOTEBOOKS = Path("notebooks")
+EXECUTED = Path("book/notebooks")
+BOOK = Path("book")
+REPORT = "07_report"  # depends on every other chapter's output
+MATHJAX = {"package": "mathjax@3.2.2", "sha1": "c754d7b46a679d7f3fa03543d6b8bf124ddf9f6b",
+           "dest": BOOK / "_mathjax" / "mathjax", "entry": "tex-svg.js"}
+
+
+def profiles() -> dict[str, dict]:
+    """Every profile, `defaults` merged in (a profile's keys win)."""
+    raw = yaml.safe_load(resources.files("fitmm.experiments").joinpath("profiles.yaml").read_text())
+    defaults = raw.pop("defaults")
+    return {name: {**defaults, **values, "profile": name} for name, values in raw.items()}
+
+
+def notebook_parameters(notebook: Path, profile: dict) -> dict:
+    """The profile values of the parameters the notebook's `parameters` cell declares."""
+    import papermill
+
+    declared = papermill.inspect_notebook(str(notebook))
+    missing = [name for name in declared if name not in profile]
+    if missing:
+        raise KeyError(f"{notebook}: parameters {', '.join(missing)} are not set by profile {profile['profile']!r}")
+    return {name: profile[name] for name in declared}
+
+
+def digest(notebook: Path, parameters: dict, extra: str = "") -> str:
+    h = hashlib.sha256(notebook.read_bytes())
+    h.update(json.dumps(parameters, sort_keys=True).encode())
+    h.update(extra.encode())
+    return h.hexdigest()[:16]
+
+
+def executed_state(path: Path) -> dict | None:
+    """The `fitmm` metadata of an executed notebook (digest, status, seconds), or None."""
+    if not path.exists():
+        return None
+    return json.loads(path.read_text()).get("metadata", {}).get("fitmm")
+
+
+def execute(src: Path, out: Path, parameters: dict, key: str, root: Path) -> tuple[bool, float, str]:
+    """Run one notebook; write it (also when it fails) to `out`. Returns (ok, seconds, error)."""
+    import nbformat
+    import papermill
+
+    t0 = time.perf_counter()
+    error = ""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_out = Path(tmp) / out.name
+        try:
+            papermill.execute_notebook(str(src), str(tmp_out), parameters=parameters, cwd=str(root),
+                                       progress_bar=False, kernel_name="python3")
+        except papermill.PapermillExecutionError as err:
+            error = f"{err.ename}: {err.evalue}"
+        seconds = time.perf_counter() - t0
+        nb = nbformat.read(tmp_out, as_version=4)
+        for cell in nb.cells:  # the defaults cell is shadowed by papermill's injected one
+            if "parameters" in cell.metadata.get("tags", []):
+                cell.metadata["tags"] = [*cell.metadata["tags"], "remove-cell"]
+        nb.metadata["fitmm"] = {"digest": key, "profile": parameters.get("profile"), "status": "failed" if error else "ok",
+                                "error": error, "seconds": round(seconds, 1)}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, tmp_out)
+        os.replace(tmp_out, out)
+    return not error, seconds, error
+
+
+def select(notebooks: list[Path], only: list[str] | None) -> list[Path]:
+    """Notebooks whose stem equals or starts with one of `only` (all when None)."""
+    if not only:
+        return notebooks
+    chosen = [nb for nb in notebooks if any(nb.stem == o or nb.stem.startswith(o) for o in only)]
+    unknown = [o for o in only if not any(nb.stem == o or nb.stem.startswith(o) for nb in notebooks)]
+    if unknown:
+        raise KeyError(f"no notebook matches {', '.join(unknown)}; notebooks: {', '.join(nb.stem for nb in notebooks)}")
+    return chosen
+
+
+def reproduce(profile_name: str, root: Path, only: list[str] | None = None, force: bool = False) -> dict[str, str]:
+    """Execute the (selected) notebooks under a profile; return {notebook: 'ok' | 'up to date' | 'failed: ...'}."""
+    profile = profiles()[profile_name]
+    notebooks = sorted((root / NOTEBOOKS).glob("[0-9][0-9]_*.ipynb"))
+    # The kernel ("python3", started as `python`) must be this interpreter.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    outcome = {}
+    bar = tqdm(select(notebooks, only), desc=f"reproduce ({profile_name})", unit="notebook")
+    for src in bar:
+        bar.set_postfix_str(src.stem)
+        out = root / EXECUTED / src.name
+        parameters = notebook_parameters(src, profile)
+        extra = ""
+        if src.stem == REPORT:  # rerun when any other chapter's output changed
+            extra = json.dumps([executed_state(root / EXECUTED / nb.name) for nb in notebooks if nb.stem != REPORT])
+        key = digest(src, parameters, extra)
+        state = executed_state(out)
+        if not force and state and state["digest"] == key and state["status"] == "ok":
+            outcome[src.stem] = "up to date"
+            continue
+        ok, seconds, error = execute(src, out, parameters, key, root)
+        outcome[src.stem] = f"ok ({seconds:.0f} s)" if ok else f"failed: {error}"
+        tqdm.write(f"{src.stem}: {outcome[src.stem]}")
+    return outcome
+
+
+def fetch_mathjax(root: Path) -> Path:
+    """MathJax's es5 build in book/_mathjax/mathjax (npm pack once, sha1-checked); returns the folder."""
+    dest = root / MATHJAX["dest"]
+    if (dest / MATHJAX["entry"]).exists():
+        return dest
+    npm = shutil.which("npm")
+    if npm is None:
+        raise RuntimeError("MathJax: `npm` not found; install Node.js/npm (the book serves MathJax from "
+                           f"{MATHJAX['dest']} so that math renders offline)")
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run([npm, "pack", MATHJAX["package"], "--silent"], cwd=tmp, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"MathJax: `npm pack {MATHJAX['package']}` failed: {done.stderr.strip()}")
+        tarball = Path(tmp) / done.stdout.strip().splitlines()[-1]
+        sha1 = hashlib.sha1(tarball.read_bytes()).hexdigest()
+        if sha1 != MATHJAX["sha1"]:
+            raise RuntimeError(f"MathJax: {tarball.name} has sha1 {sha1}, expected {MATHJAX['sha1']}")
+        with tarfile.open(tarball) as tar:
+            tar.extractall(tmp, members=[m for m in tar.getmembers() if m.name.startswith("package/es5/")],
+                           filter="data")
+        staged = dest.with_name(f".{dest.name}.tmp")
+        shutil.rmtree(staged, ignore_errors=True)
+        # tex-svg.js needs no font files; the other combined bundles are never loaded.
+        unused = shutil.ignore_patterns("tex-chtml*.js", "tex-mml-*.js", "tex-svg-full.js", "mml-*.js", "node-main.js")
+        shutil.copytree(Path(tmp) / "package" / "es5", staged, ignore=unused)
+        os.replace(staged, dest)
+    return dest
+
+
+def build_book(root: Path) -> int:
+    """`jupyter-book build book --all -W` (warnings are errors); returns its exit code."""
+    fetch_mathjax(root)
+    cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()",
+           "build", str(root / BOOK), "--all", "-W", "--keep-going"]
+    return subprocess.run(cmd, cwd=root).returncode
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    root = Path(args.root).resolve()
+    if not (root / NOTEBOOKS).is_dir():
+        print(f"fitmm: error: {root / NOTEBOOKS}: not found; run from the repository root or pass --root",
+              file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    try:
+        outcome = reproduce(args.profile, root, args.only, args.force)
+    except KeyError as err:  # an --only name or a parameter the profile does not set
+        print(f"fitmm: error: {err.args[0]}", file=sys.stderr)
+        return 2
+    failed = [name for name, status in outcome.items() if status.startswith("failed")]
+    for name, status in outcome.items():
+        print(f"  {name:28s} {status}")
+    missing = [nb.stem for nb in sorted((root / NOTEBOOKS).glob("[0-9][0-9]_*.ipynb"))
+               if not (root / EXECUTED / nb.name).exists()]
+    code = 1 if failed else 0
+    if not args.no_book and missing:
+        print(f"book not built: no executed output yet for {', '.join(missing)} (run without --only)")
+    elif not args.no_book:
+        try:
+            built = build_book(root)
+        except RuntimeError as err:
+            print(f"fitmm: error: {err}", file=sys.stderr)
+            return 2
+        code = code or built
+        print(f"book: {root / BOOK / '_build' / 'html' / 'index.html'}" if built == 0
+              else "book: the build failed (warnings count as errors), see above")
+    print(f"reproduce ({args.profile}): {len(outcome)} notebook(s), {len(failed)} failed, "
+          f"{time.perf_counter() - t0:.0f} s")
+    return code
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `reproduce` command."""
+    cmd = subparsers.add_parser("reproduce", help="execute the book's notebooks under a profile, then build the book")
+    cmd.add_argument("--profile", required=True, choices=sorted(profiles()),
+                     help="smoke: synthetic, minutes; cpu: the data on hand on this machine; gpu: the full protocol")
+    cmd.add_argument("--only", nargs="+", metavar="NAME", help="only these notebooks (name or prefix, e.g. 01 04)")
+    cmd.add_argument("--force", action="store_true", help="re-execute notebooks even when their output is up to date")
+    cmd.add_argument("--no-book", action="store_true", help="execute the notebooks but do not build the book")
+    cmd.add_argument("--root", default=".", help="repository root (default: the current folder)")
+    cmd.set_defaults(func=_reproduce)

@@ -1,0 +1,137 @@
+"""The book's sources: notebooks, profiles, toc and config agree (no execution), and the runner's
+skip / resume / failure behaviour on throwaway notebooks (one kernel per execution)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+import yaml
+
+from fitmm import reproduce
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+PROFILES = reproduce.profiles()
+
+
+def glue_patterns(nb: nbformat.NotebookNode) -> list[re.Pattern]:
+    """Keys a notebook glues: glue_text("key", ...) literals, f-string keys as patterns."""
+    keys = []
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            for f, key in re.findall(r'glue_text\((f?)"([^"]+)"', cell.source):
+                keys.append(re.compile(re.sub(r"\\\{[^}]*\\\}", ".+", re.escape(key)) if f else re.escape(key)))
+    return keys
+
+
+def glued_in_markdown(text: str) -> list[tuple[str, str]]:
+    """(document, key) of every {glue:text} role; document '' for the same notebook."""
+    out = []
+    for ref in re.findall(r"\{glue:text\}`([^`]+)`", text):
+        doc, _, key = ref.rpartition("::")
+        out.append((doc, key.split(":")[0]))
+    return out
+
+
+def test_there_are_the_eight_chapters():
+    assert [nb.stem[:2] for nb in NOTEBOOKS] == [f"{i:02d}" for i in range(8)]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameters_cell(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and tagged[0] is code[0], "one parameters cell, the first code cell"
+    tree = ast.parse(tagged[0].source)
+    assert all(isinstance(s, ast.Assign) for s in tree.body), "the parameters cell only assigns"
+    defaults = {s.targets[0].id: ast.literal_eval(s.value) for s in tree.body}
+    assert "profile" in defaults
+    for name, profile in PROFILES.items():
+        assert set(reproduce.notebook_parameters(path, profile)) == set(defaults)  # every profile sets them all
+    smoke = PROFILES["smoke"]
+    assert defaults == {k: smoke[k] for k in defaults}, "defaults mirror the smoke profile"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_glued_key_is_computed(path):
+    nb = nbformat.read(path, as_version=4)
+    patterns = glue_patterns(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for doc, key in glued_in_markdown(cell.source):
+                assert doc == "" and any(p.fullmatch(key) for p in patterns), f"{key!r} is not glued in {path.name}"
+
+
+def test_pages_glue_from_existing_notebooks():
+    for page in (ROOT / "book").glob("*.md"):
+        for doc, key in glued_in_markdown(page.read_text()):
+            nb = nbformat.read(ROOT / "notebooks" / Path(doc).name, as_version=4)
+            assert any(p.fullmatch(key) for p in glue_patterns(nb)), f"{page.name}: {doc}::{key} is never glued"
+
+
+def test_toc_lists_every_notebook_and_page():
+    toc = yaml.safe_load((ROOT / "book" / "_toc.yml").read_text())
+    files = [toc["root"]] + [c["file"] for part in toc["parts"] for c in part["chapters"]]
+    assert [f for f in files if f.startswith("notebooks/")] == [f"notebooks/{nb.stem}" for nb in NOTEBOOKS]
+    for f in files:
+        if not f.startswith("notebooks/"):
+            assert (ROOT / "book" / f"{f}.md").exists()
+
+
+def test_config_never_executes_and_serves_mathjax_locally():
+    config = yaml.safe_load((ROOT / "book" / "_config.yml").read_text())
+    assert config["execute"]["execute_notebooks"] == "off"
+    sphinx = config["sphinx"]["config"]
+    extra = sphinx["html_extra_path"]
+    dest = reproduce.MATHJAX["dest"]
+    assert [f"{dest.parent.name}"] == extra and dest.parent.parent == reproduce.BOOK
+    # Sphinx prefixes mathjax_path with _static/: ../ climbs back to the site root, where html_extra_path copies to
+    assert sphinx["mathjax_path"] == f"../{dest.name}/{reproduce.MATHJAX['entry']}"
+    assert not (ROOT / "book" / "_static").exists()  # jupyter-book would inject every .js under static paths
+
+
+def test_select_by_name_or_prefix(tmp_path):
+    paths = [tmp_path / f"{s}.ipynb" for s in ("00_data", "01_main", "10_other")]
+    assert reproduce.select(paths, None) == paths
+    assert reproduce.select(paths, ["01", "00_data"]) == paths[:2]
+    with pytest.raises(KeyError, match="no notebook matches 02"):
+        reproduce.select(paths, ["02"])
+
+
+def write_notebook(path: Path, body: str) -> None:
+    params = nbformat.v4.new_code_cell('profile = "x"')
+    params.metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(body)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.mark.slow
+def test_reproduce_resumes_and_reports_failures(tmp_path):
+    (tmp_path / "notebooks").mkdir()
+    write_notebook(tmp_path / "notebooks" / "00_ok.ipynb", "print(profile)")
+    write_notebook(tmp_path / "notebooks" / "01_bad.ipynb", "raise ValueError('boom')")
+    write_notebook(tmp_path / "notebooks" / f"{reproduce.REPORT}.ipynb", "1")
+    first = reproduce.reproduce("smoke", tmp_path)
+    assert first["00_ok"].startswith("ok") and first["01_bad"] == "failed: ValueError: boom"
+    assert first[reproduce.REPORT].startswith("ok")  # a failure does not stop the others
+    out = tmp_path / reproduce.EXECUTED
+    assert reproduce.executed_state(out / "01_bad.ipynb")["status"] == "failed"
+    executed = nbformat.read(out / "00_ok.ipynb", as_version=4)
+    assert "smoke" in "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    assert "remove-cell" in executed.cells[0].metadata["tags"]  # defaults hidden behind the injected cell
+
+    second = reproduce.reproduce("smoke", tmp_path, only=["00", reproduce.REPORT])
+    assert second == {"00_ok": "up to date", reproduce.REPORT: "up to date"}
+    write_notebook(tmp_path / "notebooks" / "00_ok.ipynb", "print(profile, 2)")
+    third = reproduce.reproduce("smoke", tmp_path, only=["00", reproduce.REPORT])
+    assert third["00_ok"].startswith("ok") and third[reproduce.REPORT].startswith("ok")  # the report follows
+    assert json.loads((out / "00_ok.ipynb").read_text())["metadata"]["papermill"]["parameters"] == {"profile": "smoke"}
+    assert papermill.inspect_notebook(str(out / "00_ok.ipynb"))  # still a parameterised notebook

@@ -1,0 +1,277 @@
+"""fitmm.experiments on hand-made inputs: groups, sparsification, significance, tables, claims, checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats
+import torch
+
+from fitmm.data.dataset import Interactions
+from fitmm.experiments import claims, cost, datacheck, groups, notes, runs, significance, spectral_checks, tables
+from fitmm.metrics import evaluate
+
+
+def tiny(n_users: int = 12, n_items: int = 8, seed: int = 0) -> Interactions:
+    """Every user has 4 train items, 1 valid, 1 test (distinct), drawn at random."""
+    rng = np.random.default_rng(seed)
+    rows = {"train": [], "valid": [], "test": []}
+    for u in range(n_users):
+        items = rng.choice(n_items, 6, replace=False)
+        rows["train"] += [(u, i) for i in items[:4]]
+        rows["valid"].append((u, items[4]))
+        rows["test"].append((u, items[5]))
+    arrays = {k: np.array(v, dtype=np.int64) for k, v in rows.items()}
+    return Interactions("tiny", n_users, n_items, **arrays)
+
+
+# --- groups -------------------------------------------------------------------------------------
+
+
+def test_user_degree_groups_boundaries():
+    labels = groups.user_degree_groups(np.array([0, 5, 6, 20, 21, 300]))
+    assert labels.tolist() == ["cold", "cold", "warm", "warm", "hot", "hot"]
+
+
+def test_degree_quintiles_equal_population_and_monotone():
+    degree = np.array([3, 3, 3, 3, 3, 9, 1, 7, 7, 2])  # ties across a quintile border
+    q = groups.degree_quintiles(degree)
+    assert np.bincount(q)[1:].tolist() == [2, 2, 2, 2, 2]
+    order = np.argsort(degree, kind="stable")
+    assert (np.diff(q[order]) >= 0).all()  # higher degree never in a lower quintile
+    assert q[6] == 1 and q[5] == 5  # degree 1 lowest, 9 highest
+
+
+def test_item_popularity_groups_shares():
+    popularity = np.array([50, 1, 2, 30, 3, 4, 40, 5, 6, 7])
+    labels = groups.item_popularity_groups(popularity)
+    assert (labels == "tail").sum() == 5 and (labels == "head").sum() == 2 and (labels == "mid").sum() == 3
+    assert set(np.flatnonzero(labels == "head")) == {0, 6}  # the two most popular
+    assert set(np.flatnonzero(labels == "tail")) == {1, 2, 4, 5, 7}
+
+
+def test_group_means():
+    per_user = {"users": np.array([0, 2, 3]), "recall@20": np.array([1.0, 0.0, 0.5], dtype=np.float32)}
+    labels = np.array(["cold", "hot", "cold", "hot"], dtype=object)  # by user id
+    out = groups.group_means(per_user, labels, ["recall@20"])
+    assert out.loc["cold", "users"] == 2 and out.loc["cold", "recall@20"] == pytest.approx(0.5)
+    assert out.loc["hot", "users"] == 1 and out.loc["hot", "recall@20"] == pytest.approx(0.5)
+
+
+def test_item_group_metrics_counts_only_the_groups_items():
+    data = Interactions("d", 2, 4, train=np.array([[0, 0], [1, 0]]), valid=np.array([[0, 1], [1, 1]]),
+                        test=np.array([[0, 2], [0, 3], [1, 3]]))
+    scores = torch.tensor([[0.0, 0.0, 3.0, 1.0], [0.0, 0.0, 3.0, 1.0]])  # item 2 first, then 3
+    labels = np.array(["a", "a", "x", "y"], dtype=object)
+    table = groups.item_group_metrics(lambda users: scores[users], data, labels, ["recall@3", "precision@3"],
+                                      topk=(1, 3))
+    assert table.loc["x", "users"] == 1 and table.loc["x", "recall@3"] == pytest.approx(1.0)
+    assert table.loc["y", "users"] == 2 and table.loc["y", "pairs"] == 2
+    full, _ = evaluate(lambda users: scores[users], data, "test", (1,))
+    sub, _ = evaluate(lambda users: scores[users], groups.restrict_items(data, "test", labels == "y"), "test", (1,))
+    assert full["recall@1"] == pytest.approx(0.25) and sub["recall@1"] == 0.0  # item 3 never ranks first
+    assert "a" not in table.index  # no test pair in group a
+
+
+def test_sparsify_drops_the_fraction_and_keeps_valid_test():
+    data = tiny()
+    for fraction in (0.2, 0.5, 0.8):
+        sparse = groups.sparsify(data, fraction, seed=3)
+        assert len(sparse.train) == len(data.train) - round(fraction * len(data.train))
+        assert np.array_equal(sparse.valid, data.valid) and np.array_equal(sparse.test, data.test)
+        keys = lambda a: set(map(tuple, a.tolist()))
+        assert keys(sparse.train) <= keys(data.train)
+        assert sparse.name != data.name
+    kept40, kept80 = (set(map(tuple, groups.sparsify(data, f, 3).train.tolist())) for f in (0.4, 0.8))
+    assert kept80 < kept40  # nested for one seed
+    assert np.array_equal(groups.sparsify(data, 0.5, 3).train, groups.sparsify(data, 0.5, 3).train)
+    assert not np.array_equal(groups.sparsify(data, 0.5, 3).train, groups.sparsify(data, 0.5, 4).train)
+    assert groups.sparsify(data, 0.0) is data
+    with pytest.raises(ValueError):
+        groups.sparsify(data, 1.0)
+
+
+# --- significance -------------------------------------------------------------------------------
+
+
+def test_paired_test_aligns_by_user_id():
+    rng = np.random.default_rng(0)
+    x = rng.random(50)
+    y = x - 0.05 + 0.02 * rng.standard_normal(50)
+    a = {"users": np.arange(50), "m": x}
+    perm = rng.permutation(60)  # b has extra users, listed in another order
+    ys = np.concatenate([y, rng.random(10)])  # user u's value is ys[u]
+    b = {"users": perm, "m": ys[perm]}
+    out = significance.paired_test(a, b, "m")
+    assert out["users"] == 50
+    assert out["mean_diff"] == pytest.approx(np.mean(x - y))
+    assert out["wilcoxon_p"] == pytest.approx(scipy.stats.wilcoxon(x, y).pvalue)
+    assert out["ttest_p"] == pytest.approx(scipy.stats.ttest_rel(x, y).pvalue)
+    assert out["wilcoxon_p"] < 1e-6
+
+
+def test_paired_test_identical_and_disjoint():
+    a = {"users": np.arange(5), "m": np.linspace(0, 1, 5)}
+    assert significance.paired_test(a, a, "m")["wilcoxon_p"] == 1.0
+    with pytest.raises(ValueError):
+        significance.paired_test(a, {"users": np.arange(5, 10), "m": np.ones(5)}, "m")
+
+
+def write_run(path, users, values):
+    path.mkdir(parents=True)
+    np.savez(path / "per_user.npz", users=np.asarray(users), **{"recall@20": np.asarray(values, dtype=np.float32)})
+    return str(path)
+
+
+def test_seed_mean_and_versus_best_baseline(tmp_path):
+    users = np.arange(40)
+    rng = np.random.default_rng(1)
+    base = rng.random(40)
+    rows = []
+    for model, shift in (("weak", -0.3), ("strong", 0.0), ("fitmm", 0.2)):
+        for seed in (0, 1):
+            vals = np.clip(base + shift + 0.01 * seed, 0, None)
+            rows.append({"dataset": "d", "model": model, "seed": seed, "recall@20": vals.mean(),
+                         "path": write_run(tmp_path / f"{model}{seed}", users, vals)})
+    frame = pd.DataFrame(rows)
+    mean = significance.seed_mean(frame.loc[frame.model == "fitmm", "path"].tolist())
+    assert mean["recall@20"] == pytest.approx(np.clip(base + 0.2, 0, None) + 0.005, abs=1e-6)
+    out = significance.versus_best_baseline(frame, ["fitmm"])
+    assert out.loc[0, "baseline"] == "strong" and out.loc[0, "mean_diff"] > 0 and out.loc[0, "seeds"] == 2
+    keep = {"d": users < 10}
+    restricted = significance.versus_best_baseline(frame, ["fitmm"], keep_users=keep)
+    assert restricted.loc[0, "users"] == 10
+    frame["variant"] = frame.model
+    ref = significance.versus_reference(frame.assign(model="m"), "strong")
+    assert set(ref.variant) == {"weak", "fitmm"}
+    assert ref.set_index("variant").loc["weak", "mean_diff"] > 0  # reference better than weak
+
+
+# --- tables -------------------------------------------------------------------------------------
+
+
+def test_mean_std_and_published():
+    frame = pd.DataFrame({"dataset": ["baby", "baby", "baby"], "model": ["bpr", "bpr", "fitmm"],
+                          "seed": [0, 1, 0], "recall@20": [0.1, 0.3, 0.5], "recall@10": [0.1, 0.1, 0.2],
+                          "ndcg@10": [0.0, 0.0, 0.0], "ndcg@20": [0.0, 0.0, 0.0]})
+    table = tables.mean_std(frame)
+    assert table.loc[("baby", "bpr"), "recall@20"] == "0.2000 ± 0.1414"
+    assert table.loc[("baby", "fitmm"), "recall@20"] == "0.5000"  # one seed: no std
+    assert table.loc[("baby", "bpr"), "seeds"] == 2
+    wide = tables.with_published(frame, "baby")
+    assert wide.loc["BPR", ("recall@20", "ours")] == "0.2000 ± 0.1414"
+    assert wide.loc["BPR", ("recall@20", "SMORE T2")] == "0.0595"
+    assert wide.loc["FITMM", ("recall@20", "SMORE T2")] == "–"
+    assert "MGCN" in wide.index and wide.loc["MGCN", ("recall@20", "ours")] == "–"
+    assert wide.loc["LightGCN", ("recall@20", "MMRec")] == "0.0754"
+
+
+def test_published_values_cover_spec():
+    p = tables.PUBLISHED
+    assert len(p[(p.source == "SMORE T2")]) == 6 * 3 * 4
+    assert p[(p.dataset == "tiktok") & (p.model == "DiffMM") & (p.metric == "ndcg@20")].value.item() == .0456
+
+
+# --- claims -------------------------------------------------------------------------------------
+
+
+def test_comparison_verdict():
+    t = lambda diffs, ps: pd.DataFrame({"mean_diff": diffs, "wilcoxon_p": ps})
+    assert claims.comparison_verdict(t([0.1, 0.2], [0.01, 0.001])) == "reproduced"
+    assert claims.comparison_verdict(t([0.1, -0.2], [0.01, 0.001])) == "partly"
+    assert claims.comparison_verdict(t([0.1], [0.5])) == "partly"
+    assert claims.comparison_verdict(t([-0.1], [0.01])) == "not reproduced"
+    assert claims.comparison_verdict(pd.DataFrame()) == "pending"
+
+
+def test_claims_table_roundtrip(tmp_path):
+    claims.save(tmp_path, "smoke", "gib-decoupling", "reproduced", "slope 2.00")
+    table = claims.claims_table(tmp_path, "smoke")
+    assert table.loc["gib-decoupling", "verdict"] == "reproduced"
+    assert table.loc["ssr-cold-start", "verdict"] == "pending"
+    assert table.loc["published-numbers", "verdict"] == "not testable here"
+    assert claims.claims_table(tmp_path, "cpu").loc["gib-decoupling", "verdict"] == "pending"  # per profile
+    with pytest.raises(ValueError):
+        claims.save(tmp_path, "smoke", "gib-decoupling", "maybe", "")
+    with pytest.raises(KeyError):
+        claims.save(tmp_path, "smoke", "no-such-claim", "reproduced", "")
+    claims.save_finding(tmp_path, "smoke", "fitmm-consistency", "code better")
+    found = claims.discrepancies_table(tmp_path, "smoke")
+    assert found.loc["fitmm-consistency", "finding"] == "code better"
+    assert found.loc["ssr-bands", "finding"] == "pending"
+
+
+# --- data and spectral checks -------------------------------------------------------------------
+
+
+def test_split_checks_and_ccdf():
+    data = tiny()
+    checks = datacheck.split_checks(data)
+    # 6 items per user < 10: MMRec's rule gives 4 / 1 / 1, as built
+    assert checks == {"pairs in two splits": 0, "held-out users without train": 0, "users following MMRec's rule": 1.0}
+    x, share = datacheck.ccdf(np.array([1, 1, 2, 5]))
+    assert x.tolist() == [1, 2, 5] and share.tolist() == [1.0, 0.5, 0.25]
+
+
+def test_canonical_correlations():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((500, 6))
+    shared = a[:, :2] @ rng.standard_normal((2, 4))
+    b = np.concatenate([shared, rng.standard_normal((500, 3))], axis=1)
+    cc = datacheck.canonical_correlations(a, b)
+    assert cc[:2] == pytest.approx([1.0, 1.0]) and cc[2] < 0.3
+    assert datacheck.explained_variance(a).sum() == pytest.approx(1.0)
+
+
+def test_planted_band_gains_and_band_diagnostics():
+    meta = {"modalities": {"image": {"snr": [8.0, 1.0, 0.0, 0.0]}, "text": {"snr": [1.0, 0.0, 0.0, 0.0]}}}
+    gains = spectral_checks.planted_band_gains(meta, 2)
+    assert gains == pytest.approx([((8 / 9 + 1 / 2) / 2 + 0.5 / 2) / 2, 0.0])
+    records = [{"dataset": {"name": "d"}, "model": "m", "seed": 0,
+                "diagnostics": {"band_weights": {"user": [0.5, 0.25]}, "scale": 2.0, "matrix": [[1, 2]]}}]
+    diag = spectral_checks.band_diagnostics(records)
+    assert diag.quantity.tolist() == ["band_weights/user"] * 2 and diag.band.tolist() == [1, 2]
+
+
+def test_growth_slopes():
+    edges = np.array([100, 1000, 10000])
+    frame = pd.DataFrame({"model": "m", "edges": edges, "seconds_per_epoch": 0.01 * edges ** 1.5,
+                          "eval_seconds": 0.1 * edges})
+    slopes = cost.growth_slopes(frame)
+    assert slopes.loc["m", "seconds_per_epoch"] == pytest.approx(1.5)
+    assert slopes.loc["m", "eval_seconds"] == pytest.approx(1.0)
+
+
+def test_notes_formatting():
+    frame = pd.DataFrame({"a": ["x|y"], "b": [1]}, index=pd.Index(["r"], name="id"))
+    assert notes.markdown_table(frame).splitlines() == ["| id | a | b |", "|---|---|---|", "| r | x\\|y | 1 |"]
+    assert notes.fmt(0.12345) == "0.1235" and notes.fmt(float("nan")) == "n/a" and notes.fmt("pending") == "pending"
+    assert notes.caveats(["synthetic"]) == [notes.SYNTHETIC]
+    assert len(notes.caveats(["baby", "tiktok"])) == 3
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+
+def test_run_all_reuses_skips_and_rebuilds(tmp_path, monkeypatch):
+    monkeypatch.setenv("FITMM_CACHE", str(tmp_path / "cache"))
+    data = tiny(n_items=60)  # ≥ 50 items: the protocol's largest cut-off
+    budget = {"epochs": 1, "batch_size": 16, "embedding_dim": 8, "device": "cpu"}
+    out = runs.run_all([data], ["bpr", "no-such-model"], [0], tmp_path, budget,
+                       variants={"": {}, "typo": {"no_such_key": 1}})
+    assert out.frame.model.tolist() == ["bpr"] and len(out.records) == 1
+    assert any("no-such-model" in n and "not in fitmm.models.MODELS" in n for n in out.notes)
+    assert any("typo" in n and "no_such_key" in n for n in out.notes)
+    row = out.frame.iloc[0]
+    again = runs.run_all([data], ["bpr"], [0], tmp_path, budget)
+    assert again.frame.run_id.tolist() == [row.run_id]
+    assert json.loads((tmp_path / "runs" / "tiny" / "bpr" / row.run_id / "record.json").read_text())["run_id"] == row.run_id
+    model = runs.trained_model(data, row.path)
+    summary, _ = evaluate(model.scorer(), data, "test", (5, 10, 20, 50))
+    assert summary["recall@20"] == pytest.approx(row["recall@20"])
+    assert runs.per_user(row.path)["users"].tolist() == list(range(data.n_users))
+    assert runs.history_frame(out.records).epoch.tolist() == [0]
+    assert runs.collect_records(tmp_path).run_id.tolist() == [row.run_id]

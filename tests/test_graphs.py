@@ -1,0 +1,33 @@
+"""Graphs: normalised adjacency, kNN graphs, sparse products with a precomputed transpose."""
+
+import numpy as np
+import torch
+
+from fitmm.graphs import knn_adjacency, spmm, transpose_csr, user_item_adjacency
+
+
+def test_spmm_gradient_uses_the_transpose():
+    a = torch.rand(7, 5).where(torch.rand(7, 5) < 0.4, torch.tensor(0.0))
+    x = torch.randn(5, 3, requires_grad=True)
+    csr = a.to_sparse_csr()
+    spmm(csr, x, transpose_csr(csr)).square().sum().backward()
+    expected = torch.autograd.grad((a @ x).square().sum(), x)[0]
+    torch.testing.assert_close(x.grad, expected)
+
+
+def test_user_item_adjacency_is_symmetric_normalised():
+    train = np.array([[0, 0], [0, 1], [1, 1], [2, 2]])
+    adj = user_item_adjacency(train, 3, 3).toarray()
+    np.testing.assert_allclose(adj, adj.T)
+    # edge (user 0, item 1): degrees 2 and 2 -> 1/2; (user 2, item 2): degrees 1 and 1 -> 1.
+    np.testing.assert_allclose([adj[0, 3 + 1], adj[2, 3 + 2]], [0.5, 1.0])
+    assert np.all(np.diag(adj) == 0)
+    eig = np.linalg.eigvalsh(adj)
+    assert eig.max() <= 1 + 1e-9 and eig.min() >= -1 - 1e-9
+
+
+def test_knn_adjacency_keeps_k_most_similar():
+    feats = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]], dtype=np.float32)
+    knn = knn_adjacency(feats, k=2).toarray()
+    assert knn.sum(1).tolist() == [2, 2, 2, 2]
+    assert knn[0, 1] == 1 and knn[2, 3] == 1 and knn[0, 2] == 0
