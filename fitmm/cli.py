@@ -29,12 +29,12 @@ def _train(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from fitmm.config import available_models
+    from fitmm import reproduce
     from fitmm.data import cli as data_cli
 
     parser = argparse.ArgumentParser(prog="fitmm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     data_cli.register(commands)
-    from fitmm import reproduce
     reproduce.register(commands)
 
     train = commands.add_parser("train", help="train one model on one dataset and write its run record")
