@@ -5,6 +5,8 @@
   SNR of the synthetic benchmark calls for.
 - SSR: how each band path (released Chebyshev, exact and scalable equal-energy) splits
   the energy of a signal on the user-item graph, and where in the spectrum.
+- Both: band reliance, the change of a test metric per user group when one band is
+  zeroed at test time.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import pandas as pd
 import torch
 
 from fitmm.data.dataset import Interactions
+from fitmm.experiments.groups import USER_GROUPS, user_degree_groups
 from fitmm.graphs import normalized_adjacency
+from fitmm.metrics import evaluate
 from fitmm.models.backbone import Backbone
 from fitmm.spectral.feature_bands import feature_bands, group_sizes
 from fitmm.spectral.graph_bands import chebyshev_responses, laplacian_eigh, make_graph_bands
@@ -121,4 +125,35 @@ def band_diagnostics(records: list[dict]) -> pd.DataFrame:
 
     for r in records:
         walk("", r.get("diagnostics") or {}, {"dataset": r["dataset"]["name"], "model": r["model"], "seed": r["seed"]})
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def band_reliance(model: torch.nn.Module, data: Interactions, split: str = "test",
+                  metric: str = "recall@20") -> pd.DataFrame:
+    """Zero one band at a time (the model's `band_mask`) and measure Δ`metric` per user group.
+
+    Rows (band, group) with the group's size, its metric with all bands, and the mean
+    per-user change when the band is dropped (groups: all, then cold / warm / hot by
+    train degree, SPEC §9). The model is evaluated as it is; nothing is retrained.
+    """
+    model.eval()
+    k = int(metric.split("@")[1])
+    _, base = evaluate(model.scorer(), data, split, (k,))
+    groups = user_degree_groups(data.user_degree[base["users"]])
+    selections = {"all": np.ones(len(groups), dtype=bool), **{g: groups == g for g in USER_GROUPS}}
+    rows = []
+    for band in range(model.n_bands):
+        mask = torch.ones(model.n_bands)
+        mask[band] = 0.0
+        model.band_mask = mask
+        try:
+            _, dropped = evaluate(model.scorer(), data, split, (k,))
+        finally:
+            model.band_mask = None
+        delta = dropped[metric] - base[metric]
+        for group, sel in selections.items():
+            if sel.any():
+                rows.append({"band": band + 1, "group": group, "users": int(sel.sum()),
+                             metric: float(base[metric][sel].mean()), "delta": float(delta[sel].mean())})
     return pd.DataFrame(rows)

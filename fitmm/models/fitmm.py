@@ -141,6 +141,8 @@ class FITMM(Recommender):
         if self.spectral:
             self.user_fusion = BandFusion(n_blocks * self.dim, self.n_bands, self.gated)
             self.item_fusion = BandFusion(n_blocks * self.dim, self.n_bands, self.gated)
+        # (M,) multiplier of the bands, set only by the band-reliance check (zero one band at test time).
+        self.band_mask: torch.Tensor | None = None
 
     def _encode(self) -> tuple[Views, dict[str, torch.Tensor], dict[str, torch.Tensor | None]]:
         """One full forward: backbone views, band projectors of each view (bases from all nodes), gates per side."""
@@ -163,6 +165,8 @@ class FITMM(Recommender):
         bands = apply_bands(r, projectors[f"r_{side}"])
         if h is not None:
             bands = bands + apply_bands(h, projectors[f"h_{side}"])
+        if self.band_mask is not None:
+            bands = bands * self.band_mask[:, None, None]
         g = gates[side]
         if g is not None and rows is not None:
             g = g[rows]

@@ -165,12 +165,16 @@ class SSR(Recommender):
         if self.gated:
             self.gates = nn.ModuleDict({s: BandGate(self.n_bands, width, context, self.dim, float(c["gate_scale_init"]))
                                         for s in sides})
+        # (M,) multiplier of the input bands, set only by the band-reliance check (zero one band at test time).
+        self.band_mask: torch.Tensor | None = None
 
     def encode(self, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Bands (M, n, D) of the given node rows (None: all N) and their contexts h (n, B·d) from [R_u; R_i]."""
         v = self.backbone()
         context = torch.cat([v.r_u, v.r_i])
         bands = self.bands(torch.cat([context, torch.cat([v.h_u, v.h_i])], dim=1), rows)
+        if self.band_mask is not None:
+            bands = bands * self.band_mask[:, None, None]
         return bands, context if rows is None else context[rows]
 
     def reason(self, side: str, bands: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
