@@ -8,7 +8,7 @@ from fitmm.data.loader import load_dataset
 from fitmm.data.synthetic import generate
 from fitmm.errors import TrainingError
 from fitmm.metrics import evaluate
-from fitmm.models.ssr import SSR
+from fitmm.models.ssr import SSR, band_infonce
 from fitmm.train import build_model, train
 
 
@@ -141,6 +141,25 @@ def test_fixed_seed_is_deterministic(data):
 def test_bad_configs(data, overrides, match):
     with pytest.raises(TrainingError, match=match):
         model(data, **overrides)
+
+
+def test_infonce_matches_a_direct_computation_and_anchor_sampling_is_unbiased():
+    torch.manual_seed(0)
+    n, m, n_blocks, d = 5, 3, 3, 4
+    z = torch.randn(n, m, 2 * n_blocks * d)
+    blocks = z.reshape(n * m, 2, n_blocks, d)
+    direct = []
+    for a, b in [(1, 2)]:
+        cand = torch.nn.functional.normalize(torch.cat([blocks[:, :, a].flatten(1), blocks[:, :, b].flatten(1)]), dim=-1)
+        for r in range(2 * n * m):  # anchor r: positive its other-modality twin, every other block a negative
+            sims = cand @ cand[r] / 0.2
+            positive = (r + n * m) % (2 * n * m)
+            direct.append(torch.logsumexp(torch.cat([sims[:r], sims[r + 1 :]]), 0) - sims[positive])
+    full = band_infonce(z, n_blocks, [(1, 2)], 0.2)
+    torch.testing.assert_close(full, torch.stack(direct).mean())
+    torch.testing.assert_close(band_infonce(z, n_blocks, [(1, 2)], 0.2, anchors=1000), full)
+    sampled = torch.stack([band_infonce(z, n_blocks, [(1, 2)], 0.2, anchors=4) for _ in range(4000)])
+    assert abs(sampled.mean() - full) < 4 * sampled.std() / 4000**0.5
 
 
 def test_contrastive_needs_two_modalities(data):
