@@ -75,8 +75,17 @@ def executed_state(path: Path) -> dict | None:
     return json.loads(path.read_text()).get("metadata", {}).get("fitmm")
 
 
-def execute(src: Path, out: Path, parameters: dict, key: str, root: Path) -> tuple[bool, float, str]:
-    """Run one notebook; write it (also when it fails) to `out`. Returns (ok, seconds, error)."""
+def profile_banner(profile: dict, seconds: float) -> str:
+    """The note an executed chapter opens with: which profile produced it, what that profile is, when."""
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return (f"```{{admonition}} Profile: {profile['profile']}\n:class: tip\n"
+            f"{' '.join(profile['about'].split())} Executed by `fitmm reproduce --profile {profile['profile']}` "
+            f"on {stamp} in {seconds:.0f} s.\n```")
+
+
+def execute(src: Path, out: Path, profile: dict, parameters: dict, key: str, root: Path) -> tuple[bool, float, str]:
+    """Run one notebook with `parameters` (from `profile`); write it (also when it fails) to `out`, with the
+    profile's banner after its title. Returns (ok, seconds, error)."""
     import nbformat
     import papermill
 
@@ -94,7 +103,9 @@ def execute(src: Path, out: Path, parameters: dict, key: str, root: Path) -> tup
         for cell in nb.cells:  # the defaults cell is shadowed by papermill's injected one
             if "parameters" in cell.metadata.get("tags", []):
                 cell.metadata["tags"] = [*cell.metadata["tags"], "remove-cell"]
-        nb.metadata["fitmm"] = {"digest": key, "profile": parameters.get("profile"), "status": "failed" if error else "ok",
+        after_title = 1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0
+        nb.cells.insert(after_title, nbformat.v4.new_markdown_cell(profile_banner(profile, seconds)))
+        nb.metadata["fitmm"] = {"digest": key, "profile": profile["profile"], "status": "failed" if error else "ok",
                                 "error": error, "seconds": round(seconds, 1)}
         out.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, tmp_out)
@@ -133,7 +144,7 @@ def reproduce(profile_name: str, root: Path, only: list[str] | None = None, forc
         if not force and state and state["digest"] == key and state["status"] == "ok":
             outcome[src.stem] = "up to date"
             continue
-        ok, seconds, error = execute(src, out, parameters, key, root)
+        ok, seconds, error = execute(src, out, profile, parameters, key, root)
         outcome[src.stem] = f"ok ({seconds:.0f} s)" if ok else f"failed: {error}"
         tqdm.write(f"{src.stem}: {outcome[src.stem]}")
     return outcome

@@ -126,7 +126,9 @@ def test_reproduce_resumes_and_reports_failures(tmp_path):
     assert reproduce.executed_state(out / "01_bad.ipynb")["status"] == "failed"
     executed = nbformat.read(out / "00_ok.ipynb", as_version=4)
     assert "smoke" in "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
-    assert "remove-cell" in executed.cells[0].metadata["tags"]  # defaults hidden behind the injected cell
+    assert executed.cells[0].cell_type == "markdown" and "Profile: smoke" in executed.cells[0].source  # the banner
+    defaults = next(c for c in executed.cells if "parameters" in c.metadata.get("tags", []))
+    assert "remove-cell" in defaults.metadata["tags"]  # defaults hidden behind the injected cell
 
     second = reproduce.reproduce("smoke", tmp_path, only=["00", reproduce.REPORT])
     assert second == {"00_ok": "up to date", reproduce.REPORT: "up to date"}

@@ -24,7 +24,8 @@ from fitmm.graphs import normalized_adjacency
 from fitmm.metrics import evaluate
 from fitmm.models.backbone import Backbone
 from fitmm.spectral.feature_bands import feature_bands, group_sizes
-from fitmm.spectral.graph_bands import chebyshev_responses, laplacian_eigh, make_graph_bands
+from fitmm.errors import TrainingError
+from fitmm.spectral.graph_bands import check_dense_eigh, chebyshev_responses, laplacian_eigh, make_graph_bands
 from fitmm.theory import (band_energy_fractions, band_orthogonality, chebyshev_band_energy_by_third,
                           off_block_energy_share, wiener_gain)
 
@@ -86,11 +87,20 @@ def graph_signal(views: dict[str, torch.Tensor]) -> torch.Tensor:
     return x
 
 
+def dense_spectrum_refusal(data: Interactions) -> str | None:
+    """Why the user-item graph of `data` is too large for a dense eigendecomposition here, or None."""
+    try:
+        check_dense_eigh(data.n_users + data.n_items)
+    except TrainingError as err:
+        return str(err)
+    return None
+
+
 def spectral_energy_by_third(data: Interactions, signal: torch.Tensor | None = None) -> pd.DataFrame:
     """Share of each fixed Chebyshev band's energy in the thirds of the Laplacian spectrum [0, 2].
 
     `signal` None means a white signal (every eigen-coefficient 1): the responses weighted by
-    the graph's eigenvalue density alone. Needs a dense eigendecomposition (small graphs).
+    the graph's eigenvalue density alone. Needs a dense eigendecomposition (`dense_spectrum_refusal`), cached.
     """
     evals, evecs = laplacian_eigh(normalized_adjacency(data))
     coeffs = np.ones(len(evals)) if signal is None else (evecs.double().T @ signal.double()).numpy()

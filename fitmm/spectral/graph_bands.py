@@ -164,6 +164,19 @@ def eigh_bytes(n: int) -> int:
     return 4 * 8 * n * n
 
 
+def check_dense_eigh(n: int, max_nodes: int = 20_000, memory_fraction: float = 0.5) -> None:
+    """Refuse (TrainingError naming size and memory) a dense eigendecomposition of an n-node Laplacian that is
+    above `max_nodes` or would take more than `memory_fraction` of this machine's RAM."""
+    need = eigh_bytes(n)
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if n > max_nodes or need > memory_fraction * ram:
+        raise TrainingError(
+            f"bands: exact needs a dense eigendecomposition of the {n:,} x {n:,} graph Laplacian "
+            f"(about {need / 2**30:.1f} GiB, O(N^3) time); the limit is N <= {max_nodes:,} and "
+            f"{memory_fraction:.0%} of this machine's {ram / 2**30:.1f} GiB RAM. Use bands: scalable."
+        )
+
+
 def laplacian_eigh(adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenvalues (ascending, float64) and eigenvectors (float32 columns) of L = I − Â, cached per graph."""
 
@@ -193,21 +206,13 @@ class ExactBands(GraphBands):
     so they follow the signal as the paper's rule says; the projection itself is differentiable.
     The eigenvector ordering inside a degenerate eigenvalue (bipartite graphs have at least
     |N_u − N_i| eigenvalues λ = 1) is arbitrary, so a border falling there splits it arbitrarily.
-    A dense eigendecomposition needs O(N²) memory and O(N³) time: refused above `max_nodes`
-    or above `memory_fraction` of the machine's RAM.
+    A dense eigendecomposition needs O(N²) memory and O(N³) time: refused (`check_dense_eigh`)
+    above 20,000 nodes or half the machine's RAM.
     """
 
-    def __init__(self, adj: torch.Tensor, n_bands: int, max_nodes: int = 20_000, memory_fraction: float = 0.5):
+    def __init__(self, adj: torch.Tensor, n_bands: int):
         super().__init__(adj, n_bands)
-        n = adj.shape[0]
-        need = eigh_bytes(n)
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        if n > max_nodes or need > memory_fraction * ram:
-            raise TrainingError(
-                f"bands: exact needs a dense eigendecomposition of the {n:,} x {n:,} graph Laplacian "
-                f"(about {need / 2**30:.1f} GiB, O(N^3) time); the limit is N <= {max_nodes:,} and "
-                f"{memory_fraction:.0%} of this machine's {ram / 2**30:.1f} GiB RAM. Use bands: scalable."
-            )
+        check_dense_eigh(adj.shape[0])
         evals, evecs = laplacian_eigh(adj)
         self.register_buffer("evals", evals, persistent=False)
         self.register_buffer("basis", evecs, persistent=False)
