@@ -139,6 +139,20 @@ def band_diagnostics(records: list[dict]) -> pd.DataFrame:
 
 
 @torch.no_grad()
+def gates_by_user_group(model: torch.nn.Module, data: Interactions) -> pd.DataFrame:
+    """Mean learned band gate per (user group, band) of a trained FITMM or SSR (its `user_gates`); groups as in
+    `band_reliance` (all, cold, warm, hot). Empty when the model has no gates."""
+    gates = model.eval().user_gates()
+    if gates is None:
+        return pd.DataFrame(columns=["group", "band", "users", "gate"])
+    gates = gates.cpu().numpy()
+    groups = user_degree_groups(data.user_degree)
+    selections = {"all": np.ones(len(groups), dtype=bool), **{g: groups == g for g in USER_GROUPS}}
+    return pd.DataFrame([{"group": group, "band": band + 1, "users": int(sel.sum()), "gate": float(gates[sel, band].mean())}
+                         for group, sel in selections.items() if sel.any() for band in range(gates.shape[1])])
+
+
+@torch.no_grad()
 def band_reliance(model: torch.nn.Module, data: Interactions, split: str = "test",
                   metric: str = "recall@20") -> pd.DataFrame:
     """Zero one band at a time (the model's `band_mask`) and measure Δ`metric` per user group.

@@ -200,6 +200,11 @@ class FITMM(Recommender):
         return self._side(state, "u", None)[0], self._side(state, "i", None)[0]
 
     @torch.no_grad()
+    def user_gates(self) -> torch.Tensor | None:
+        """(n_users, M) band gates g of every user, or None (no spectral module or no gate)."""
+        return self._encode()[2]["u"] if self.spectral and self.gated else None
+
+    @torch.no_grad()
     def diagnostics(self) -> dict:
         """Mean block weights w_u; per side: band weights ω, gate scale s, mean gate per band;
         energy fraction of each band of each view (‖B_k(Z)‖² / ‖Z‖²)."""

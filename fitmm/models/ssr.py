@@ -236,6 +236,11 @@ class SSR(Recommender):
         return out["user"][0].sum(1), out["item"][0].sum(1)
 
     @torch.no_grad()
+    def user_gates(self) -> torch.Tensor | None:
+        """(n_users, M) node-wise band gates a of every user, or None without gating."""
+        return self._all_bands()[1]["user"][1] if self.gated else None
+
+    @torch.no_grad()
     def diagnostics(self) -> dict:
         """Per side: energy fraction of the input bands, mean gate per band, mixing matrix A, and per output band
         the mean cosine between the two blocks of each modality pair; the graph band borders (λ) where signal-dependent."""
