@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 import resource
 import time
 from pathlib import Path
@@ -92,10 +93,26 @@ def build_model(data: Interactions, config: dict, device: torch.device) -> Recom
     return MODELS[config["model"]](data, config).to(device)
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Open a run's peak-memory window: CUDA's peak counter, or on Linux the process's resident-set high-water
+    mark (a notebook trains many models in one process; without the reset each would inherit the largest)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # not Linux: the peak stays the process's since it started (ru_maxrss)
+
+
 def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory since `reset_peak_memory`: CUDA allocations, or the resident set (VmHWM; else ru_maxrss)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    try:
+        return int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024
+    except (OSError, AttributeError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _evaluate(model: Recommender, data: Interactions, split: str, config: dict, device: torch.device):
@@ -115,6 +132,7 @@ def train(data: Interactions, config: dict, results_dir: str | Path | None = Non
     if out is not None and (out / "record.json").exists():
         return json.loads((out / "record.json").read_text())
     device = resolve_device(config["device"])
+    reset_peak_memory(device)
     if config["model"] in MODELS and not MODELS[config["model"]].trainable:
         model, record = _fit_closed_form(data, config, device, progress)
     else:

@@ -1,6 +1,8 @@
 """Trainer: sampling, determinism, early stopping, records, failures."""
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,3 +110,16 @@ def test_ease_picks_l2_on_valid():
 def test_unknown_override_is_an_error():
     with pytest.raises(TrainingError, match="n_layer"):
         load_config("lightgcn", {"n_layer": 3})
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="the per-run peak needs Linux's clear_refs")
+def test_peak_memory_is_the_runs_own_not_the_process_maximum():
+    def resident_mb() -> float:
+        return int(re.search(r"VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024
+
+    before = resident_mb()
+    ballast = np.ones(600 * 2**20 // 8)  # 600 MiB resident before the run, freed before it starts
+    ballast[::512] = 2.0
+    del ballast
+    record = train(planted(), config("bpr", epochs=1))
+    assert record["peak_memory_mb"] < before + 300  # the process maximum is at least before + 600

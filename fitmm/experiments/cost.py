@@ -1,8 +1,8 @@
 """Cost (SPEC §10): time per epoch, evaluation time, memory and epochs to the best valid epoch,
 from run records; and how time grows with the graph size on synthetic data.
 
-Peak memory on CPU is the process's maximum resident set size, which never decreases:
-when one process trains several runs, a run's value bounds its own peak from above.
+Peak memory on CPU is the run's peak resident set size (the Linux high-water mark, reset when
+the run starts, so runs trained one after another in one process each get their own).
 """
 
 from __future__ import annotations
