@@ -44,6 +44,14 @@ def test_there_are_the_eight_chapters():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_valid_nbformat_with_cell_ids(path):
+    nb = json.loads(path.read_text())
+    ids = [c.get("id") for c in nb["cells"]]  # before validate(), which fills in missing ids
+    assert all(ids) and len(set(ids)) == len(ids), "every cell has a unique id"
+    nbformat.validate(nb)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_parameters_cell(path):
     nb = nbformat.read(path, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
