@@ -20,21 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
-from fitmm.graphs import scipy_to_torch_csr, user_item_adjacency
+from fitmm.graphs import random_user_item_adjacency, scipy_to_torch_csr, user_item_adjacency
 from fitmm.spectral.graph_bands import ChebyshevBands, ExactBands, ScalableBands
-
-
-def random_graph(n_users: int = 1500, n_items: int = 800, seed: int = 0) -> torch.Tensor:
-    rng = np.random.default_rng(seed)
-    popularity = rng.pareto(1.2, n_items) + 1
-    popularity /= popularity.sum()
-    degree = np.minimum(4 + rng.geometric(0.3, n_users), n_items // 2)
-    pairs = np.array([(u, i) for u, d in enumerate(degree) for i in rng.choice(n_items, d, replace=False, p=popularity)])
-    return scipy_to_torch_csr(user_item_adjacency(pairs, n_users, n_items))
 
 
 def timed(fn, repeats: int = 1) -> tuple[object, float]:
@@ -49,7 +39,7 @@ def fmt(values: torch.Tensor) -> str:
 
 
 def agreement(orders: list[int], n_bands: int) -> None:
-    adj = random_graph()
+    adj = random_user_item_adjacency(1500, 800)
     x = torch.randn(adj.shape[0], 64, generator=torch.Generator().manual_seed(0))
     ax = torch.sparse.mm(adj, x)
     signals = {"white": x, "smooth": x + 2 * ax + torch.sparse.mm(adj, ax)}

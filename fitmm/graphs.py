@@ -101,6 +101,17 @@ def user_item_adjacency(train: np.ndarray, n_users: int, n_items: int) -> sp.csr
     return sym_normalize(adj)
 
 
+def random_user_item_adjacency(n_users: int, n_items: int, seed: int = 0) -> torch.Tensor:
+    """Â (CSR) of a random user-item graph with 5-core-like users (degree 5 + a geometric tail) and
+    long-tailed (Pareto) item popularity: a stand-in graph for band tests and benchmarks."""
+    rng = np.random.default_rng(seed)
+    popularity = rng.pareto(1.2, n_items) + 1
+    popularity /= popularity.sum()
+    degree = np.minimum(4 + rng.geometric(0.3, n_users), n_items // 2)
+    pairs = np.array([(u, i) for u, d in enumerate(degree) for i in rng.choice(n_items, d, replace=False, p=popularity)])
+    return scipy_to_torch_csr(user_item_adjacency(pairs, n_users, n_items))
+
+
 def normalized_adjacency(data: Interactions) -> torch.Tensor:
     """Â of the train graph as a torch CSR tensor (cheap to build; not cached)."""
     return scipy_to_torch_csr(user_item_adjacency(data.train, data.n_users, data.n_items))

@@ -1,9 +1,8 @@
-import numpy as np
 import pytest
 import torch
 
 from fitmm.errors import TrainingError
-from fitmm.graphs import scipy_to_torch_csr, user_item_adjacency
+from fitmm.graphs import random_user_item_adjacency
 from fitmm.spectral.graph_bands import (
     check_dense_eigh,
     ChebyshevBands,
@@ -19,16 +18,6 @@ from fitmm.spectral.graph_bands import (
 )
 
 
-def bipartite_graph(n_users: int, n_items: int, seed: int) -> torch.Tensor:
-    """Â of a random user-item graph with 5-core-like users and long-tailed item popularity."""
-    rng = np.random.default_rng(seed)
-    popularity = rng.pareto(1.2, n_items) + 1
-    popularity /= popularity.sum()
-    degree = np.minimum(4 + rng.geometric(0.3, n_users), n_items // 2)
-    pairs = np.array([(u, i) for u, d in enumerate(degree) for i in rng.choice(n_items, d, replace=False, p=popularity)])
-    return scipy_to_torch_csr(user_item_adjacency(pairs, n_users, n_items))
-
-
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
@@ -38,12 +27,12 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def small():
-    return bipartite_graph(60, 40, seed=1)
+    return random_user_item_adjacency(60, 40, seed=1)
 
 
 @pytest.fixture(scope="module")
 def medium():
-    return bipartite_graph(1500, 800, seed=0)
+    return random_user_item_adjacency(1500, 800, seed=0)
 
 
 def signals(adj: torch.Tensor) -> dict[str, torch.Tensor]:
