@@ -36,6 +36,12 @@ def test_user_degree_groups_boundaries():
     assert labels.tolist() == ["cold", "cold", "warm", "warm", "hot", "hot"]
 
 
+def test_user_group_selections_skip_empty_groups():
+    masks = groups.user_group_selections(np.array([0, 5, 30, 2]))
+    assert list(masks) == ["all", "cold", "hot"]  # no warm user
+    assert masks["all"].all() and masks["cold"].tolist() == [True, True, False, True]
+
+
 def test_degree_quintiles_equal_population_and_monotone():
     degree = np.array([3, 3, 3, 3, 3, 9, 1, 7, 7, 2])  # ties across a quintile border
     q = groups.degree_quintiles(degree)
@@ -224,6 +230,16 @@ def test_canonical_correlations():
     cc = datacheck.canonical_correlations(a, b)
     assert cc[:2] == pytest.approx([1.0, 1.0]) and cc[2] < 0.3
     assert datacheck.explained_variance(a).sum() == pytest.approx(1.0)
+
+
+def test_graph_band_energy_per_signal_and_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("FITMM_CACHE", str(tmp_path))
+    data = tiny(40, 30)
+    signals = {"a": torch.randn(70, 8, generator=torch.Generator().manual_seed(0)), "b": torch.ones(70, 2)}
+    energy = spectral_checks.graph_band_energy(data, signals)
+    assert list(energy.index) == [(s, p) for s in signals for p in ("chebyshev", "exact", "scalable")]
+    np.testing.assert_allclose(energy.sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(energy.loc[("a", "exact")], 1 / 3, atol=0.06)  # equal energy up to one eigenvector
 
 
 def test_planted_band_gains_and_band_diagnostics():

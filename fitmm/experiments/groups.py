@@ -32,6 +32,13 @@ def user_degree_groups(degree: np.ndarray, cold_max: int = 5, warm_max: int = 20
     return np.asarray(USER_GROUPS, dtype=object)[np.digitize(degree, [cold_max + 0.5, warm_max + 0.5])]
 
 
+def user_group_selections(degree: np.ndarray) -> dict[str, np.ndarray]:
+    """Boolean masks over the given users: 'all', then 'cold' / 'warm' / 'hot' (`user_degree_groups`) that are not empty."""
+    groups = user_degree_groups(degree)
+    masks = {"all": np.ones(len(groups), dtype=bool), **{g: groups == g for g in USER_GROUPS}}
+    return {name: mask for name, mask in masks.items() if mask.any()}
+
+
 def stable_rank(values: np.ndarray) -> np.ndarray:
     """0-based rank by value, ties broken by position, so groups cut by rank have exact sizes."""
     rank = np.empty(len(values), dtype=np.int64)

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from fitmm.data.dataset import Interactions
-from fitmm.experiments.groups import USER_GROUPS, user_degree_groups
+from fitmm.experiments.groups import user_group_selections
 from fitmm.graphs import normalized_adjacency
 from fitmm.metrics import evaluate
 from fitmm.models.backbone import Backbone
@@ -110,15 +110,19 @@ def spectral_energy_by_third(data: Interactions, signal: torch.Tensor | None = N
 
 
 @torch.no_grad()
-def graph_band_energy(data: Interactions, signal: torch.Tensor, n_bands: int = 3,
+def graph_band_energy(data: Interactions, signals: dict[str, torch.Tensor], n_bands: int = 3,
                       paths: Sequence[str] = ("chebyshev", "exact", "scalable")) -> pd.DataFrame:
-    """Energy share of each band of `signal` under each SSR band path (rows: path, columns: band)."""
+    """Energy share of each band of each named signal under each SSR band path (rows: (signal, path),
+    columns: band). Each path's bands (the exact path's eigenvectors) are built once for all signals."""
     adj = normalized_adjacency(data)
     rows = {}
     for path in paths:
-        bands = make_graph_bands(path, adj, n_bands)(signal.float())
-        rows[path] = band_energy_fractions(bands.double().numpy())
-    return pd.DataFrame.from_dict(rows, orient="index", columns=[f"band {k + 1}" for k in range(n_bands)])
+        split = make_graph_bands(path, adj, n_bands)
+        for name, signal in signals.items():
+            rows[(name, path)] = band_energy_fractions(split(signal.float()).double().numpy())
+    frame = pd.DataFrame.from_dict(rows, orient="index", columns=[f"band {k + 1}" for k in range(n_bands)])
+    frame.index = pd.MultiIndex.from_tuples(frame.index, names=["signal", "path"])
+    return frame.loc[list(signals)]  # signals in the given order, paths within each
 
 
 def band_diagnostics(records: list[dict]) -> pd.DataFrame:
@@ -146,10 +150,8 @@ def gates_by_user_group(model: torch.nn.Module, data: Interactions) -> pd.DataFr
     if gates is None:
         return pd.DataFrame(columns=["group", "band", "users", "gate"])
     gates = gates.cpu().numpy()
-    groups = user_degree_groups(data.user_degree)
-    selections = {"all": np.ones(len(groups), dtype=bool), **{g: groups == g for g in USER_GROUPS}}
     return pd.DataFrame([{"group": group, "band": band + 1, "users": int(sel.sum()), "gate": float(gates[sel, band].mean())}
-                         for group, sel in selections.items() if sel.any() for band in range(gates.shape[1])])
+                         for group, sel in user_group_selections(data.user_degree).items() for band in range(gates.shape[1])])
 
 
 @torch.no_grad()
@@ -164,8 +166,7 @@ def band_reliance(model: torch.nn.Module, data: Interactions, split: str = "test
     model.eval()
     k = int(metric.split("@")[1])
     _, base = evaluate(model.scorer(), data, split, (k,))
-    groups = user_degree_groups(data.user_degree[base["users"]])
-    selections = {"all": np.ones(len(groups), dtype=bool), **{g: groups == g for g in USER_GROUPS}}
+    selections = user_group_selections(data.user_degree[base["users"]])
     rows = []
     for band in range(model.n_bands):
         mask = torch.ones(model.n_bands)
@@ -176,8 +177,7 @@ def band_reliance(model: torch.nn.Module, data: Interactions, split: str = "test
         finally:
             model.band_mask = None
         delta = dropped[metric] - base[metric]
-        for group, sel in selections.items():
-            if sel.any():
-                rows.append({"band": band + 1, "group": group, "users": int(sel.sum()),
-                             metric: float(base[metric][sel].mean()), "delta": float(delta[sel].mean())})
+        rows.extend({"band": band + 1, "group": group, "users": int(sel.sum()),
+                     metric: float(base[metric][sel].mean()), "delta": float(delta[sel].mean())}
+                    for group, sel in selections.items())
     return pd.DataFrame(rows)
