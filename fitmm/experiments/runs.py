@@ -49,11 +49,6 @@ def load_datasets(names: list[str], data_dir: str | Path | None) -> dict[str, In
     return {name: get_dataset(name, data_dir) for name in names}
 
 
-def protocol_overrides(**values) -> dict:
-    """The profile's budget keys (epochs, patience, ...) that are set; None means the model's own default."""
-    return {k: v for k, v in values.items() if v is not None}
-
-
 def record_row(record: dict, path: Path, variant: str) -> dict:
     """One flat row: identity, test metrics (bare names), valid metrics (valid_ prefix), cost."""
     row = {"dataset": record["dataset"]["name"], "model": record["model"], "variant": variant,
