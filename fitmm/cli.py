@@ -5,18 +5,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fitmm.errors import DataError, TrainingError
+from fitmm.errors import ConfigError, DataError, TrainingError
 
 
 def _train(args: argparse.Namespace) -> int:
-    from fitmm.config import load_config, parse_overrides
+    from fitmm.config import help_text, load_config, parse_overrides
     from fitmm.data import get_dataset
-    from fitmm.train import train
+    from fitmm.train import preflight, train
 
+    if args.help_config:
+        print(help_text(args.model))
+        return 0
     overrides = parse_overrides(args.set or [])
     if args.seed is not None:
         overrides["seed"] = args.seed
     config = load_config(args.model, overrides)
+    preflight(args.results_dir)
     data = get_dataset(args.dataset, args.data_dir)
     record = train(data, config, results_dir=args.results_dir, progress=not args.quiet)
     print(f"{record['model']} on {data.name} (seed {record['seed']}): best valid epoch {record['best_epoch']}, "
@@ -45,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     train.add_argument("--results-dir", default="results", help="where run records go (default: results)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--help-config", action="store_true", help="print the model's config fields and defaults, then exit")
     train.set_defaults(func=_train)
     return parser
 
@@ -53,6 +58,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, TrainingError) as err:
+    except (ConfigError, DataError, TrainingError) as err:
         print(f"fitmm: error: {err}", file=sys.stderr)
         return 2

@@ -7,3 +7,7 @@ class DataError(ValueError):
 
 class TrainingError(RuntimeError):
     """A run that cannot go on (non-finite loss, bad config, ...)."""
+
+
+class ConfigError(ValueError):
+    """A config value that is not allowed: the message names the key, the value and what is allowed."""

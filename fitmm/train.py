@@ -1,18 +1,17 @@
 """One trainer for every model: MMRec's sampling, early stopping, checkpoints and run records.
 
-A run is identified by (dataset, model, seed, config): its folder
-`results_dir/runs/<dataset>/<model>/<run_id>/` holds `record.json` and `per_user.npz`
-once it has finished, and `checkpoints/` (last and best state) while it runs, so an
-interrupted run resumes where it stopped. Randomness is drawn per epoch from
-(seed, epoch), which makes a resumed run identical to an uninterrupted one.
+A run's folder (`fitmm.store`: `results_dir/runs/<dataset>/<model>/<run_id>/`) holds
+`record.json` and `per_user.npz` once it has finished, and `checkpoints/` (last and best
+state) while it runs, so an interrupted run resumes where it stopped. Randomness is
+drawn per epoch from (seed, epoch), which makes a resumed run identical to an
+uninterrupted one. One process at a time trains a run (a lock on its folder).
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
+import dataclasses
 import itertools
-import json
 import math
 import re
 import resource
@@ -23,16 +22,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from fitmm.config import Config
 from fitmm.data.dataset import Interactions
 from fitmm.errors import TrainingError
-from fitmm.graphs import fingerprint
+from fitmm.graphs import cache_dir, fingerprint
 from fitmm.io import atomic_path, provenance, torch_save, write_json
 from fitmm.metrics import evaluate
 from fitmm.models import MODELS
 from fitmm.models.base import Recommender
-
-# Keys that do not change what is computed, left out of the run id.
-NON_SEMANTIC_KEYS = {"device", "eval_batch_users"}
+from fitmm.store import (RecordError, RunLock, behaviour_version, check_writable, config_changes, read_record,
+                         remove_stale_temporaries, run_dir, run_id, warn_stale)
 
 
 class NegativeSampler:
@@ -76,21 +75,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def run_id(data: Interactions, config: dict) -> str:
-    semantic = {k: v for k, v in sorted(config.items()) if k not in NON_SEMANTIC_KEYS}
-    digest = hashlib.sha1(json.dumps([fingerprint(data), semantic], sort_keys=True).encode()).hexdigest()[:8]
-    return f"{config['model']}-s{config['seed']}-{digest}"
-
-
-def run_dir(data: Interactions, config: dict, results_dir: str | Path) -> Path:
-    return Path(results_dir) / "runs" / data.name / config["model"] / run_id(data, config)
-
-
-def build_model(data: Interactions, config: dict, device: torch.device) -> Recommender:
-    if config["model"] not in MODELS:
-        raise TrainingError(f"unknown model {config['model']!r}; available: {', '.join(sorted(MODELS))}")
-    torch.manual_seed(config["seed"])
-    return MODELS[config["model"]](data, config).to(device)
+def build_model(data: Interactions, config: Config, device: torch.device) -> Recommender:
+    model_class = MODELS[config.model]
+    model_class.check_data(config, data)
+    torch.manual_seed(config.seed)
+    return model_class(data, config).to(device)
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -115,38 +104,60 @@ def peak_memory_mb(device: torch.device) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _evaluate(model: Recommender, data: Interactions, split: str, config: dict, device: torch.device):
+def _evaluate(model: Recommender, data: Interactions, split: str, config: Config, device: torch.device):
     model.eval()
     with torch.no_grad():
         scorer = model.scorer()
-        return evaluate(scorer, data, split, config["topk"], config["eval_batch_users"], device)
+        return evaluate(scorer, data, split, config.topk, config.eval_batch_users, device)
 
 
-def train(data: Interactions, config: dict, results_dir: str | Path | None = None, progress: bool = True) -> dict:
-    """Train (or fit) `config['model']` on `data`; return the run record.
+def preflight(results_dir: str | Path | None) -> None:
+    """Check, before any data is read or compute starts, that results and cache can be written."""
+    if results_dir is not None:
+        check_writable(results_dir, "results directory")
+    check_writable(cache_dir(), "cache directory (FITMM_CACHE)")
+
+
+def train(data: Interactions, config: Config, results_dir: str | Path | None = None, progress: bool = True) -> dict:
+    """Train (or fit) `config.model` on `data`; return the run record.
 
     With `results_dir`, a finished run is read back instead of retrained, an
     unfinished one resumes from its last checkpoint, and the record is written there.
     """
-    out = run_dir(data, config, results_dir) if results_dir is not None else None
-    if out is not None and (out / "record.json").exists():
-        return json.loads((out / "record.json").read_text())
-    device = resolve_device(config["device"])
+    MODELS[config.model].check_data(config, data)
+    if results_dir is None:
+        return _run(data, config, None, progress)
+    preflight(results_dir)
+    out = run_dir(data, config, results_dir)
+    if (out / "record.json").exists():
+        return read_record(out / "record.json")
+    warn_stale(data, config, results_dir)
+    with RunLock(out):
+        if (out / "record.json").exists():  # finished by the process that held the lock before us
+            return read_record(out / "record.json")
+        remove_stale_temporaries(out)
+        return _run(data, config, out, progress)
+
+
+def _run(data: Interactions, config: Config, out: Path | None, progress: bool) -> dict:
+    device = resolve_device(config.device)
     reset_peak_memory(device)
-    if config["model"] in MODELS and not MODELS[config["model"]].trainable:
-        model, record = _fit_closed_form(data, config, device, progress)
-    else:
+    if MODELS[config.model].trainable:
         model, record = _train_sgd(data, config, device, out, progress)
+    else:
+        model, record = _fit_closed_form(data, config, device, progress)
     t0 = time.perf_counter()
     test, per_user = _evaluate(model, data, "test", config, device)
     record["wall_seconds"] += time.perf_counter() - t0
     record.update(
         run_id=run_id(data, config),
-        model=config["model"],
-        dataset=data.stats(),
+        model=config.model,
+        version=behaviour_version(config.model),
+        dataset={**data.stats(), "fingerprint": fingerprint(data)},
         data_path=str(data.path) if data.path else None,
-        seed=config["seed"],
-        config=config,
+        seed=config.seed,
+        config=config.to_dict(),
+        config_changes=config_changes(config),
         test=test,
         peak_memory_mb=peak_memory_mb(device),
         provenance=provenance(device),
@@ -160,22 +171,22 @@ def train(data: Interactions, config: dict, results_dir: str | Path | None = Non
     return record
 
 
-def _fit_closed_form(data: Interactions, config: dict, device: torch.device, progress: bool):
+def _fit_closed_form(data: Interactions, config: Config, device: torch.device, progress: bool):
     """Pick the grid value with the best valid metric (model keys `<key>_grid`), refit, return."""
-    grid_keys = [k for k in config if k.endswith("_grid") and config[k]]
+    grid_keys = [f.name for f in dataclasses.fields(config) if f.name.endswith("_grid") and getattr(config, f.name)]
     names = [k[: -len("_grid")] for k in grid_keys]
-    candidates = list(itertools.product(*(config[k] for k in grid_keys))) or [()]
+    candidates = list(itertools.product(*(getattr(config, k) for k in grid_keys))) or [()]
     history, best = [], None
-    for values in tqdm(candidates, desc=f"{config['model']} grid", disable=not progress):
-        cfg = {**config, **dict(zip(names, values))}
-        model = build_model(data, cfg, device)
+    metric = config.valid_metric
+    for values in tqdm(candidates, desc=f"{config.model} grid", disable=not progress):
+        model = build_model(data, config.replace(**dict(zip(names, values))), device)
         t0 = time.perf_counter()
         model.fit()
         fit_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
-        valid, _ = _evaluate(model, data, "valid", cfg, device)
+        valid, _ = _evaluate(model, data, "valid", config, device)
         history.append({**dict(zip(names, values)), "valid": valid, "fit_seconds": fit_seconds, "eval_seconds": time.perf_counter() - t0})
-        if best is None or valid[config["valid_metric"]] > best[1][config["valid_metric"]]:
+        if best is None or valid[metric] > best[1][metric]:
             best = (model, valid, dict(zip(names, values)))
     model, valid, chosen = best
     record = {"history": history, "chosen": chosen, "best_valid": valid, "best_epoch": None, "epochs": 0,
@@ -185,29 +196,41 @@ def _fit_closed_form(data: Interactions, config: dict, device: torch.device, pro
     return model, record
 
 
-def _train_sgd(data: Interactions, config: dict, device: torch.device, out: Path | None, progress: bool):
+def _load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, weights_only=False)
+    except Exception as err:  # noqa: BLE001 — any failure to unpickle means the file cannot be trusted
+        raise RecordError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err}); delete the folder "
+                          f"{path.parent} to restart this run from its first epoch") from None
+
+
+def _train_sgd(data: Interactions, config: Config, device: torch.device, out: Path | None, progress: bool):
     model = build_model(data, config, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
-    sampler = NegativeSampler(data, config["batch_size"])
-    metric = config["valid_metric"]
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sampler = NegativeSampler(data, config.batch_size)
+    metric = config.valid_metric
     state = {"epoch": 0, "history": [], "best_valid": None, "best_epoch": None, "since_best": 0, "wall_seconds": 0.0}
     best_state = copy.deepcopy(model.state_dict())
     ckpt = out / "checkpoints" if out is not None else None
     if ckpt is not None and (ckpt / "last.pt").exists():
-        saved = torch.load(ckpt / "last.pt", weights_only=False)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        state = saved["state"]
-        best_state = torch.load(ckpt / "best.pt", weights_only=False)
+        saved = _load_checkpoint(ckpt / "last.pt")
+        best_state = _load_checkpoint(ckpt / "best.pt")
+        try:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            state = saved["state"]
+        except (KeyError, TypeError, RuntimeError, ValueError) as err:
+            raise RecordError(f"{ckpt / 'last.pt'}: checkpoint does not match this run ({err}); delete the folder "
+                              f"{ckpt} to restart this run from its first epoch") from None
     resumed_at = state["epoch"]
-    bar = tqdm(range(state["epoch"], config["epochs"]), desc=f"{config['model']} on {data.name}",
-               initial=state["epoch"], total=config["epochs"], disable=not progress)
+    bar = tqdm(range(state["epoch"], config.epochs), desc=f"{config.model} on {data.name}",
+               initial=state["epoch"], total=config.epochs, disable=not progress)
     for epoch in bar:
-        if state["since_best"] >= config["patience"]:
+        if state["since_best"] > config.patience:  # MMRec: stop once the epochs since the best exceed it
             break
         t0 = time.perf_counter()
-        rng = np.random.default_rng([config["seed"], epoch])
-        torch.manual_seed(config["seed"] * 100_003 + epoch)
+        rng = np.random.default_rng([config.seed, epoch])
+        torch.manual_seed(config.seed * 100_003 + epoch)
         model.on_epoch_start(epoch)
         model.train()
         sums: dict[str, float] = {}
@@ -249,7 +272,7 @@ def _train_sgd(data: Interactions, config: dict, device: torch.device, out: Path
         "best_epoch": state["best_epoch"],
         "best_valid": state["best_valid"],
         "epochs": state["epoch"],
-        "stopped_early": state["epoch"] < config["epochs"],
+        "stopped_early": state["epoch"] < config.epochs,
         "resumed_at_epoch": resumed_at or None,
         "seconds_per_epoch": float(np.mean([h["train_seconds"] for h in history])) if history else None,
         "eval_seconds": float(np.mean([h["eval_seconds"] for h in history])) if history else None,

@@ -7,7 +7,7 @@ import torch
 from fitmm.config import load_config
 from fitmm.data.dataset import Interactions
 from fitmm.data.synthetic import synthetic_dataset
-from fitmm.errors import TrainingError
+from fitmm.errors import ConfigError
 from fitmm.metrics import evaluate
 from fitmm.models.freedom import FREEDOM
 from fitmm.models.smore import SMORE, max_pool
@@ -53,7 +53,7 @@ def test_any_number_of_modalities(data, model):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_no_modality_is_a_clear_error(data, model):
-    with pytest.raises(TrainingError, match="no modality"):
+    with pytest.raises(ConfigError, match=r"needs 1 item modality \(a <modality>_feat.npy file\); dataset 'synthetic' has 0"):
         build_model(with_features(data, {}), config(model), torch.device("cpu"))
 
 

@@ -7,9 +7,9 @@ from torch.nn import functional as F
 
 from fitmm.config import load_config
 from fitmm.data.dataset import Interactions
-from fitmm.errors import TrainingError
+from fitmm.errors import ConfigError
 from fitmm.models.backbone import Backbone
-from fitmm.models.fitmm import FITMM, BandFusion, consistency_code, consistency_paper, ib_penalty
+from fitmm.models.fitmm import FITMM, FITMMConfig, BandFusion, consistency_code, consistency_paper, ib_penalty
 from fitmm.spectral.feature_bands import apply_bands, band_projectors, feature_bands, group_sizes
 
 
@@ -37,7 +37,7 @@ def tiny(n_users=60, n_items=40, modalities=("image", "text"), seed=0) -> Intera
     return Interactions("tiny", n_users, n_items, train, rest[int(0.8 * n): int(0.9 * n)], rest[int(0.9 * n):], features)
 
 
-def config(**overrides) -> dict:
+def config(**overrides) -> FITMMConfig:
     return load_config("fitmm", {"device": "cpu", "batch_size": 64, "eval_batch_users": 64, **overrides})
 
 
@@ -231,7 +231,7 @@ ABLATIONS = [
     {}, {"consistency": "paper"}, {"spectral": False}, {"spectral": False, "graph_branch": False},
     {"gate": False}, {"graph_branch": False}, {"band_borders": "energy"}, {"lambda_ib": 0.0}, {"lambda_c": 0.0},
     {"n_bands": 1}, {"n_bands": 2}, {"n_bands": 4}, {"n_bands": 6}, {"n_bands": 6, "consistency": "paper"},
-    {"item_graph_k": 5}, {"item_graph_weights": [0.5, 0.5]}, {"item_graph_weights": {"image": 0.9, "text": 0.1}},
+    {"item_graph_k": 5}, {"item_graph_weights": {"image": 0.9, "text": 0.1}},
 ]
 
 
@@ -242,14 +242,14 @@ def test_each_variant_builds_trains_and_only_creates_what_it_uses(overrides):
     terms = model.loss_terms(*batch(data))
     c = config(**overrides)
     expected = {"bce"}
-    expected |= {"ib"} if c["spectral"] and c["gate"] and c["lambda_ib"] > 0 else set()
-    expected |= {"consistency"} if c["spectral"] and c["lambda_c"] > 0 else set()
+    expected |= {"ib"} if c.spectral and c.gate and c.lambda_ib > 0 else set()
+    expected |= {"consistency"} if c.spectral and c.lambda_c > 0 else set()
     assert set(terms) == expected
     assert all(torch.isfinite(v) for v in terms.values())
     sum(terms.values()).backward()
     names = {n for n, _ in model.named_parameters()}
-    assert any("fusion" in n for n in names) == c["spectral"]
-    assert any("gate" in n for n in names) == (c["spectral"] and c["gate"])
+    assert any("fusion" in n for n in names) == c.spectral
+    assert any("gate" in n for n in names) == (c.spectral and c.gate)
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, name
@@ -305,11 +305,17 @@ def test_without_the_spectral_part_the_embedding_is_the_backbone():
 
 def test_bad_switch_values_are_errors():
     data = tiny()
-    for overrides in ({"band_borders": "quantile"}, {"consistency": "both"}, {"n_bands": 0}):
-        with pytest.raises(TrainingError):
-            build(data, **overrides)
-    with pytest.raises(TrainingError, match="no item modality"):
-        build(tiny(modalities=()), graph_branch=False, consistency="paper")
+    for overrides, match in (({"band_borders": "quantile"}, "band_borders: 'quantile' is not allowed; expected one of: equal, energy"),
+                             ({"consistency": "both"}, "consistency: 'both' is not allowed"),
+                             ({"n_bands": 0}, "n_bands: 0 is not allowed; expected an integer >= 1"),
+                             ({"n_bands": 65}, "n_bands: 65 is not allowed; expected at most embedding_dim = 64")):
+        with pytest.raises(ConfigError, match=match):
+            config(**overrides)
+    for overrides, match in (({"graph_branch": True}, "graph_branch=false"),
+                             ({"graph_branch": False, "consistency": "paper"}, "consistency=code")):
+        with pytest.raises(ConfigError, match=match):
+            FITMM.check_data(config(**overrides), tiny(modalities=()))
+    FITMM.check_data(config(graph_branch=False), tiny(modalities=()))
 
 
 def test_a_fixed_seed_gives_identical_losses():

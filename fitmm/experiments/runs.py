@@ -21,7 +21,8 @@ from fitmm.data import get_dataset
 from fitmm.data.dataset import Interactions
 from fitmm.models import MODELS
 from fitmm.models.base import Recommender
-from fitmm.train import build_model, run_dir, train
+from fitmm.store import read_record, run_dir
+from fitmm.train import build_model, train
 
 HEADLINE = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 COST_FIELDS = ("best_epoch", "epochs", "seconds_per_epoch", "eval_seconds", "wall_seconds", "peak_memory_mb")
@@ -103,14 +104,13 @@ def per_user(path: str | Path) -> dict[str, np.ndarray]:
 def trained_model(data: Interactions, path: str | Path, device: str = "cpu") -> Recommender:
     """Rebuild a finished run's model in eval mode: its best checkpoint, or a refit (closed-form models)."""
     path = Path(path)
-    record = json.loads((path / "record.json").read_text())
-    config = {**record["config"], "device": device}
-    if MODELS[config["model"]].trainable:
+    record = read_record(path / "record.json")
+    config = load_config(record["model"], {**record["config"], "device": device})
+    if MODELS[config.model].trainable:
         model = build_model(data, config, torch.device(device))
         model.load_state_dict(torch.load(path / "checkpoints" / "best.pt", map_location=device, weights_only=False))
     else:  # refit with the grid value chosen on valid
-        config.update(record["chosen"])
-        model = build_model(data, config, torch.device(device))
+        model = build_model(data, config.replace(**record["chosen"]), torch.device(device))
         model.fit()
     return model.eval()
 
@@ -130,7 +130,7 @@ def collect_records(results_dir: str | Path) -> pd.DataFrame:
     """Every finished run under `results_dir/runs`: identity, provenance and cost (one row each)."""
     rows = []
     for path in sorted(Path(results_dir).glob("runs/*/*/*/record.json")):
-        r = json.loads(path.read_text())
+        r = read_record(path)
         p = r["provenance"]
         rows.append({"dataset": r["dataset"]["name"], "model": r["model"], "seed": r["seed"], "run_id": r["run_id"],
                      "git_commit": p["git_commit"], "device": p["device"], "python": p["python"],

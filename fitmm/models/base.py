@@ -1,9 +1,12 @@
 """The interface every model implements; the trainer and evaluator rely on nothing else.
 
-A model is built as `Model(data, config)` from an `Interactions` dataset and a flat
-config dict (protocol keys + its own keys, see `fitmm/configs/`). Trainable models
-implement `loss_terms` and `embeddings`; closed-form models (EASE) set
-`trainable = False` and implement `fit` and `scorer`.
+A model is built as `Model(data, config)` from an `Interactions` dataset and its typed
+config (`config_class`: the protocol fields of `fitmm.config.Config` plus its own, with
+defaults in `fitmm/configs/<name>.yaml`). `check_data` says, before anything is built,
+whether the dataset can feed the model. Trainable models implement `loss_terms` and
+`embeddings`; closed-form models (EASE) set `trainable = False` and implement `fit` and
+`scorer`. `version` is bumped whenever a change alters what the model computes for the
+same config: it enters the run id, so records of an older version are not reused.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fitmm.config import Config
 from fitmm.data.dataset import Interactions
+from fitmm.errors import ConfigError
 from fitmm.graphs import spmm
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
@@ -24,8 +29,14 @@ class Recommender(nn.Module):
     """Base class: user/item embeddings scored by inner product, losses as named terms."""
 
     trainable: bool = True
+    config_class: type[Config] = Config
+    version: int = 1
 
-    def __init__(self, data: Interactions, config: dict):
+    @classmethod
+    def check_data(cls, config: Config, data: Interactions) -> None:
+        """Raise ConfigError when `data` cannot feed this model under `config` (called before any compute)."""
+
+    def __init__(self, data: Interactions, config: Config):
         super().__init__()
         self.n_users = data.n_users
         self.n_items = data.n_items
@@ -55,6 +66,14 @@ class Recommender(nn.Module):
     def diagnostics(self) -> dict:
         """Optional model-specific values recorded with each run (band weights, ...)."""
         return {}
+
+
+def require_modalities(model: str, data: Interactions, n: int = 1, hint: str = "") -> None:
+    """ConfigError unless `data` has at least `n` item feature files (`<modality>_feat.npy`)."""
+    if len(data.modalities) < n:
+        where = f" in {data.path}" if data.path else ""
+        raise ConfigError(f"{model} needs {n} item modalit{'y' if n == 1 else 'ies'} (a <modality>_feat.npy file{where}); "
+                          f"dataset {data.name!r} has {len(data.modalities)}" + (f"; {hint}" if hint else ""))
 
 
 def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:

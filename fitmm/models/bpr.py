@@ -7,20 +7,30 @@ with one sampled negative j per positive (u, i) and MMRec's EmbLoss on the batch
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from fitmm.config import Config, option
 from fitmm.data.dataset import Interactions
 from fitmm.models.base import Recommender, bpr_loss, emb_norm_loss
 
 
+@dataclass(frozen=True)
+class BPRConfig(Config):
+    reg_weight: float = option("weight λ of EmbLoss on the batch rows", ge=0)
+
+
 class BPRMF(Recommender):
-    def __init__(self, data: Interactions, config: dict):
+    config_class = BPRConfig
+
+    def __init__(self, data: Interactions, config: BPRConfig):
         super().__init__(data, config)
-        dim = config["embedding_dim"]
+        dim = config.embedding_dim
         self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.n_users, dim)))
         self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.n_items, dim)))
-        self.reg_weight = config["reg_weight"]
+        self.reg_weight = config.reg_weight
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user_emb, self.item_emb

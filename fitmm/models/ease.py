@@ -9,20 +9,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
+from fitmm.config import Config, option
 from fitmm.data.dataset import Interactions
 from fitmm.models.base import Recommender, Scorer
 
 
+@dataclass(frozen=True)
+class EASEConfig(Config):
+    l2: float = option("ridge weight λ (used as is when l2_grid is empty)", gt=0)
+    l2_grid: list[float] = option("λ values tried; the one with the best valid metric is kept", gt=0)
+
+
 class EASE(Recommender):
     trainable = False
+    config_class = EASEConfig
 
-    def __init__(self, data: Interactions, config: dict):
+    def __init__(self, data: Interactions, config: EASEConfig):
         super().__init__(data, config)
         self.train_matrix = data.train_matrix
-        self.l2 = float(config["l2"])
+        self.l2 = config.l2
         self.register_buffer("weights", torch.zeros(0))
 
     def fit(self) -> None:

@@ -24,14 +24,17 @@ gates, IB or consistency); `gate: false` drops the gate and with it the IB term;
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fitmm.config import Config, option
 from fitmm.data.dataset import Interactions
-from fitmm.errors import TrainingError
+from fitmm.errors import ConfigError
 from fitmm.models.backbone import Backbone, Views
-from fitmm.models.base import Recommender, bce_loss
+from fitmm.models.base import Recommender, bce_loss, require_modalities
 from fitmm.spectral.feature_bands import apply_bands, band_projectors
 
 
@@ -116,28 +119,55 @@ def consistency_paper(user_bands: torch.Tensor, user_counts: torch.Tensor,
     return loss / (m * n_blocks * (n_blocks - 1))
 
 
+@dataclass(frozen=True)
+class FITMMConfig(Config):
+    n_layers: int = option("propagation layers on the user-item graph", ge=0)
+    item_graph_k: int = option("neighbours per item in each modality's kNN graph", ge=1)
+    item_graph_weights: dict[str, float] | None = option("α_m of S = Σ_m α_m S_m by modality; null: the default split", ge=0)
+    spectral: bool = option("false: the backbone alone (e = R + H), no bands, gates, IB or consistency")
+    n_bands: int = option("number of bands M (at most embedding_dim)", ge=1)
+    band_borders: str = option("how the directions are grouped into bands", choices=("equal", "energy"))
+    gate: bool = option("false: plain ω-weighted sum of the bands and no IB term")
+    graph_branch: bool = option("false: bands of R only (no H; needs no item features)")
+    lambda_ib: float = option("weight of L_IB", ge=0)
+    ib_alpha: float = option("α of L_IB", ge=0)
+    ib_mu: float = option("μ of L_IB", ge=0)
+    ib_phi: float = option("φ of L_IB", ge=0)
+    lambda_c: float = option("weight of the consistency loss", ge=0)
+    consistency: str = option("code: bands of a node pulled together | paper: modality blocks within a band aligned",
+                              choices=("code", "paper"))
+
+    def check(self) -> None:
+        super().check()
+        if self.n_bands > self.embedding_dim:
+            raise ConfigError(f"n_bands: {self.n_bands} is not allowed; expected at most embedding_dim = {self.embedding_dim}")
+
+
 class FITMM(Recommender):
     """FITMM with its ablation switches; see the module docstring and `fitmm/configs/fitmm.yaml`."""
 
-    def __init__(self, data: Interactions, config: dict):
+    config_class = FITMMConfig
+
+    @classmethod
+    def check_data(cls, config: FITMMConfig, data: Interactions) -> None:
+        if config.graph_branch:
+            require_modalities("FITMM's item-item graph (graph_branch: true)", data,
+                               hint="run FITMM without it with --set graph_branch=false")
+        if config.spectral and config.lambda_c > 0 and config.consistency == "paper":
+            require_modalities("consistency: paper (it aligns modality blocks)", data,
+                               hint="use --set consistency=code")
+
+    def __init__(self, data: Interactions, config: FITMMConfig):
         super().__init__(data, config)
         c = config
-        self.spectral, self.graph_branch, self.gated = bool(c["spectral"]), bool(c["graph_branch"]), bool(c["gate"])
-        self.n_bands, self.band_borders, self.consistency = int(c["n_bands"]), c["band_borders"], c["consistency"]
-        self.lambda_ib, self.lambda_c = float(c["lambda_ib"]), float(c["lambda_c"])
-        self.ib_args = (float(c["ib_alpha"]), float(c["ib_mu"]), float(c["ib_phi"]))
-        self.dim = int(c["embedding_dim"])
-        if self.band_borders not in ("equal", "energy"):
-            raise TrainingError(f"band_borders must be 'equal' or 'energy', got {self.band_borders!r}")
-        if self.consistency not in ("code", "paper"):
-            raise TrainingError(f"consistency must be 'code' or 'paper', got {self.consistency!r}")
-        if not 1 <= self.n_bands <= self.dim:
-            raise TrainingError(f"n_bands must be in [1, {self.dim}], got {self.n_bands}")
-        self.backbone = Backbone(data, self.dim, int(c["n_layers"]), graph=self.graph_branch,
-                                 item_graph_k=int(c["item_graph_k"]), item_graph_weights=c["item_graph_weights"])
+        self.spectral, self.graph_branch, self.gated = c.spectral, c.graph_branch, c.gate
+        self.n_bands, self.band_borders, self.consistency = c.n_bands, c.band_borders, c.consistency
+        self.lambda_ib, self.lambda_c = c.lambda_ib, c.lambda_c
+        self.ib_args = (c.ib_alpha, c.ib_mu, c.ib_phi)
+        self.dim = c.embedding_dim
+        self.backbone = Backbone(data, self.dim, c.n_layers, graph=self.graph_branch,
+                                 item_graph_k=c.item_graph_k, item_graph_weights=c.item_graph_weights)
         n_blocks = self.backbone.n_blocks
-        if self.spectral and self.lambda_c > 0 and self.consistency == "paper" and n_blocks < 2:
-            raise TrainingError("consistency: paper aligns modality blocks, but the dataset has no item modality")
         if self.spectral:
             self.user_fusion = BandFusion(n_blocks * self.dim, self.n_bands, self.gated)
             self.item_fusion = BandFusion(n_blocks * self.dim, self.n_bands, self.gated)

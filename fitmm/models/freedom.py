@@ -19,34 +19,50 @@ projected features of the positive above the negative item for each modality.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from fitmm.config import Config, option
 from fitmm.data.dataset import Interactions
-from fitmm.errors import TrainingError
 from fitmm.graphs import item_graph, normalized_adjacency, spmm, transpose_csr
-from fitmm.models.base import Recommender, bpr_loss, propagate
+from fitmm.models.base import Recommender, bpr_loss, propagate, require_modalities
+
+
+@dataclass(frozen=True)
+class FREEDOMConfig(Config):
+    knn_k: int = option("neighbours per item in each modality's kNN graph", ge=1)
+    first_modality_weight: float = option("α of the first modality in S = Σ_m α_m S_m (the rest share 1 − α)", ge=0, le=1)
+    n_mm_layers: int = option("layers L_m on the item-item graph", ge=0)
+    n_ui_layers: int = option("layers L on the user-item graph", ge=0)
+    prune_ratio: float = option("share ρ of train edges dropped each epoch (degree-sensitive)", ge=0, le=1)
+    reg_weight: float = option("weight λ of the modality BPR terms", ge=0)
 
 
 class FREEDOM(Recommender):
-    def __init__(self, data: Interactions, config: dict):
+    config_class = FREEDOMConfig
+
+    @classmethod
+    def check_data(cls, config: FREEDOMConfig, data: Interactions) -> None:
+        require_modalities("FREEDOM", data)
+
+    def __init__(self, data: Interactions, config: FREEDOMConfig):
         super().__init__(data, config)
         mods = data.modalities
-        if not mods:
-            raise TrainingError(f"FREEDOM needs item content features; dataset {data.name!r} has no modality")
-        dim = config["embedding_dim"]
+        dim = config.embedding_dim
         self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.n_users, dim)))
         self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.n_items, dim)))
         self.features = nn.ParameterDict({m: nn.Parameter(torch.from_numpy(data.features[m].copy())) for m in mods})
         self.proj = nn.ModuleDict({m: nn.Linear(data.features[m].shape[1], dim) for m in mods})
-        self.n_ui_layers = config["n_ui_layers"]
-        self.n_mm_layers = config["n_mm_layers"]
-        self.reg_weight = config["reg_weight"]
-        self.prune_ratio = config["prune_ratio"]
+        self.n_ui_layers = config.n_ui_layers
+        self.n_mm_layers = config.n_mm_layers
+        self.reg_weight = config.reg_weight
+        self.prune_ratio = config.prune_ratio
 
-        w = config["first_modality_weight"]
+        w = config.first_modality_weight
         alpha = [1.0] if len(mods) == 1 else [w] + [(1.0 - w) / (len(mods) - 1)] * (len(mods) - 1)
-        item_adj = item_graph(data, alpha, config["knn_k"])
+        item_adj = item_graph(data, alpha, config.knn_k)
         self.register_buffer("item_adj", item_adj, persistent=False)
         self.register_buffer("item_adj_t", transpose_csr(item_adj), persistent=False)
         self.register_buffer("adj", normalized_adjacency(data), persistent=False)

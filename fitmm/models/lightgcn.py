@@ -8,22 +8,33 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from fitmm.config import Config, option
 from fitmm.data.dataset import Interactions
 from fitmm.graphs import normalized_adjacency
 from fitmm.models.base import Recommender, bpr_loss, emb_norm_loss, propagate
 
 
+@dataclass(frozen=True)
+class LightGCNConfig(Config):
+    n_layers: int = option("propagation layers L", ge=0)
+    reg_weight: float = option("weight λ of EmbLoss on the batch rows of E^(0)", ge=0)
+
+
 class LightGCN(Recommender):
-    def __init__(self, data: Interactions, config: dict):
+    config_class = LightGCNConfig
+
+    def __init__(self, data: Interactions, config: LightGCNConfig):
         super().__init__(data, config)
-        dim = config["embedding_dim"]
+        dim = config.embedding_dim
         self.ego = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.n_users + data.n_items, dim)))
         self.register_buffer("adj", normalized_adjacency(data), persistent=False)
-        self.n_layers = config["n_layers"]
-        self.reg_weight = config["reg_weight"]
+        self.n_layers = config.n_layers
+        self.reg_weight = config.reg_weight
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         out = torch.stack(propagate(self.adj, self.ego, self.n_layers)).mean(0)

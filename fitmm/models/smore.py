@@ -22,14 +22,16 @@ B is the configured batch size (as in the code). With one modality Π_m F x̃^m 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fitmm.config import Config, option
 from fitmm.data.dataset import Interactions
-from fitmm.errors import TrainingError
 from fitmm.graphs import cached, fingerprint, knn_adjacency, scipy_to_torch_csr, spmm, transpose_csr, user_item_adjacency
-from fitmm.models.base import Recommender, bpr_loss, propagate
+from fitmm.models.base import Recommender, bpr_loss, propagate, require_modalities
 
 
 def weighted_knn_graph(data: Interactions, modality: str, k: int) -> torch.Tensor:
@@ -68,13 +70,29 @@ def info_nce(view1: torch.Tensor, view2: torch.Tensor, temperature: float) -> to
     return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
 
 
+@dataclass(frozen=True)
+class SMOREConfig(Config):
+    n_ui_layers: int = option("layers L on the user-item graph", ge=0)
+    n_item_layers: int = option("layers L_i on each item-item graph", ge=0)
+    knn_k: int = option("neighbours per item for a modality not in knn_k_by_modality", ge=1)
+    knn_k_by_modality: dict[str, int] | None = option("neighbours per item of each modality's kNN graph", ge=1)
+    cl_weight: float = option("weight λ_cl of the two InfoNCE terms", ge=0)
+    temperature: float = option("InfoNCE temperature τ", gt=0)
+    reg_weight: float = option("weight λ_reg of the L2 term on the batch embeddings", ge=0)
+    dropout: float = option("dropout on the preference gates π", ge=0, le=1)
+
+
 class SMORE(Recommender):
-    def __init__(self, data: Interactions, config: dict):
+    config_class = SMOREConfig
+
+    @classmethod
+    def check_data(cls, config: SMOREConfig, data: Interactions) -> None:
+        require_modalities("SMORE", data)
+
+    def __init__(self, data: Interactions, config: SMOREConfig):
         super().__init__(data, config)
         mods = data.modalities
-        if not mods:
-            raise TrainingError(f"SMORE needs item content features; dataset {data.name!r} has no modality")
-        dim = config["embedding_dim"]
+        dim = config.embedding_dim
         n_freq = dim // 2 + 1
         self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.n_users, dim)))
         self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.n_items, dim)))
@@ -89,21 +107,21 @@ class SMORE(Recommender):
                                       for m in mods})
         self.prefers = nn.ModuleDict({m: gate(dim) for m in mods})
         self.fusion_prefer = gate(dim)
-        self.dropout = nn.Dropout(config["dropout"])
-        self.n_ui_layers = config["n_ui_layers"]
-        self.n_item_layers = config["n_item_layers"]
-        self.reg_weight = config["reg_weight"]
-        self.cl_weight = config["cl_weight"]
-        self.temperature = config["temperature"]
-        self.batch_size = config["batch_size"]
+        self.dropout = nn.Dropout(config.dropout)
+        self.n_ui_layers = config.n_ui_layers
+        self.n_item_layers = config.n_item_layers
+        self.reg_weight = config.reg_weight
+        self.cl_weight = config.cl_weight
+        self.temperature = config.temperature
+        self.batch_size = config.batch_size
 
         adj = user_item_adjacency(data.train, data.n_users, data.n_items)
         r = adj[: data.n_users, data.n_users :]
         self.register_buffer("adj", scipy_to_torch_csr(adj), persistent=False)
         self.register_buffer("r", scipy_to_torch_csr(r), persistent=False)
         self.register_buffer("r_t", scipy_to_torch_csr(r.T), persistent=False)
-        k_by_modality = config["knn_k_by_modality"] or {}
-        graphs = {m: weighted_knn_graph(data, m, k_by_modality.get(m, config["knn_k"])) for m in mods}
+        k_by_modality = config.knn_k_by_modality or {}
+        graphs = {m: weighted_knn_graph(data, m, k_by_modality.get(m, config.knn_k)) for m in mods}
         graphs["fusion"] = max_pool(list(graphs.values()))
         for name, g in graphs.items():
             self.register_buffer(f"item_adj_{name}", g, persistent=False)

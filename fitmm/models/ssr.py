@@ -44,16 +44,18 @@ off, e = Σ_m X_m = X: the backbone alone.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fitmm.config import Config, option
 from fitmm.data.dataset import Interactions
-from fitmm.errors import TrainingError
+from fitmm.errors import ConfigError
 from fitmm.models.backbone import Backbone
-from fitmm.models.base import Recommender, bce_loss
-from fitmm.spectral.graph_bands import BAND_PATHS, make_graph_bands
+from fitmm.models.base import Recommender, bce_loss, require_modalities
+from fitmm.spectral.graph_bands import BAND_PATHS, check_dense_eigh, make_graph_bands
 
 
 def mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
@@ -140,43 +142,73 @@ def first_occurrence(ids: torch.Tensor) -> torch.Tensor:
     return torch.empty(len(uniq), dtype=torch.long, device=ids.device).scatter_(0, inverse, torch.arange(len(ids), device=ids.device))
 
 
+@dataclass(frozen=True)
+class SSRConfig(Config):
+    n_layers: int = option("propagation layers on the user-item graph", ge=0)
+    item_graph_k: int = option("neighbours per item in each modality's kNN graph", ge=1)
+    item_graph_weights: dict[str, float] | None = option("α_m of S = Σ_m α_m S_m by modality; null: the default split", ge=0)
+    bands: str = option("graph band path", choices=BAND_PATHS)
+    n_bands: int = option("number of bands M (SSR's range; chebyshev needs 3)", ge=2, le=5)
+    scalable_order: int = option("polynomial order K of the scalable path's filters", ge=2)
+    operator: bool = option("false: Z_m = X_m and no regulariser")
+    rank: int = option("rank R of the operator's low-rank kernel", ge=1)
+    operator_temperature: float = option("temperature τ of the band-mixing softmax", gt=0)
+    mixing_softmax: str = option("A normalised over output bands (literal reading) or input bands (attention)",
+                                 choices=("output", "input"))
+    gating: bool = option("false: Z' = Z (no node-wise band gates)")
+    gate_scale_init: float = option("initial gate scale γ_f", ge=0)
+    masking: bool = option("false: no spectral band masking term")
+    mask_prob: float = option("probability p of dropping a (node, band) in the masking term", ge=0, le=0.999)
+    contrastive: bool = option("false: no within-band contrastive term (it needs two item modalities)")
+    contrast_temperature: float = option("InfoNCE temperature of the contrastive term", gt=0)
+    contrast_anchors: int | None = option("anchors sampled per side and pair (unbiased); null: all 2·n·M", ge=1)
+    lambda_reg: float = option("weight of the operator's regulariser", ge=0)
+    lambda_mask: float = option("weight of the masking term", ge=0)
+    lambda_contrast: float = option("weight of the contrastive term", ge=0)
+
+    def check(self) -> None:
+        super().check()
+        if self.bands == "chebyshev" and self.n_bands != 3:
+            raise ConfigError(f"n_bands: {self.n_bands} is not allowed with bands: chebyshev (its split has 3 bands); "
+                              "use bands: exact or scalable")
+
+
 class SSR(Recommender):
     """SSR with its ablation switches; see the module docstring and `fitmm/configs/ssr.yaml`."""
 
-    def __init__(self, data: Interactions, config: dict):
+    config_class = SSRConfig
+
+    @classmethod
+    def check_data(cls, config: SSRConfig, data: Interactions) -> None:
+        require_modalities("SSR (its backbone's item-item graph)", data)
+        if config.contrastive:
+            require_modalities("SSR's contrastive term (contrastive: true)", data, 2, hint="use --set contrastive=false")
+        if config.bands == "exact":
+            check_dense_eigh(data.n_users + data.n_items)
+
+    def __init__(self, data: Interactions, config: SSRConfig):
         super().__init__(data, config)
         c = config
-        self.dim, self.n_bands = int(c["embedding_dim"]), int(c["n_bands"])
-        self.use_operator, self.gated = bool(c["operator"]), bool(c["gating"])
-        self.masking, self.contrastive = bool(c["masking"]), bool(c["contrastive"])
-        self.mask_prob, self.temperature = float(c["mask_prob"]), float(c["contrast_temperature"])
-        self.lambda_reg, self.lambda_mask = float(c["lambda_reg"]), float(c["lambda_mask"])
-        self.lambda_contrast = float(c["lambda_contrast"])
-        self.contrast_anchors = None if c["contrast_anchors"] is None else int(c["contrast_anchors"])
-        if c["bands"] not in BAND_PATHS:
-            raise TrainingError(f"bands must be one of {', '.join(BAND_PATHS)}; got {c['bands']!r}")
-        if not 2 <= self.n_bands <= 5:
-            raise TrainingError(f"n_bands must be in [2, 5] (SSR's range), got {self.n_bands}")
-        if c["mixing_softmax"] not in ("output", "input"):
-            raise TrainingError(f"mixing_softmax must be 'output' or 'input', got {c['mixing_softmax']!r}")
-        if not 0 <= self.mask_prob < 1:
-            raise TrainingError(f"mask_prob must be in [0, 1), got {self.mask_prob}")
-        self.backbone = Backbone(data, self.dim, int(c["n_layers"]), graph=True,
-                                 item_graph_k=int(c["item_graph_k"]), item_graph_weights=c["item_graph_weights"])
+        self.dim, self.n_bands = c.embedding_dim, c.n_bands
+        self.use_operator, self.gated = c.operator, c.gating
+        self.masking, self.contrastive = c.masking, c.contrastive
+        self.mask_prob, self.temperature = c.mask_prob, c.contrast_temperature
+        self.lambda_reg, self.lambda_mask = c.lambda_reg, c.lambda_mask
+        self.lambda_contrast = c.lambda_contrast
+        self.contrast_anchors = c.contrast_anchors
+        self.backbone = Backbone(data, self.dim, c.n_layers, graph=True,
+                                 item_graph_k=c.item_graph_k, item_graph_weights=c.item_graph_weights)
         n_blocks = self.backbone.n_blocks
         self.pairs = list(itertools.combinations(range(1, n_blocks), 2))
-        if self.contrastive and not self.pairs:
-            raise TrainingError(f"contrastive: true aligns pairs of item modalities, but {data.name!r} has "
-                                f"{n_blocks - 1} modality; set contrastive: false")
-        self.bands = make_graph_bands(c["bands"], self.backbone.adj, self.n_bands, int(c["scalable_order"]))
+        self.bands = make_graph_bands(c.bands, self.backbone.adj, self.n_bands, c.scalable_order)
         context, width = n_blocks * self.dim, 2 * n_blocks * self.dim
         sides = ("user", "item")
         if self.use_operator:
-            self.operators = nn.ModuleDict({s: SpectralOperator(self.n_bands, width, context, self.dim, int(c["rank"]),
-                                                                float(c["operator_temperature"]), c["mixing_softmax"])
+            self.operators = nn.ModuleDict({s: SpectralOperator(self.n_bands, width, context, self.dim, c.rank,
+                                                                c.operator_temperature, c.mixing_softmax)
                                             for s in sides})
         if self.gated:
-            self.gates = nn.ModuleDict({s: BandGate(self.n_bands, width, context, self.dim, float(c["gate_scale_init"]))
+            self.gates = nn.ModuleDict({s: BandGate(self.n_bands, width, context, self.dim, c.gate_scale_init)
                                         for s in sides})
         # (M,) multiplier of the input bands, set only by the band-reliance check (zero one band at test time).
         self.band_mask: torch.Tensor | None = None

@@ -11,21 +11,32 @@ rows of the final user and item vectors.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import nn
 
+from fitmm.config import Config, option
 from fitmm.data.dataset import Interactions
-from fitmm.errors import TrainingError
-from fitmm.models.base import Recommender, bpr_loss, emb_norm_loss
+from fitmm.models.base import Recommender, bpr_loss, emb_norm_loss, require_modalities
+
+
+@dataclass(frozen=True)
+class VBPRConfig(Config):
+    reg_weight: float = option("weight λ of EmbLoss on the batch rows", ge=0)
 
 
 class VBPR(Recommender):
-    def __init__(self, data: Interactions, config: dict):
+    config_class = VBPRConfig
+
+    @classmethod
+    def check_data(cls, config: VBPRConfig, data: Interactions) -> None:
+        require_modalities("VBPR", data)
+
+    def __init__(self, data: Interactions, config: VBPRConfig):
         super().__init__(data, config)
-        if not data.modalities:
-            raise TrainingError(f"VBPR needs item content features; dataset {data.name!r} has no modality")
-        dim = config["embedding_dim"]
+        dim = config.embedding_dim
         self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.n_users, 2 * dim)))
         self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.n_items, dim)))
         content = np.concatenate([data.features[m] for m in data.modalities], axis=1)
@@ -33,7 +44,7 @@ class VBPR(Recommender):
         self.content_proj = nn.Linear(content.shape[1], dim)
         nn.init.xavier_normal_(self.content_proj.weight)  # MMRec's xavier_normal_initialization
         nn.init.zeros_(self.content_proj.bias)
-        self.reg_weight = config["reg_weight"]
+        self.reg_weight = config.reg_weight
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user_emb, torch.cat([self.item_emb, self.content_proj(self.content)], dim=1)
