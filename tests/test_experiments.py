@@ -217,7 +217,8 @@ def test_split_checks_and_ccdf():
     data = tiny()
     checks = datacheck.split_checks(data)
     # 6 items per user < 10: MMRec's rule gives 4 / 1 / 1, as built
-    assert checks == {"pairs in two splits": 0, "held-out users without train": 0, "users following MMRec's rule": 1.0}
+    assert checks == {"pairs in two splits": 0, "held-out users without train": 0, "users following MMRec's rule": 1.0,
+                      "items never in train": 0, "valid rows on them": 0.0, "test rows on them": 0.0}
     x, share = datacheck.ccdf(np.array([1, 1, 2, 5]))
     assert x.tolist() == [1, 2, 5] and share.tolist() == [1.0, 0.5, 0.25]
 

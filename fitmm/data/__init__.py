@@ -16,8 +16,9 @@ __all__ = ["SPLITS", "Interactions", "modality_order", "load_dataset", "mmrec_sp
 
 def get_dataset(name: str, data_dir: str | Path | None = None) -> Interactions:
     """`data_dir/name` in MMRec format; "synthetic" without such a folder is the embedded benchmark."""
-    if data_dir is not None and (Path(data_dir) / name).is_dir():
-        return load_dataset(Path(data_dir) / name)
+    folder = Path(data_dir) / name if data_dir is not None else None
+    if folder is not None and (folder.is_dir() or folder.is_symlink()):  # load_dataset explains a bad link
+        return load_dataset(folder)
     if name == "synthetic":
         return synthetic_dataset()
     if data_dir is None:

@@ -15,6 +15,9 @@ def print_stats(data: Interactions) -> None:
     print(f"items         {s['items']:,}")
     print(f"interactions  {s['interactions']:,} (train {s['n_train']:,} / valid {s['n_valid']:,} / test {s['n_test']:,})")
     print(f"density       {s['density']:.6f}")
+    print(f"cold items    {s['cold_items']:,} valid/test items never in train, holding "
+          f"{s['cold_valid_share']:.2%} of valid rows ({s['cold_valid_rows']:,}) and "
+          f"{s['cold_test_share']:.2%} of test rows ({s['cold_test_rows']:,})")
     if not s["modalities"]:
         print("modalities    none")
     for m, dim in s["modalities"].items():

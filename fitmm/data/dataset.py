@@ -71,7 +71,23 @@ class Interactions:
             **{f"n_{s}": n[s] for s in SPLITS},
             "density": total / (self.n_users * self.n_items),
             "modalities": {m: int(f.shape[1]) for m, f in self.features.items()},
+            **self.cold_items(),
         }
+
+    def cold_items(self) -> dict:
+        """Valid/test items that never occur in train: their number, and the valid and test rows they hold.
+
+        A model sees no interaction of such an item while training, so only its
+        content features (if any) can rank it; these rows bound what a pure
+        collaborative-filtering model can hit.
+        """
+        unseen = self.item_degree == 0
+        cold = {s: unseen[self.pairs(s)[:, 1]] for s in ("valid", "test")}
+        out = {"cold_items": int(len(np.union1d(self.valid[cold["valid"], 1], self.test[cold["test"], 1])))}
+        for s, rows in cold.items():
+            out[f"cold_{s}_rows"] = int(rows.sum())
+            out[f"cold_{s}_share"] = float(rows.mean()) if len(rows) else 0.0
+        return out
 
 
 def modality_order(names: list[str]) -> list[str]:

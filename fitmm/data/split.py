@@ -13,9 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from fitmm.data.loader import check_contiguous, check_duplicates, read_table
+from fitmm.data.loader import check_contiguous, check_duplicates, read_frame, read_table
 from fitmm.errors import DataError
 from fitmm.io import atomic_path
 
@@ -65,7 +64,7 @@ def split_file(src: str | Path, out: str | Path, seed: int) -> Path:
     """
     src, out = Path(src), Path(out)
     cols, rows = read_table(src, ("userID", "itemID"))
-    table = pd.read_csv(src, sep="\t").dropna(how="all")
+    table = read_frame(src, ("userID", "itemID"))
     if "x_label" in table.columns:
         raise DataError(f"{src}: line 1 (header): already has an x_label column; expected an unsplit userID/itemID table")
     if len(rows) == 0:

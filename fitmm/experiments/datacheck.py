@@ -29,17 +29,22 @@ def stats_table(datasets: dict[str, Interactions]) -> pd.DataFrame:
 
 
 def split_checks(data: Interactions) -> dict:
-    """Checks of the split: pairs in two splits, held-out users without train rows, and the share of
-    users whose per-split counts follow MMRec's rule exactly."""
+    """Checks of the split: pairs in two splits, held-out users without train rows, the share of
+    users whose per-split counts follow MMRec's rule exactly, and the valid/test items never in
+    train with the share of valid and test rows they hold (`Interactions.cold_items`)."""
     counts = np.stack([np.bincount(data.pairs(s)[:, 0], minlength=data.n_users) for s in SPLITS], axis=1)
     keys = [np.unique(data.pairs(s)[:, 0].astype(np.int64) * data.n_items + data.pairs(s)[:, 1]) for s in SPLITS]
     overlap = sum(len(np.intersect1d(keys[a], keys[b])) for a, b in ((0, 1), (0, 2), (1, 2)))
     users = counts.sum(1) > 0
     n_valid, n_test = split_sizes(counts.sum(1))
+    cold = data.cold_items()
     follows = (counts == np.stack([counts.sum(1) - n_valid - n_test, n_valid, n_test], axis=1)).all(1)
     return {"pairs in two splits": int(overlap),
             "held-out users without train": int(((counts[:, 1:].sum(1) > 0) & (counts[:, 0] == 0)).sum()),
-            "users following MMRec's rule": float(follows[users].mean())}
+            "users following MMRec's rule": float(follows[users].mean()),
+            "items never in train": cold["cold_items"],
+            "valid rows on them": cold["cold_valid_share"],
+            "test rows on them": cold["cold_test_share"]}
 
 
 def ccdf(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
