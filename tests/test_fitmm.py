@@ -181,7 +181,7 @@ def test_ib_term():
 
 
 def reference_code(user_bands, item_bands):
-    """The SPEC's code reading, written out with loops over the full batch (duplicates included)."""
+    """The released code's reading (book/methods.md, "FITMM") written out with loops over the full batch (duplicates included)."""
     m = len(user_bands)
     loss = 0.0
     for j in range(m):

@@ -1,4 +1,4 @@
-"""Synthetic MMRec dataset with planted spectral structure (SPEC §2, "Synthetic benchmark").
+"""Synthetic MMRec dataset with planted spectral structure (book/methods.md, "Data").
 
 Generative model, deterministic in `seed`:
 

@@ -1,4 +1,4 @@
-"""A text modality rebuilt from item text: `item_text.tsv` -> `text_feat.npy` (SPEC §2).
+"""A text modality rebuilt from item text: `item_text.tsv` -> `text_feat.npy` (book/methods.md, "Data").
 
 Each item's text is the chosen columns of `item_text.tsv` (tab-separated, header row,
 an `itemID` column) joined with " | ", encoded with all-MiniLM-L6-v2 (384-d,

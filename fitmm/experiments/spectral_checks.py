@@ -1,4 +1,5 @@
-"""Checks of trained and graph bands for the spectral-theory chapter (SPEC §5 "Theory claim", §6).
+"""Checks of trained and graph bands for the spectral-theory chapter (FITMM's Gaussian-IB claim,
+arXiv 2601.22498; SSR's equal-energy bands, arXiv 2512.01372; book/methods.md, "FITMM" and "SSR").
 
 - FITMM: orthogonality, energy per band and cross-modal (off-block) covariance share of
   the bands of each backbone view; learned band weights against the gains the planted
@@ -80,7 +81,7 @@ def feature_band_checks(views: dict[str, torch.Tensor], n_bands: int, borders: s
 
 
 def graph_signal(views: dict[str, torch.Tensor]) -> torch.Tensor:
-    """SSR's node signal X = [[R_u; R_i] | [H_u; H_i]] (SPEC §6) from backbone views."""
+    """SSR's node signal X = [[R_u; R_i] | [H_u; H_i]] (arXiv 2512.01372; book/methods.md, "SSR") from backbone views."""
     x = torch.cat([views["r_u"], views["r_i"]])
     if "h_u" in views:
         x = torch.cat([x, torch.cat([views["h_u"], views["h_i"]])], dim=1)
@@ -161,7 +162,7 @@ def band_reliance(model: torch.nn.Module, data: Interactions, split: str = "test
 
     Rows (band, group) with the group's size, its metric with all bands, and the mean
     per-user change when the band is dropped (groups: all, then cold / warm / hot by
-    train degree, SPEC §9). The model is evaluated as it is; nothing is retrained.
+    train degree, SSR's cold-start definition). The model is evaluated as it is; nothing is retrained.
     """
     model.eval()
     k = int(metric.split("@")[1])

@@ -1,4 +1,5 @@
-"""FITMM: frequency-aware multimodal recommendation (Yang et al., ACM MM 2025; SPEC §5).
+"""FITMM: frequency-aware multimodal recommendation (Yang et al., ACM MM 2025,
+arXiv 2601.22498; book/methods.md, "FITMM").
 
 On the DRAGON-style backbone (R_u, R_i, H_u, H_i, see `backbone.py`), every
 representation matrix is split into M modality-wise spectral bands B_k

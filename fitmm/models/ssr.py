@@ -1,4 +1,5 @@
-"""SSR: structured spectral reasoning (Yang et al., NeurIPS 2025; SPEC §6).
+"""SSR: structured spectral reasoning (Yang et al., NeurIPS 2025,
+arXiv 2512.01372; book/methods.md, "SSR").
 
 On the DRAGON-style backbone (`backbone.py`), each node's signal is
 X = [[R_u; R_i] | [H_u; H_i]] (N x D, D = 2·B·d with B = 1 + n_modalities blocks of d),
@@ -16,9 +17,9 @@ L_mask = mean over (users, positives, negatives) of MSE(e(masked bands), stop_gr
 each (node, band) dropped w.p. p in training only, and L_contrast is the within-band
 InfoNCE between modality blocks.
 
-Choices the paper leaves open (SPEC §6), made here:
+Choices the paper (arXiv 2512.01372) leaves open, made here:
 - The context h of a node is its backbone representation R_u or R_i (B·d), the same
-  context FITMM's gate uses (SPEC §5).
+  context FITMM's gate uses (arXiv 2601.22498).
 - "A = softmax over output bands" is read literally by default (`mixing_softmax: output`):
   normalised over m, each input band is distributed over the outputs and Σ_m Y_m = Σ_n X_n,
   so Σ_m Z_m = c ⊙ v̄ ⊙ X does not depend on the band split at all; the split then acts on e
