@@ -4,19 +4,13 @@ import pytest
 import torch
 
 from fitmm.config import load_config
-from fitmm.data import synthetic_dataset
 from fitmm.experiments.spectral_checks import band_reliance, gates_by_user_group
 from fitmm.train import build_model
 
 
-@pytest.fixture(scope="module")
-def data():
-    return synthetic_dataset(n_users=300, n_items=200, seed=4)
-
-
 @pytest.mark.parametrize("model_name", ["fitmm", "ssr"])
-def test_band_mask_of_ones_changes_nothing_and_zeros_remove_the_bands(data, model_name):
-    model = build_model(data, load_config(model_name, {"device": "cpu"}), torch.device("cpu")).eval()
+def test_band_mask_of_ones_changes_nothing_and_zeros_remove_the_bands(synthetic, model_name):
+    model = build_model(synthetic, load_config(model_name, {"device": "cpu"}), torch.device("cpu")).eval()
     with torch.no_grad():
         users, items = model.embeddings()
         model.band_mask = torch.ones(model.n_bands)
@@ -29,9 +23,9 @@ def test_band_mask_of_ones_changes_nothing_and_zeros_remove_the_bands(data, mode
         assert zero_users.abs().max() == 0
 
 
-def test_band_reliance_table(data):
-    model = build_model(data, load_config("fitmm", {"device": "cpu"}), torch.device("cpu"))
-    table = band_reliance(model, data)
+def test_band_reliance_table(synthetic):
+    model = build_model(synthetic, load_config("fitmm", {"device": "cpu"}), torch.device("cpu"))
+    table = band_reliance(model, synthetic)
     assert model.band_mask is None
     assert sorted(table["band"].unique()) == [1, 2, 3]
     assert set(table["group"]) >= {"all"}
@@ -43,17 +37,17 @@ def test_band_reliance_table(data):
 
 @pytest.mark.parametrize("model_name, low, high, off", [("fitmm", 1.0, 1.5, {"gate": False}),
                                                          ("ssr", 0.9, 1.1, {"gating": False})])
-def test_gates_by_user_group(data, model_name, low, high, off):
-    model = build_model(data, load_config(model_name, {"device": "cpu"}), torch.device("cpu"))
-    table = gates_by_user_group(model, data)
+def test_gates_by_user_group(synthetic, model_name, low, high, off):
+    model = build_model(synthetic, load_config(model_name, {"device": "cpu"}), torch.device("cpu"))
+    table = gates_by_user_group(model, synthetic)
     gates = model.user_gates()
-    assert gates.shape == (data.n_users, model.n_bands)
+    assert gates.shape == (synthetic.n_users, model.n_bands)
     everyone = table[table["group"] == "all"].sort_values("band")
     torch.testing.assert_close(torch.tensor(everyone["gate"].to_numpy()), gates.mean(0).double())
     groups = table[table["group"] != "all"]
-    assert groups.groupby("band")["users"].sum().eq(data.n_users).all()  # the groups partition the users
-    weighted = (groups["gate"] * groups["users"]).groupby(groups["band"]).sum() / data.n_users
+    assert groups.groupby("band")["users"].sum().eq(synthetic.n_users).all()  # the groups partition the users
+    weighted = (groups["gate"] * groups["users"]).groupby(groups["band"]).sum() / synthetic.n_users
     torch.testing.assert_close(torch.tensor(weighted.to_numpy()), gates.mean(0).double())
     assert table["gate"].between(low, high).all()  # FITMM: g = 1 + s·σ(·), s = 0.5; SSR: a = 1 + 0.1·tanh(·)
-    ungated = build_model(data, load_config(model_name, {"device": "cpu", **off}), torch.device("cpu"))
-    assert ungated.user_gates() is None and gates_by_user_group(ungated, data).empty
+    ungated = build_model(synthetic, load_config(model_name, {"device": "cpu", **off}), torch.device("cpu"))
+    assert ungated.user_gates() is None and gates_by_user_group(ungated, synthetic).empty

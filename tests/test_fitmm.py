@@ -14,9 +14,8 @@ from fitmm.spectral.feature_bands import apply_bands, band_projectors, feature_b
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """A fresh graph cache; one torch thread (tiny tensors: OpenMP spin-waits on a busy 2-core box cost 10x)."""
-    monkeypatch.setenv("FITMM_CACHE", str(tmp_path / "cache"))
+def one_thread():
+    """One torch thread: on tiny tensors, OpenMP spin-waits on a busy 2-core box cost 10x."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -18,25 +18,16 @@ is computed once (and the eigendecomposition cached on disk).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 
 import torch
 from torch import nn
 
+from fitmm.cache import cached, graph_key
 from fitmm.errors import TrainingError
-from fitmm.graphs import cached
 
 BAND_PATHS = ("chebyshev", "exact", "scalable")
-
-
-def graph_key(adj: torch.Tensor) -> str:
-    """A short hash of a CSR adjacency (cache key for per-graph spectra)."""
-    h = hashlib.sha1()
-    for part in (adj.crow_indices(), adj.col_indices(), adj.values()):
-        h.update(part.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:12]
 
 
 # --- Chebyshev polynomials of L̃ = −Â --------------------------------------------------------------
