@@ -53,7 +53,7 @@ from torch.nn import functional as F
 from fitmm.data.dataset import Interactions
 from fitmm.errors import TrainingError
 from fitmm.models.backbone import Backbone
-from fitmm.models.base import Recommender, bce_loss
+from fitmm.models.base import BandedRecommender, bce_loss
 from fitmm.spectral.graph_bands import BAND_PATHS, make_graph_bands
 
 
@@ -141,7 +141,7 @@ def first_occurrence(ids: torch.Tensor) -> torch.Tensor:
     return torch.empty(len(uniq), dtype=torch.long, device=ids.device).scatter_(0, inverse, torch.arange(len(ids), device=ids.device))
 
 
-class SSR(Recommender):
+class SSR(BandedRecommender):
     """SSR with its ablation switches; see the module docstring and `fitmm/configs/ssr.yaml`."""
 
     def __init__(self, data: Interactions, config: dict):
@@ -179,16 +179,13 @@ class SSR(Recommender):
         if self.gated:
             self.gates = nn.ModuleDict({s: BandGate(self.n_bands, width, context, self.dim, float(c["gate_scale_init"]))
                                         for s in sides})
-        # (M,) multiplier of the input bands, set only by the band-reliance check (zero one band at test time).
-        self.band_mask: torch.Tensor | None = None
 
     def encode(self, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Bands (M, n, D) of the given node rows (None: all N) and their contexts h (n, B·d) from [R_u; R_i]."""
+        """Bands (M, n, D) of the given graph rows (users, then items; None: all N), the band of `without_band`
+        zeroed, and their contexts h (n, B·d) from [R_u; R_i]."""
         v = self.backbone()
         context = torch.cat([v.r_u, v.r_i])
-        bands = self.bands(torch.cat([context, torch.cat([v.h_u, v.h_i])], dim=1), rows)
-        if self.band_mask is not None:
-            bands = bands * self.band_mask[:, None, None]
+        bands = self.drop_band(self.bands(torch.cat([context, torch.cat([v.h_u, v.h_i])], dim=1), rows))
         return bands, context if rows is None else context[rows]
 
     def reason(self, side: str, bands: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -237,8 +234,14 @@ class SSR(Recommender):
         return out["user"][0].sum(1), out["item"][0].sum(1)
 
     @torch.no_grad()
+    def band_embeddings(self) -> dict[str, torch.Tensor]:
+        """The graph bands X_m of every user and item, before the cross-band operator."""
+        bands, _ = self.encode()
+        return dict(zip(("user", "item"), bands.split([self.n_users, self.n_items], dim=1)))
+
+    @torch.no_grad()
     def user_gates(self) -> torch.Tensor | None:
-        """(n_users, M) node-wise band gates a of every user, or None without gating."""
+        """(n_users, M) band gates a of every user, or None without gating."""
         return self._all_bands()[1]["user"][1] if self.gated else None
 
     @torch.no_grad()
