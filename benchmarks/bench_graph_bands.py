@@ -2,8 +2,8 @@
 
     python benchmarks/bench_graph_bands.py --data-dir ../shared/data
 
-Small graph: a random user-item graph (1,500 users x 800 items, users of degree 5 + a
-geometric tail, long-tailed item popularity), a white and a smooth ((2 − λ)² response,
+Small graph: the train graph of the embedded synthetic benchmark (1,500 users x 800 items asked,
+5-core, long-tailed item popularity), a white and a smooth ((2 − λ)² response,
 like the backbone's propagation) random signal of 64 columns, M = 3. For each order K of
 the scalable path: the largest absolute difference of per-band energy fractions and of band
 borders (λ) from the exact path, the relative Frobenius error of each band, and seconds per
@@ -23,7 +23,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from fitmm.graphs import random_user_item_adjacency, scipy_to_torch_csr, user_item_adjacency
+from fitmm.data import synthetic_dataset
+from fitmm.graphs import normalized_adjacency, scipy_to_torch_csr, user_item_adjacency
 from fitmm.spectral.graph_bands import ChebyshevBands, ExactBands, ScalableBands
 
 
@@ -39,7 +40,7 @@ def fmt(values: torch.Tensor) -> str:
 
 
 def agreement(orders: list[int], n_bands: int) -> None:
-    adj = random_user_item_adjacency(1500, 800)
+    adj = normalized_adjacency(synthetic_dataset(1500, 800))
     x = torch.randn(adj.shape[0], 64, generator=torch.Generator().manual_seed(0))
     ax = torch.sparse.mm(adj, x)
     signals = {"white": x, "smooth": x + 2 * ax + torch.sparse.mm(adj, ax)}

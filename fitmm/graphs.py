@@ -1,52 +1,23 @@
 """Graphs built once per dataset: the normalised user-item adjacency and kNN item graphs.
 
 All graphs are torch sparse CSR tensors, so propagation is one `torch.sparse.mm`
-per layer. kNN graphs depend only on raw features, so they are cached on disk
-(see `cache_dir`).
+per layer (`spmm`). kNN graphs depend only on raw features, so they are cached on
+disk (`fitmm.cache`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import warnings
-from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+from fitmm.cache import cached, fingerprint
 from fitmm.data.dataset import Interactions
-from fitmm.io import torch_save
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
-
-
-def cache_dir() -> Path:
-    """Where derived graphs are cached: $FITMM_CACHE, else ~/.cache/fitmm."""
-    return Path(os.environ.get("FITMM_CACHE", Path.home() / ".cache" / "fitmm"))
-
-
-def fingerprint(data: Interactions) -> str:
-    """A short hash of a dataset's train pairs and feature shapes (cache key)."""
-    h = hashlib.sha1()
-    h.update(np.ascontiguousarray(data.train).tobytes())
-    for name, feat in data.features.items():
-        h.update(f"{name}:{feat.shape}".encode())
-        h.update(np.ascontiguousarray(feat[: min(64, len(feat))]).tobytes())
-    return h.hexdigest()[:12]
-
-
-def cached(key: str, build: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """Load a tensor from the cache, or build and store it atomically."""
-    path = cache_dir() / f"{key}.pt"
-    if path.exists():
-        return torch.load(path, weights_only=True)
-    tensor = build()
-    torch_save(path, tensor)
-    return tensor
 
 
 class _SparseDenseMM(torch.autograd.Function):
@@ -99,17 +70,6 @@ def user_item_adjacency(train: np.ndarray, n_users: int, n_items: int) -> sp.csr
     r = sp.csr_matrix((np.ones(len(train)), (train[:, 0], train[:, 1])), shape=(n_users, n_items))
     adj = sp.bmat([[None, r], [r.T, None]], format="csr")
     return sym_normalize(adj)
-
-
-def random_user_item_adjacency(n_users: int, n_items: int, seed: int = 0) -> torch.Tensor:
-    """Â (CSR) of a random user-item graph with 5-core-like users (degree 5 + a geometric tail) and
-    long-tailed (Pareto) item popularity: a stand-in graph for band tests and benchmarks."""
-    rng = np.random.default_rng(seed)
-    popularity = rng.pareto(1.2, n_items) + 1
-    popularity /= popularity.sum()
-    degree = np.minimum(4 + rng.geometric(0.3, n_users), n_items // 2)
-    pairs = np.array([(u, i) for u, d in enumerate(degree) for i in rng.choice(n_items, d, replace=False, p=popularity)])
-    return scipy_to_torch_csr(user_item_adjacency(pairs, n_users, n_items))
 
 
 def normalized_adjacency(data: Interactions) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Full-ranking evaluation (SPEC §3): every item is ranked, the user's train items are masked.
+"""Full-ranking evaluation: every item is ranked, the user's train items are masked
+(MMRec's protocol, arXiv 2302.03497; book/methods.md, "Protocol").
 
 Metrics at each K, averaged over users with at least one relevant item in the split:
   Recall@K    = hits@K / |rel|

@@ -31,7 +31,7 @@ from filelock import FileLock, Timeout
 from fitmm.config import Config, load_config
 from fitmm.data.dataset import Interactions
 from fitmm.errors import ConfigError, DataError
-from fitmm.graphs import fingerprint
+from fitmm.cache import fingerprint
 
 # Bump when the trainer changes what any run computes (sampling, stopping, evaluation).
 # 2: MMRec's early-stopping rule (stop once the epochs since the best exceed the patience).

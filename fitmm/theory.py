@@ -1,4 +1,5 @@
-"""Numerical checks of the spectral claims of FITMM and SSR (SPEC §5 "Theory claim", §6).
+"""Numerical checks of the spectral claims of FITMM and SSR (FITMM, arXiv 2601.22498;
+SSR, arXiv 2512.01372; book/methods.md, "FITMM", "Theory claim", and "SSR").
 
 Gaussian Information Bottleneck (GIB; Chechik, Globerson, Tishby, Weiss, JMLR 2005):
 for jointly Gaussian (X, Y) and a linear encoder T = A X + ξ, ξ ~ N(0, I),
@@ -256,7 +257,7 @@ def scalar_wiener_vs_gib(snr: Sequence[float], beta: float) -> tuple[np.ndarray,
 
 
 # ---------------------------------------------------------------------------
-# Diagnostics of trained bands (FITMM §5: bands (M, N, D) of one side's embeddings)
+# Diagnostics of trained bands (FITMM, book/methods.md: bands (M, N, D) of one side's embeddings)
 
 
 def band_orthogonality(bands: np.ndarray) -> float:
@@ -310,7 +311,7 @@ def rank_correlation(learned: Sequence[float], optimal: Sequence[float]) -> tupl
 
 
 # ---------------------------------------------------------------------------
-# SSR's fixed Chebyshev bands (§6, "code" path)
+# SSR's fixed Chebyshev bands (the released code's path, book/methods.md "SSR")
 
 
 def chebyshev_band_energy_by_third(

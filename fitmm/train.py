@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from fitmm.cache import cache_dir, fingerprint
 from fitmm.config import Config
 from fitmm.data.dataset import Interactions
 from fitmm.errors import TrainingError
-from fitmm.graphs import cache_dir, fingerprint
 from fitmm.io import atomic_path, provenance, torch_save, write_json
 from fitmm.metrics import evaluate
 from fitmm.models import MODELS

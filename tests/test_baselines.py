@@ -6,7 +6,6 @@ import torch
 
 from fitmm.config import load_config
 from fitmm.data.dataset import Interactions
-from fitmm.data.synthetic import synthetic_dataset
 from fitmm.errors import ConfigError
 from fitmm.metrics import evaluate
 from fitmm.models.freedom import FREEDOM
@@ -14,11 +13,6 @@ from fitmm.models.smore import SMORE, max_pool
 from fitmm.train import build_model, train
 
 MODELS = ["vbpr", "freedom", "smore"]
-
-
-@pytest.fixture(scope="module")
-def data() -> Interactions:
-    return synthetic_dataset(400, 300, seed=1)
 
 
 def config(model: str, **overrides) -> dict:
@@ -30,43 +24,43 @@ def with_features(data: Interactions, features: dict) -> Interactions:
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_training_beats_the_untrained_model(data, model):
+def test_training_beats_the_untrained_model(synthetic, model):
     # VBPR's default reg_weight (1.0, tuned on TikTok) holds it back over 6 epochs on 5k pairs
     cfg = config(model, **({"reg_weight": 1.0e-4} if model == "vbpr" else {}))
-    untrained, _ = evaluate(build_model(data, cfg, torch.device("cpu")).eval().scorer(), data, "valid", [20])
-    record = train(data, cfg, progress=False)
+    untrained, _ = evaluate(build_model(synthetic, cfg, torch.device("cpu")).eval().scorer(), synthetic, "valid", [20])
+    record = train(synthetic, cfg, progress=False)
     assert record["best_valid"]["recall@20"] > untrained["recall@20"] + 0.05
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_any_number_of_modalities(data, model):
+def test_any_number_of_modalities(synthetic, model):
     rng = np.random.default_rng(0)
-    for feats in ({"text": data.features["text"]},
-                  {**data.features, "audio": rng.normal(size=(data.n_items, 8)).astype(np.float32)}):
-        one = build_model(with_features(data, feats), config(model), torch.device("cpu"))
+    for feats in ({"text": synthetic.features["text"]},
+                  {**synthetic.features, "audio": rng.normal(size=(synthetic.n_items, 8)).astype(np.float32)}):
+        one = build_model(with_features(synthetic, feats), config(model), torch.device("cpu"))
         users = torch.arange(8)
         terms = one.loss_terms(users, torch.arange(8), torch.arange(8, 16))
         sum(terms.values()).backward()
         u, i = one.embeddings()
-        assert u.shape[0] == data.n_users and i.shape[0] == data.n_items and torch.isfinite(u @ i.T).all()
+        assert u.shape[0] == synthetic.n_users and i.shape[0] == synthetic.n_items and torch.isfinite(u @ i.T).all()
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_no_modality_is_a_clear_error(data, model):
+def test_no_modality_is_a_clear_error(synthetic, model):
     with pytest.raises(ConfigError, match=r"needs 1 item modality \(a <modality>_feat.npy file\); dataset 'synthetic' has 0"):
-        build_model(with_features(data, {}), config(model), torch.device("cpu"))
+        build_model(with_features(synthetic, {}), config(model), torch.device("cpu"))
 
 
-def test_freedom_pruning_is_symmetric_renormalised_and_drops_the_ratio(data):
-    model = FREEDOM(data, config("freedom", prune_ratio=0.8))
+def test_freedom_pruning_is_symmetric_renormalised_and_drops_the_ratio(synthetic):
+    model = FREEDOM(synthetic, config("freedom", prune_ratio=0.8))
     torch.manual_seed(3)
     model.on_epoch_start(0)
     adj = model.train_adj.to_dense()
-    n_edges = len(data.train)
+    n_edges = len(synthetic.train)
     assert torch.equal(adj, adj.T)
     assert (adj > 0).sum().item() == 2 * int(n_edges * 0.2)
-    block = adj[: data.n_users, data.n_users :]
-    assert set(map(tuple, block.nonzero().tolist())) <= set(map(tuple, data.train.tolist()))
+    block = adj[: synthetic.n_users, synthetic.n_users :]
+    assert set(map(tuple, block.nonzero().tolist())) <= set(map(tuple, synthetic.train.tolist()))
     # D^{-1/2} A D^{-1/2} of the kept graph: each value is 1/sqrt(d_u d_i) with the kept degrees
     kept = (block > 0).float()
     expected = kept / torch.sqrt(kept.sum(1, keepdim=True).clamp(min=1) * kept.sum(0, keepdim=True).clamp(min=1))
@@ -83,27 +77,27 @@ def test_freedom_pruning_is_symmetric_renormalised_and_drops_the_ratio(data):
     assert torch.equal(u, full[0]) and torch.equal(i, full[1])
 
 
-def test_freedom_pruning_prefers_low_degree_edges(data):
-    model = FREEDOM(data, config("freedom", prune_ratio=0.5))
+def test_freedom_pruning_prefers_low_degree_edges(synthetic):
+    model = FREEDOM(synthetic, config("freedom", prune_ratio=0.5))
     torch.manual_seed(0)
     model.on_epoch_start(0)
-    block = model.train_adj.to_dense()[: data.n_users, data.n_users :] > 0
-    kept = block[data.train[:, 0], data.train[:, 1]].numpy()
+    block = model.train_adj.to_dense()[: synthetic.n_users, synthetic.n_users :] > 0
+    kept = block[synthetic.train[:, 0], synthetic.train[:, 1]].numpy()
     weight = model.edge_weight.numpy()
     assert weight[kept].mean() > weight[~kept].mean()
 
 
-def test_smore_filters_set_to_one_are_identity(data):
-    model = SMORE(data, config("smore"))
+def test_smore_filters_set_to_one_are_identity(synthetic):
+    model = SMORE(synthetic, config("smore"))
     with torch.no_grad():
         for w in [*model.filters.values(), model.fusion_filter]:
             w.copy_(torch.tensor([1.0, 0.0]).expand_as(w))
         conv, fused = model.spectrum()
-        x = {m: model.proj[m](model.features[m]) for m in data.modalities}
-    for m in data.modalities:
+        x = {m: model.proj[m](model.features[m]) for m in synthetic.modalities}
+    for m in synthetic.modalities:
         torch.testing.assert_close(conv[m], x[m], atol=1e-5, rtol=1e-5)
     # with unit filters the fusion is the circular convolution of the modal features (ortho FFT: / sqrt(d))
-    a, b = (x[m].double().numpy() for m in data.modalities)
+    a, b = (x[m].double().numpy() for m in synthetic.modalities)
     d = a.shape[1]
     circular = np.stack([sum(a[:, j] * b[:, (k - j) % d] for j in range(d)) for k in range(d)], axis=1) / np.sqrt(d)
     np.testing.assert_allclose(fused.numpy(), circular, atol=1e-4)

@@ -222,8 +222,7 @@ def test_synthetic_dataset_is_generated_once_into_cache(tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / "data").iterdir()] == [f"synthetic-v{GENERATOR_VERSION}-u300-i200-s2"]
 
 
-def test_get_dataset(tmp_path, monkeypatch, ds):
-    monkeypatch.setenv("FITMM_CACHE", str(tmp_path / "cache"))
+def test_get_dataset(tmp_path, ds):
     assert get_dataset("toy", tmp_path).n_users == 3
     with pytest.raises(DataError, match="holds: toy"):
         get_dataset("baby", tmp_path)

@@ -233,8 +233,7 @@ def test_canonical_correlations():
     assert datacheck.explained_variance(a).sum() == pytest.approx(1.0)
 
 
-def test_graph_band_energy_per_signal_and_path(monkeypatch, tmp_path):
-    monkeypatch.setenv("FITMM_CACHE", str(tmp_path))
+def test_graph_band_energy_per_signal_and_path():
     data = tiny(40, 30)
     signals = {"a": torch.randn(70, 8, generator=torch.Generator().manual_seed(0)), "b": torch.ones(70, 2)}
     energy = spectral_checks.graph_band_energy(data, signals)
@@ -273,8 +272,7 @@ def test_notes_formatting():
 # --- runs ---------------------------------------------------------------------------------------
 
 
-def test_run_all_reuses_skips_and_rebuilds(tmp_path, monkeypatch):
-    monkeypatch.setenv("FITMM_CACHE", str(tmp_path / "cache"))
+def test_run_all_reuses_skips_and_rebuilds(tmp_path):
     data = tiny(n_items=60)  # ≥ 50 items: the protocol's largest cut-off
     budget = {"epochs": 1, "batch_size": 16, "embedding_dim": 8, "device": "cpu"}
     out = runs.run_all([data], ["bpr", "no-such-model"], [0], tmp_path, budget,

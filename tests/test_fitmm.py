@@ -14,9 +14,8 @@ from fitmm.spectral.feature_bands import apply_bands, band_projectors, feature_b
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """A fresh graph cache; one torch thread (tiny tensors: OpenMP spin-waits on a busy 2-core box cost 10x)."""
-    monkeypatch.setenv("FITMM_CACHE", str(tmp_path / "cache"))
+def one_thread():
+    """One torch thread: on tiny tensors, OpenMP spin-waits on a busy 2-core box cost 10x."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -181,7 +180,7 @@ def test_ib_term():
 
 
 def reference_code(user_bands, item_bands):
-    """The SPEC's code reading, written out with loops over the full batch (duplicates included)."""
+    """The released code's reading (book/methods.md, "FITMM") written out with loops over the full batch (duplicates included)."""
     m = len(user_bands)
     loss = 0.0
     for j in range(m):

@@ -2,7 +2,6 @@ import pytest
 import torch
 
 from fitmm.errors import TrainingError
-from fitmm.graphs import random_user_item_adjacency
 from fitmm.spectral.graph_bands import (
     check_dense_eigh,
     ChebyshevBands,
@@ -16,23 +15,6 @@ from fitmm.spectral.graph_bands import (
     make_graph_bands,
     step_coefficients,
 )
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FITMM_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
-
-
-@pytest.fixture(scope="module")
-def small():
-    return random_user_item_adjacency(60, 40, seed=1)
-
-
-@pytest.fixture(scope="module")
-def medium():
-    return random_user_item_adjacency(1500, 800, seed=0)
 
 
 def signals(adj: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -54,24 +36,24 @@ def energy_fractions(bands: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("path,n_bands", [("chebyshev", 3), ("exact", 2), ("exact", 4), ("scalable", 3), ("scalable", 5)])
-def test_bands_sum_to_input(cache, small, path, n_bands):
-    x = torch.randn(small.shape[0], 8, generator=torch.Generator().manual_seed(2))
-    bands = make_graph_bands(path, small, n_bands, order=20)(x)
+def test_bands_sum_to_input(small_graph, path, n_bands):
+    x = torch.randn(small_graph.shape[0], 8, generator=torch.Generator().manual_seed(2))
+    bands = make_graph_bands(path, small_graph, n_bands, order=20)(x)
     assert bands.shape == (n_bands, *x.shape)
     torch.testing.assert_close(bands.sum(0), x, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("path", ["chebyshev", "exact", "scalable"])
-def test_bands_of_rows_are_rows_of_bands(cache, small, path):
-    x = torch.randn(small.shape[0], 8, generator=torch.Generator().manual_seed(6))
+def test_bands_of_rows_are_rows_of_bands(small_graph, path):
+    x = torch.randn(small_graph.shape[0], 8, generator=torch.Generator().manual_seed(6))
     rows = torch.tensor([5, 0, 77, 5, 99])
-    bands = make_graph_bands(path, small, 3, order=20)
+    bands = make_graph_bands(path, small_graph, 3, order=20)
     torch.testing.assert_close(bands(x, rows), bands(x)[:, rows], atol=1e-5, rtol=1e-5)
 
 
-def test_chebyshev_filter_gradient_and_values(small):
-    adj = torch.sparse_csr_tensor(small.crow_indices(), small.col_indices(), small.values().double(), small.shape)
-    x = torch.randn(small.shape[0], 3, dtype=torch.float64, requires_grad=True)
+def test_chebyshev_filter_gradient_and_values(small_graph):
+    adj = torch.sparse_csr_tensor(small_graph.crow_indices(), small_graph.col_indices(), small_graph.values().double(), small_graph.shape)
+    x = torch.randn(small_graph.shape[0], 3, dtype=torch.float64, requires_grad=True)
     c = torch.randn(2, 7, dtype=torch.float64)
     direct = torch.einsum("fk,knd->fnd", c, recurrence(adj, x, 6))
     torch.testing.assert_close(ChebyshevFilter.apply(adj, x, c), direct)
@@ -85,20 +67,20 @@ def test_chebyshev_responses_hand_values():
     torch.testing.assert_close(h, expected)
 
 
-def test_chebyshev_bands_act_on_eigenvectors_by_their_responses(cache, small):
-    evals, evecs = torch.linalg.eigh(torch.eye(small.shape[0], dtype=torch.float64) - small.to_dense().double())
-    bands = ChebyshevBands(small)(evecs.float())
+def test_chebyshev_bands_act_on_eigenvectors_by_their_responses(small_graph):
+    evals, evecs = torch.linalg.eigh(torch.eye(small_graph.shape[0], dtype=torch.float64) - small_graph.to_dense().double())
+    bands = ChebyshevBands(small_graph)(evecs.float())
     torch.testing.assert_close(bands, (chebyshev_responses(evals)[:, None, :] * evecs).float(), atol=1e-4, rtol=0)
 
 
-def test_chebyshev_needs_three_bands(small):
+def test_chebyshev_needs_three_bands(small_graph):
     with pytest.raises(TrainingError, match="n_bands=4"):
-        ChebyshevBands(small, 4)
+        ChebyshevBands(small_graph, 4)
 
 
-def test_moments_match_the_recurrence(small):
-    adj = torch.sparse_csr_tensor(small.crow_indices(), small.col_indices(), small.values().double(), small.shape)
-    x = torch.randn(small.shape[0], 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+def test_moments_match_the_recurrence(small_graph):
+    adj = torch.sparse_csr_tensor(small_graph.crow_indices(), small_graph.col_indices(), small_graph.values().double(), small_graph.shape)
+    x = torch.randn(small_graph.shape[0], 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     for order in (2, 3, 8, 11):
         direct = (recurrence(adj, x, order) * x).sum((1, 2))
         torch.testing.assert_close(chebyshev_moments(adj, x, order), direct)
@@ -115,22 +97,22 @@ def test_jackson_damped_steps_stay_in_unit_interval():
         assert h[s < border - 0.25].min() > 0.99 and h[s > border + 0.25].max() < 0.01
 
 
-def test_exact_bands_have_equal_energy_and_are_orthogonal(cache, medium):
-    x = signals(medium)["white"]
-    bands = ExactBands(medium, 3)(x)
+def test_exact_bands_have_equal_energy_and_are_orthogonal(medium_graph):
+    x = signals(medium_graph)["white"]
+    bands = ExactBands(medium_graph, 3)(x)
     assert torch.allclose(energy_fractions(bands, x), torch.full((3,), 1 / 3), atol=0.01)
     gram = torch.einsum("mnd,knd->mk", bands, bands)
     assert gram.fill_diagonal_(0).abs().max() < 1e-3 * x.square().sum()
 
 
 @pytest.mark.parametrize("signal", ["white", "smooth"])
-def test_scalable_matches_exact(cache, medium, signal):
-    x = signals(medium)[signal]
-    exact = ExactBands(medium, 3)
+def test_scalable_matches_exact(medium_graph, signal):
+    x = signals(medium_graph)[signal]
+    exact = ExactBands(medium_graph, 3)
     reference = exact(x)
     errors = {}
     for order in (50, 300):
-        scalable = ScalableBands(medium, 3, order)
+        scalable = ScalableBands(medium_graph, 3, order)
         bands = scalable(x)
         errors[order] = ((bands - reference).flatten(1).norm(dim=1) / reference.flatten(1).norm(dim=1)).max()
     # order 300: borders within 0.01 of the exact ones, energy fractions within 0.03, bands within 20 % (Frobenius;
@@ -140,20 +122,20 @@ def test_scalable_matches_exact(cache, medium, signal):
     assert errors[300] < 0.2 and errors[300] < 0.8 * errors[50]
 
 
-def test_estimated_cumulative_energy_matches_the_spectrum(cache, medium):
-    evals, evecs = laplacian_eigh(medium)
+def test_estimated_cumulative_energy_matches_the_spectrum(medium_graph):
+    evals, evecs = laplacian_eigh(medium_graph)
     lam = torch.tensor([0.3, 0.5, 0.7, 0.9, 1.1, 1.3, 1.5, 1.8], dtype=torch.float64)  # away from the mass at λ = 1
-    for x in signals(medium).values():
+    for x in signals(medium_graph).values():
         energy = (evecs.T @ x).double().square().sum(1)
         exact = (energy.cumsum(0) / energy.sum())[torch.searchsorted(evals, lam, right=True) - 1]
-        grid, estimate = ScalableBands(medium, 3, 100).cumulative_energy(x)
+        grid, estimate = ScalableBands(medium_graph, 3, 100).cumulative_energy(x)
         torch.testing.assert_close(estimate[torch.searchsorted(grid, lam)], exact, atol=0.005, rtol=0)  # measured ≤ 0.003
 
 
-def test_scalable_bands_are_differentiable(small):
-    x = torch.randn(small.shape[0], 4, generator=torch.Generator().manual_seed(4), requires_grad=True)
+def test_scalable_bands_are_differentiable(small_graph):
+    x = torch.randn(small_graph.shape[0], 4, generator=torch.Generator().manual_seed(4), requires_grad=True)
     weights = torch.randn(3, *x.shape, generator=torch.Generator().manual_seed(5))
-    (ScalableBands(small, 3, 20)(x) * weights).sum().backward()
+    (ScalableBands(small_graph, 3, 20)(x) * weights).sum().backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
@@ -167,7 +149,7 @@ def test_exact_refuses_large_graphs():
     check_dense_eigh(2_000)  # small graphs pass
 
 
-def test_unknown_path(small):
+def test_unknown_path(small_graph):
     with pytest.raises(TrainingError, match="unknown bands path"):
-        make_graph_bands("wavelet", small, 3)
+        make_graph_bands("wavelet", small_graph, 3)
 

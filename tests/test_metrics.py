@@ -1,4 +1,4 @@
-"""Metrics pinned on hand-computed cases (SPEC §3)."""
+"""Metrics pinned on hand-computed cases (book/methods.md, "Protocol")."""
 
 import math
 

@@ -14,10 +14,7 @@ from fitmm.train import build_model, train
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FITMM_CACHE", str(tmp_path_factory.mktemp("cache")))
-        folder = generate(tmp_path_factory.mktemp("data"), "syn", 160, 100, seed=0, mean_degree=10.0)
-        yield load_dataset(folder)
+    return load_dataset(generate(tmp_path_factory.mktemp("data"), "syn", 160, 100, seed=0, mean_degree=10.0))
 
 
 def config(**overrides) -> SSRConfig:

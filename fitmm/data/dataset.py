@@ -94,7 +94,7 @@ def modality_order(names: list[str]) -> list[str]:
     """Canonical modality order: image, text, then the rest alphabetically.
 
     The order matters: DRAGON-style item graphs weight the first modality 0.1
-    and the second 0.9 by default (SPEC §4).
+    and the second 0.9 by default (DRAGON, arXiv 2301.12097).
     """
     head = [m for m in ("image", "text") if m in names]
     return head + sorted(m for m in names if m not in head)

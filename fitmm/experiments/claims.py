@@ -1,4 +1,5 @@
-"""The claims table (SPEC §1): each claim of the papers, its evidence, and a verdict computed from runs.
+"""The claims table: each claim of the papers (FITMM, arXiv 2601.22498; SSR,
+arXiv 2512.01372), its evidence, and a verdict computed from runs.
 
 The chapter that holds a claim's evidence computes its verdict and saves it with
 `save` under `results_dir/claims/<profile>/`; the report chapter gathers them with

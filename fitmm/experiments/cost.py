@@ -1,4 +1,4 @@
-"""Cost (SPEC §10): time per epoch, evaluation time, memory and epochs to the best valid epoch,
+"""Cost (the cost chapter, notebooks/06_cost): time per epoch, evaluation time, memory and epochs to the best valid epoch,
 from run records; and how time grows with the graph size on synthetic data.
 
 Peak memory on CPU is the run's peak resident set size (the Linux high-water mark, reset when

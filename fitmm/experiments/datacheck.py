@@ -9,7 +9,7 @@ import pandas as pd
 from fitmm.data.dataset import SPLITS, Interactions
 from fitmm.data.split import split_sizes
 
-# (users, items, interactions): MMRec's published statistics; TikTok as released with DiffMM (SPEC §2).
+# (users, items, interactions): MMRec's published statistics; TikTok as released with DiffMM (arXiv 2406.11781).
 PUBLISHED_COUNTS = {"baby": (19445, 7050, 160792), "sports": (35598, 18357, 296337),
                     "clothing": (39387, 23033, 278677), "tiktok": (9308, 6710, 68722)}
 

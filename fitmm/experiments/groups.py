@@ -1,4 +1,4 @@
-"""User and item groups, and controlled sparsification (SPEC §9).
+"""User and item groups, and controlled sparsification (the sparsity chapter, notebooks/03_sparsity_cold_start).
 
 - Users by number of train interactions: cold ≤ 5, warm 6–20, hot ≥ 21 (SSR's
   cold-start definition), and equal-population degree quintiles.

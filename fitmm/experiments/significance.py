@@ -1,4 +1,4 @@
-"""Paired significance over users (SPEC §1 Q1: "is the gap significant?").
+"""Paired significance over users (book/methods.md, "Protocol": is a gap between two models significant?).
 
 Two runs on the same dataset and split evaluate the same users, so their per-user
 test metrics (`per_user.npz`) pair up by user id. The tests are two-sided:

@@ -1,4 +1,5 @@
-"""Checks of trained and graph bands for the spectral-theory chapter (SPEC §5 "Theory claim", §6).
+"""Checks of trained and graph bands for the spectral-theory chapter (FITMM's Gaussian-IB claim,
+arXiv 2601.22498; SSR's equal-energy bands, arXiv 2512.01372; book/methods.md, "FITMM" and "SSR").
 
 - FITMM: orthogonality, energy per band and cross-modal (off-block) covariance share of
   the bands of each backbone view; learned band weights against the gains the planted
@@ -19,12 +20,13 @@ import pandas as pd
 import torch
 
 from fitmm.data.dataset import Interactions
+from fitmm.errors import TrainingError
 from fitmm.experiments.groups import user_group_selections
 from fitmm.graphs import normalized_adjacency
 from fitmm.metrics import evaluate
 from fitmm.models.backbone import Backbone
+from fitmm.models.base import BandedRecommender
 from fitmm.spectral.feature_bands import feature_bands, group_sizes
-from fitmm.errors import TrainingError
 from fitmm.spectral.graph_bands import check_dense_eigh, chebyshev_responses, laplacian_eigh, make_graph_bands
 from fitmm.theory import (band_energy_fractions, band_orthogonality, chebyshev_band_energy_by_third,
                           off_block_energy_share, wiener_gain)
@@ -80,7 +82,7 @@ def feature_band_checks(views: dict[str, torch.Tensor], n_bands: int, borders: s
 
 
 def graph_signal(views: dict[str, torch.Tensor]) -> torch.Tensor:
-    """SSR's node signal X = [[R_u; R_i] | [H_u; H_i]] (SPEC §6) from backbone views."""
+    """SSR's node signal X = [[R_u; R_i] | [H_u; H_i]] (arXiv 2512.01372; book/methods.md, "SSR") from backbone views."""
     x = torch.cat([views["r_u"], views["r_i"]])
     if "h_u" in views:
         x = torch.cat([x, torch.cat([views["h_u"], views["h_i"]])], dim=1)
@@ -143,7 +145,7 @@ def band_diagnostics(records: list[dict]) -> pd.DataFrame:
 
 
 @torch.no_grad()
-def gates_by_user_group(model: torch.nn.Module, data: Interactions) -> pd.DataFrame:
+def gates_by_user_group(model: BandedRecommender, data: Interactions) -> pd.DataFrame:
     """Mean learned band gate per (user group, band) of a trained FITMM or SSR (its `user_gates`); groups as in
     `band_reliance` (all, cold, warm, hot). Empty when the model has no gates."""
     gates = model.eval().user_gates()
@@ -155,13 +157,13 @@ def gates_by_user_group(model: torch.nn.Module, data: Interactions) -> pd.DataFr
 
 
 @torch.no_grad()
-def band_reliance(model: torch.nn.Module, data: Interactions, split: str = "test",
+def band_reliance(model: BandedRecommender, data: Interactions, split: str = "test",
                   metric: str = "recall@20") -> pd.DataFrame:
-    """Zero one band at a time (the model's `band_mask`) and measure Δ`metric` per user group.
+    """Zero one band at a time (`model.without_band`) and measure Δ`metric` per user group.
 
     Rows (band, group) with the group's size, its metric with all bands, and the mean
     per-user change when the band is dropped (groups: all, then cold / warm / hot by
-    train degree, SPEC §9). The model is evaluated as it is; nothing is retrained.
+    train degree, SSR's cold-start definition). The model is evaluated as it is; nothing is retrained.
     """
     model.eval()
     k = int(metric.split("@")[1])
@@ -169,13 +171,8 @@ def band_reliance(model: torch.nn.Module, data: Interactions, split: str = "test
     selections = user_group_selections(data.user_degree[base["users"]])
     rows = []
     for band in range(model.n_bands):
-        mask = torch.ones(model.n_bands)
-        mask[band] = 0.0
-        model.band_mask = mask
-        try:
+        with model.without_band(band):
             _, dropped = evaluate(model.scorer(), data, split, (k,))
-        finally:
-            model.band_mask = None
         delta = dropped[metric] - base[metric]
         rows.extend({"band": band + 1, "group": group, "users": int(sel.sum()),
                      metric: float(base[metric][sel].mean()), "delta": float(delta[sel].mean())}

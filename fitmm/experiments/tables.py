@@ -1,4 +1,5 @@
-"""Result tables: mean ± std over seeds, and the published numbers of SPEC §8 beside ours.
+"""Result tables: mean ± std over seeds, and published numbers beside ours: SMORE
+(arXiv 2412.14978, Table 2), DiffMM (arXiv 2406.11781, Table 1), MMRec's own runs, SSR (arXiv 2512.01372).
 
 Published values were obtained on the official splits and feature files, which differ
 from what is on hand here (see the data caveats); they are context, not targets.

@@ -1,4 +1,5 @@
-"""The DRAGON-style backbone shared by FITMM and SSR (SPEC §4; DRAGON, Zhou et al., ECAI 2023).
+"""The DRAGON-style backbone shared by FITMM and SSR (DRAGON, Zhou et al., ECAI 2023,
+arXiv 2301.12097; book/methods.md, "Shared backbone").
 
 Per block m ∈ {id} ∪ item modalities: an item input x^m (id: a free embedding;
 content: MLP d_m -> 4d -> d with LeakyReLU over the raw feature table, itself

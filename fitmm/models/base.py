@@ -7,11 +7,14 @@ whether the dataset can feed the model. Trainable models implement `loss_terms` 
 `embeddings`; closed-form models (EASE) set `trainable = False` and implement `fit` and
 `scorer`. `version` is bumped whenever a change alters what the model computes for the
 same config: it enters the run id, so records of an older version are not reused.
+FITMM and SSR, whose embeddings fuse M bands, are `BandedRecommender`s: the spectral
+checks read their bands and gates and drop one band at a time through that interface alone.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -19,7 +22,7 @@ from torch.nn import functional as F
 
 from fitmm.config import Config
 from fitmm.data.dataset import Interactions
-from fitmm.errors import ConfigError
+from fitmm.errors import ConfigError, TrainingError
 from fitmm.graphs import spmm
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
@@ -74,6 +77,49 @@ def require_modalities(model: str, data: Interactions, n: int = 1, hint: str = "
         where = f" in {data.path}" if data.path else ""
         raise ConfigError(f"{model} needs {n} item modalit{'y' if n == 1 else 'ies'} (a <modality>_feat.npy file{where}); "
                           f"dataset {data.name!r} has {len(data.modalities)}" + (f"; {hint}" if hint else ""))
+class BandedRecommender(Recommender):
+    """A recommender whose user and item embeddings fuse `n_bands` bands.
+
+    `spectral` is False for a model built without its band module (FITMM's `spectral: false`
+    ablation): it then has no bands, no gates and no band to drop.
+    """
+
+    n_bands: int
+    spectral: bool = True
+
+    def __init__(self, data: Interactions, config: dict):
+        super().__init__(data, config)
+        self._dropped_band: int | None = None
+
+    def band_embeddings(self) -> dict[str, torch.Tensor] | None:
+        """{"user": (M, n_users, D), "item": (M, n_items, D)}: the bands fused into the embeddings
+        (with the band of `without_band` zeroed), or None without a band module."""
+        raise NotImplementedError
+
+    def user_gates(self) -> torch.Tensor | None:
+        """(n_users, M) per-user band gates, or None when the model has no gate."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def without_band(self, band: int) -> Iterator[None]:
+        """Inside the block, band `band` (0-based) is zeroed before fusion, in every forward; nothing is retrained."""
+        if not self.spectral:
+            raise TrainingError(f"{type(self).__name__} with spectral: false has no bands to drop")
+        if not 0 <= band < self.n_bands:
+            raise ValueError(f"band must be in [0, {self.n_bands}), got {band}")
+        self._dropped_band = band
+        try:
+            yield
+        finally:
+            self._dropped_band = None
+
+    def drop_band(self, bands: torch.Tensor) -> torch.Tensor:
+        """(M, n, D) bands with the band of `without_band` zeroed; unchanged outside it."""
+        if self._dropped_band is None:
+            return bands
+        keep = torch.ones(self.n_bands, dtype=bands.dtype, device=bands.device)
+        keep[self._dropped_band] = 0
+        return bands * keep[:, None, None]
 
 
 def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:

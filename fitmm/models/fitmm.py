@@ -1,4 +1,5 @@
-"""FITMM: frequency-aware multimodal recommendation (Yang et al., ACM MM 2025; SPEC §5).
+"""FITMM: frequency-aware multimodal recommendation (Yang et al., ACM MM 2025,
+arXiv 2601.22498; book/methods.md, "FITMM").
 
 On the DRAGON-style backbone (R_u, R_i, H_u, H_i, see `backbone.py`), every
 representation matrix is split into M modality-wise spectral bands B_k
@@ -34,7 +35,7 @@ from fitmm.config import Config, option
 from fitmm.data.dataset import Interactions
 from fitmm.errors import ConfigError
 from fitmm.models.backbone import Backbone, Views
-from fitmm.models.base import Recommender, bce_loss, require_modalities
+from fitmm.models.base import BandedRecommender, bce_loss, require_modalities
 from fitmm.spectral.feature_bands import apply_bands, band_projectors
 
 
@@ -143,7 +144,11 @@ class FITMMConfig(Config):
             raise ConfigError(f"n_bands: {self.n_bands} is not allowed; expected at most embedding_dim = {self.embedding_dim}")
 
 
-class FITMM(Recommender):
+# Backbone views (R, H) of each side, by their names in `Views`.
+SIDE_VIEWS = {"user": ("r_u", "h_u"), "item": ("r_i", "h_i")}
+
+
+class FITMM(BandedRecommender):
     """FITMM with its ablation switches; see the module docstring and `fitmm/configs/fitmm.yaml`."""
 
     config_class = FITMMConfig
@@ -171,8 +176,6 @@ class FITMM(Recommender):
         if self.spectral:
             self.user_fusion = BandFusion(n_blocks * self.dim, self.n_bands, self.gated)
             self.item_fusion = BandFusion(n_blocks * self.dim, self.n_bands, self.gated)
-        # (M,) multiplier of the bands, set only by the band-reliance check (zero one band at test time).
-        self.band_mask: torch.Tensor | None = None
 
     def _encode(self) -> tuple[Views, dict[str, torch.Tensor], dict[str, torch.Tensor | None]]:
         """One full forward: backbone views, band projectors of each view (bases from all nodes), gates per side."""
@@ -181,34 +184,35 @@ class FITMM(Recommender):
             return views, {}, {}
         projectors = {name: band_projectors(z, self.dim, self.n_bands, self.band_borders)
                       for name, z in views._asdict().items() if z is not None}
-        gates = {"u": self.user_fusion.gates(views.r_u), "i": self.item_fusion.gates(views.r_i)}
+        gates = {"user": self.user_fusion.gates(views.r_u), "item": self.item_fusion.gates(views.r_i)}
         return views, projectors, gates
 
     def _side(self, state: tuple, side: str, rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Embeddings e of `rows` (None: all) of side 'u' or 'i', and their bands Ũ_k / Ĩ_k (M, n, D) if spectral."""
+        """Embeddings e of `rows` (None: all) of side 'user' or 'item', and their bands Ũ_k / Ĩ_k (M, n, D) if spectral
+        (the band of `without_band` zeroed)."""
         views, projectors, gates = state
-        r, h = getattr(views, f"r_{side}"), getattr(views, f"h_{side}")
+        r_name, h_name = SIDE_VIEWS[side]
+        r, h = getattr(views, r_name), getattr(views, h_name)
         if rows is not None:
             r, h = r[rows], None if h is None else h[rows]
         if not self.spectral:
             return (r if h is None else r + h), None
-        bands = apply_bands(r, projectors[f"r_{side}"])
+        bands = apply_bands(r, projectors[r_name])
         if h is not None:
-            bands = bands + apply_bands(h, projectors[f"h_{side}"])
-        if self.band_mask is not None:
-            bands = bands * self.band_mask[:, None, None]
+            bands = bands + apply_bands(h, projectors[h_name])
+        bands = self.drop_band(bands)
         g = gates[side]
         if g is not None and rows is not None:
             g = g[rows]
-        return (self.user_fusion if side == "u" else self.item_fusion)(bands, g), bands
+        return (self.user_fusion if side == "user" else self.item_fusion)(bands, g), bands
 
     def loss_terms(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> dict[str, torch.Tensor]:
         # Bands and embeddings are computed once per distinct user / item of the batch.
         users, user_index, user_counts = users.unique(return_inverse=True, return_counts=True)
         items, item_index = torch.cat([pos_items, neg_items]).unique(return_inverse=True)
         state = self._encode()
-        e_u, user_bands = self._side(state, "u", users)
-        e_i, item_bands = self._side(state, "i", items)
+        e_u, user_bands = self._side(state, "user", users)
+        e_i, item_bands = self._side(state, "item", items)
         e_u, (e_pos, e_neg) = e_u[user_index], e_i[item_index].split(len(pos_items))
         terms = {"bce": bce_loss((e_u * e_pos).sum(-1), (e_u * e_neg).sum(-1))}
         gates = state[2]
@@ -227,12 +231,20 @@ class FITMM(Recommender):
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         state = self._encode()
-        return self._side(state, "u", None)[0], self._side(state, "i", None)[0]
+        return self._side(state, "user", None)[0], self._side(state, "item", None)[0]
+
+    @torch.no_grad()
+    def band_embeddings(self) -> dict[str, torch.Tensor] | None:
+        """The graph-enhanced bands Ũ_k and Ĩ_k of every user and item, or None with `spectral: false`."""
+        if not self.spectral:
+            return None
+        state = self._encode()
+        return {side: self._side(state, side, None)[1] for side in SIDE_VIEWS}
 
     @torch.no_grad()
     def user_gates(self) -> torch.Tensor | None:
         """(n_users, M) band gates g of every user, or None (no spectral module or no gate)."""
-        return self._encode()[2]["u"] if self.spectral and self.gated else None
+        return self._encode()[2]["user"] if self.spectral and self.gated else None
 
     @torch.no_grad()
     def diagnostics(self) -> dict:
@@ -246,7 +258,7 @@ class FITMM(Recommender):
         out["band_weights"] = {s: f.band_weights().tolist() for s, f in fusions.items()}
         if self.gated:
             out["gate_scale"] = {s: f.gate_scale.item() for s, f in fusions.items()}
-            out["mean_gate"] = {"user": gates["u"].mean(0).tolist(), "item": gates["i"].mean(0).tolist()}
+            out["mean_gate"] = {side: g.mean(0).tolist() for side, g in gates.items()}
         energy = {name: apply_bands(getattr(views, name), p).square().sum((1, 2)) for name, p in projectors.items()}
         out["band_energy"] = {name: (e / e.sum()).tolist() for name, e in energy.items()}
         return out

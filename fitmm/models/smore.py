@@ -28,9 +28,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fitmm.cache import cached, fingerprint
 from fitmm.config import Config, option
 from fitmm.data.dataset import Interactions
-from fitmm.graphs import cached, fingerprint, knn_adjacency, scipy_to_torch_csr, spmm, transpose_csr, user_item_adjacency
+from fitmm.graphs import knn_adjacency, scipy_to_torch_csr, spmm, transpose_csr, user_item_adjacency
 from fitmm.models.base import Recommender, bpr_loss, propagate, require_modalities
 
 

@@ -1,4 +1,5 @@
-"""SSR: structured spectral reasoning (Yang et al., NeurIPS 2025; SPEC §6).
+"""SSR: structured spectral reasoning (Yang et al., NeurIPS 2025,
+arXiv 2512.01372; book/methods.md, "SSR").
 
 On the DRAGON-style backbone (`backbone.py`), each node's signal is
 X = [[R_u; R_i] | [H_u; H_i]] (N x D, D = 2·B·d with B = 1 + n_modalities blocks of d),
@@ -16,9 +17,9 @@ L_mask = mean over (users, positives, negatives) of MSE(e(masked bands), stop_gr
 each (node, band) dropped w.p. p in training only, and L_contrast is the within-band
 InfoNCE between modality blocks.
 
-Choices the paper leaves open (SPEC §6), made here:
+Choices the paper (arXiv 2512.01372) leaves open, made here:
 - The context h of a node is its backbone representation R_u or R_i (B·d), the same
-  context FITMM's gate uses (SPEC §5).
+  context FITMM's gate uses (arXiv 2601.22498).
 - "A = softmax over output bands" is read literally by default (`mixing_softmax: output`):
   normalised over m, each input band is distributed over the outputs and Σ_m Y_m = Σ_n X_n,
   so Σ_m Z_m = c ⊙ v̄ ⊙ X does not depend on the band split at all; the split then acts on e
@@ -54,7 +55,7 @@ from fitmm.config import Config, option
 from fitmm.data.dataset import Interactions
 from fitmm.errors import ConfigError
 from fitmm.models.backbone import Backbone
-from fitmm.models.base import Recommender, bce_loss, require_modalities
+from fitmm.models.base import BandedRecommender, bce_loss, require_modalities
 from fitmm.spectral.graph_bands import BAND_PATHS, check_dense_eigh, make_graph_bands
 
 
@@ -173,7 +174,7 @@ class SSRConfig(Config):
                               "use bands: exact or scalable")
 
 
-class SSR(Recommender):
+class SSR(BandedRecommender):
     """SSR with its ablation switches; see the module docstring and `fitmm/configs/ssr.yaml`."""
 
     config_class = SSRConfig
@@ -210,16 +211,13 @@ class SSR(Recommender):
         if self.gated:
             self.gates = nn.ModuleDict({s: BandGate(self.n_bands, width, context, self.dim, c.gate_scale_init)
                                         for s in sides})
-        # (M,) multiplier of the input bands, set only by the band-reliance check (zero one band at test time).
-        self.band_mask: torch.Tensor | None = None
 
     def encode(self, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Bands (M, n, D) of the given node rows (None: all N) and their contexts h (n, B·d) from [R_u; R_i]."""
+        """Bands (M, n, D) of the given graph rows (users, then items; None: all N), the band of `without_band`
+        zeroed, and their contexts h (n, B·d) from [R_u; R_i]."""
         v = self.backbone()
         context = torch.cat([v.r_u, v.r_i])
-        bands = self.bands(torch.cat([context, torch.cat([v.h_u, v.h_i])], dim=1), rows)
-        if self.band_mask is not None:
-            bands = bands * self.band_mask[:, None, None]
+        bands = self.drop_band(self.bands(torch.cat([context, torch.cat([v.h_u, v.h_i])], dim=1), rows))
         return bands, context if rows is None else context[rows]
 
     def reason(self, side: str, bands: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -268,8 +266,14 @@ class SSR(Recommender):
         return out["user"][0].sum(1), out["item"][0].sum(1)
 
     @torch.no_grad()
+    def band_embeddings(self) -> dict[str, torch.Tensor]:
+        """The graph bands X_m of every user and item, before the cross-band operator."""
+        bands, _ = self.encode()
+        return dict(zip(("user", "item"), bands.split([self.n_users, self.n_items], dim=1)))
+
+    @torch.no_grad()
     def user_gates(self) -> torch.Tensor | None:
-        """(n_users, M) node-wise band gates a of every user, or None without gating."""
+        """(n_users, M) band gates a of every user, or None without gating."""
         return self._all_bands()[1]["user"][1] if self.gated else None
 
     @torch.no_grad()

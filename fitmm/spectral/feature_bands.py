@@ -1,4 +1,5 @@
-"""Modality-wise spectral bands of a representation matrix (FITMM, SPEC §5).
+"""Modality-wise spectral bands of a representation matrix (FITMM, arXiv 2601.22498;
+book/methods.md, "FITMM").
 
 A representation Z (N x B·d) is split into its B modality blocks Z^b (N x d). For
 each block, the d right singular vectors V (strongest first) are split into M

@@ -1,4 +1,5 @@
-"""Band decompositions of a node signal on the user-item graph (SSR, SPEC §6).
+"""Band decompositions of a node signal on the user-item graph (SSR, arXiv 2512.01372;
+book/methods.md, "SSR").
 
 A signal X (N x D) on the N = N_u + N_i nodes is split into M bands (M x N x D)
 by its frequencies on the normalised Laplacian L = I − Â, whose eigenvalues λ lie
@@ -17,25 +18,16 @@ is computed once (and the eigendecomposition cached on disk).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 
 import torch
 from torch import nn
 
+from fitmm.cache import cached, graph_key
 from fitmm.errors import TrainingError
-from fitmm.graphs import cached
 
 BAND_PATHS = ("chebyshev", "exact", "scalable")
-
-
-def graph_key(adj: torch.Tensor) -> str:
-    """A short hash of a CSR adjacency (cache key for per-graph spectra)."""
-    h = hashlib.sha1()
-    for part in (adj.crow_indices(), adj.col_indices(), adj.values()):
-        h.update(part.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:12]
 
 
 # --- Chebyshev polynomials of L̃ = −Â --------------------------------------------------------------
@@ -253,7 +245,7 @@ def step_coefficients(t: torch.Tensor, order: int) -> torch.Tensor:
 
 
 class ScalableBands(GraphBands):
-    """Equal-energy bands by Jackson-damped Chebyshev band-pass filters of order K (this study, SPEC §6).
+    """Equal-energy bands by Jackson-damped Chebyshev band-pass filters (this study; book/methods.md, "SSR").
 
     Spectral moments μ_k = Σ_cols xᵀ T_k(L̃) x (no gradient) give the cumulative spectral energy
     E(t) = Σ_k g_k c_k(t) μ_k, with g_k the Jackson damping and c_k(t) the step coefficients;

@@ -1,0 +1,45 @@
+"""Fixtures shared by the test modules: an isolated cache, the synthetic benchmark at test size, random graphs."""
+
+import numpy as np
+import pytest
+import torch
+
+from fitmm.data import Interactions, synthetic_dataset
+from fitmm.graphs import scipy_to_torch_csr, user_item_adjacency
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """One fresh $FITMM_CACHE for the session (subprocesses inherit it): tests never touch ~/.cache/fitmm."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FITMM_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(scope="session")
+def synthetic() -> Interactions:
+    """The embedded synthetic benchmark (planted structure, image and text) with 300 users and 200 items."""
+    return synthetic_dataset(n_users=300, n_items=200, seed=4)
+
+
+def random_user_item_adjacency(n_users: int, n_items: int, seed: int = 0) -> torch.Tensor:
+    """Â (CSR) of a random user-item graph with 5-core-like users (degree 5 + a geometric tail) and
+    long-tailed (Pareto) item popularity."""
+    rng = np.random.default_rng(seed)
+    popularity = rng.pareto(1.2, n_items) + 1
+    popularity /= popularity.sum()
+    degree = np.minimum(4 + rng.geometric(0.3, n_users), n_items // 2)
+    pairs = np.array([(u, i) for u, d in enumerate(degree) for i in rng.choice(n_items, d, replace=False, p=popularity)])
+    return scipy_to_torch_csr(user_item_adjacency(pairs, n_users, n_items))
+
+
+@pytest.fixture(scope="session")
+def small_graph() -> torch.Tensor:
+    """Â of a random 60-user, 40-item graph: small enough for dense references."""
+    return random_user_item_adjacency(60, 40, seed=1)
+
+
+@pytest.fixture(scope="session")
+def medium_graph() -> torch.Tensor:
+    """Â of a random 1,500-user, 800-item graph: large enough for spectral statistics."""
+    return random_user_item_adjacency(1500, 800, seed=0)
