@@ -206,9 +206,10 @@ class FITMM(Recommender):
 
     @torch.no_grad()
     def diagnostics(self) -> dict:
-        """Mean block weights w_u; per side: band weights ω, gate scale s, mean gate per band;
+        """Mean block weights w_u; item graph weights α_m by modality; per side: band weights ω, gate scale s, mean gate per band;
         energy fraction of each band of each view (‖B_k(Z)‖² / ‖Z‖²)."""
-        out = {"block_weights_mean": dict(zip(self.backbone.blocks, self.backbone.block_weights.mean(0).tolist()))}
+        out = {"block_weights_mean": dict(zip(self.backbone.blocks, self.backbone.block_weights.mean(0).tolist())),
+               "item_graph_weights": self.backbone.item_graph_weights}
         if not self.spectral:
             return out
         views, projectors, gates = self._encode()

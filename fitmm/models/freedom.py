@@ -5,7 +5,7 @@ Frozen item-item graph, built once from the raw features:
 
     S = Σ_m α_m S_m,   S_m = D^{-1/2} A_m D^{-1/2},   A_m the binary cosine kNN graph of modality m
 
-(α: first modality `first_modality_weight`, the others share the rest). Denoised user-item
+(α by modality name, `item_graph_weights`: by default image 0.1, MMRec's `mm_image_weight`, the others share 0.9). Denoised user-item
 graph: at each training epoch, keep ⌊(1 − ρ)|E|⌋ train edges sampled without replacement
 with probability ∝ 1/√(d_u d_i) (degree-sensitive pruning, ρ = `prune_ratio`), and renormalise the kept
 graph Ã_ρ by its own degrees; evaluation uses the full graph Â. With E^(0) = [P; Q]:
@@ -24,7 +24,7 @@ from torch import nn
 
 from fitmm.data.dataset import Interactions
 from fitmm.errors import TrainingError
-from fitmm.graphs import item_graph, normalized_adjacency, spmm, transpose_csr
+from fitmm.graphs import item_graph, normalized_adjacency, resolve_item_graph_weights, spmm, transpose_csr
 from fitmm.models.base import Recommender, bpr_loss, propagate
 
 
@@ -44,9 +44,8 @@ class FREEDOM(Recommender):
         self.reg_weight = config["reg_weight"]
         self.prune_ratio = config["prune_ratio"]
 
-        w = config["first_modality_weight"]
-        alpha = [1.0] if len(mods) == 1 else [w] + [(1.0 - w) / (len(mods) - 1)] * (len(mods) - 1)
-        item_adj = item_graph(data, alpha, config["knn_k"])
+        self.item_graph_weights = resolve_item_graph_weights(mods, config["item_graph_weights"])
+        item_adj = item_graph(data, self.item_graph_weights, config["knn_k"])
         self.register_buffer("item_adj", item_adj, persistent=False)
         self.register_buffer("item_adj_t", transpose_csr(item_adj), persistent=False)
         self.register_buffer("adj", normalized_adjacency(data), persistent=False)
@@ -93,3 +92,7 @@ class FREEDOM(Recommender):
             "bpr": bpr_loss((u * item_out[pos_items]).sum(1), (u * item_out[neg_items]).sum(1)),
             "modal_bpr": self.reg_weight * modal,
         }
+
+    def diagnostics(self) -> dict:
+        """The item graph's weight α_m of each modality."""
+        return {"item_graph_weights": self.item_graph_weights}

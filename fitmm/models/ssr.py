@@ -242,12 +242,13 @@ class SSR(Recommender):
 
     @torch.no_grad()
     def diagnostics(self) -> dict:
-        """Per side: energy fraction of the input bands, mean gate per band, mixing matrix A, and per output band
+        """Item graph weights α_m by modality; per side: energy fraction of the input bands, mean gate per band, mixing matrix A, and per output band
         the mean cosine between the two blocks of each modality pair; the graph band borders (λ) where signal-dependent."""
         bands, out = self._all_bands()
         n_blocks = self.backbone.n_blocks
         names = self.backbone.blocks
-        result = {"block_weights_mean": dict(zip(names, self.backbone.block_weights.mean(0).tolist()))}
+        result = {"block_weights_mean": dict(zip(names, self.backbone.block_weights.mean(0).tolist())),
+                  "item_graph_weights": self.backbone.item_graph_weights}
         if hasattr(self.bands, "borders"):
             result["band_borders"] = self.bands.borders.tolist()
         for side, part in (("user", bands[:, : self.n_users]), ("item", bands[:, self.n_users :])):
