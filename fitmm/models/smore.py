@@ -8,7 +8,8 @@ orthonormal real FFT along the 64 embedding dimensions and learnable complex fil
     z_i^m = q_i ⊙ σ(G_m c_i^m),   z_i^f = q_i ⊙ σ(G_f c_i^f)       (gated modal item embeddings)
 
 Item-item views: S_m the sym-normalised cosine kNN graph of modality m (weighted by the
-similarities, k per modality), S_f their element-wise max; item view v^m = S_m^{L_i} z^m,
+similarities; k by the slot the modality takes in SMORE's code: `image_knn_k` for the modality called
+image, `text_knn_k` for every other one, e.g. TikTok's audio), S_f their element-wise max; item view v^m = S_m^{L_i} z^m,
 user view R v^m (R the user-item block of Â); likewise v^f on S_f.
 Behaviour view: LightGCN mean E = 1/(L+1) Σ_l Â^l [P; Q].
 Modality-aware preference: a^m = softmax(Q_m(v^f)) ⊙ v^m (softmax over dimensions),
@@ -47,6 +48,11 @@ def weighted_knn_graph(data: Interactions, modality: str, k: int) -> torch.Tenso
         return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n, n)).coalesce().to_sparse_csr()
 
     return cached(f"wknn-{data.name}-{fingerprint(data)}-{modality}-k{k}", build)
+
+
+def knn_k(config: dict, modality: str) -> int:
+    """k of a modality's kNN graph: SMORE's image slot for the modality called image, its text slot for the others."""
+    return int(config["image_knn_k"] if modality == "image" else config["text_knn_k"])
 
 
 def max_pool(graphs: list[torch.Tensor]) -> torch.Tensor:
@@ -102,8 +108,7 @@ class SMORE(Recommender):
         self.register_buffer("adj", scipy_to_torch_csr(adj), persistent=False)
         self.register_buffer("r", scipy_to_torch_csr(r), persistent=False)
         self.register_buffer("r_t", scipy_to_torch_csr(r.T), persistent=False)
-        k_by_modality = config["knn_k_by_modality"] or {}
-        graphs = {m: weighted_knn_graph(data, m, k_by_modality.get(m, config["knn_k"])) for m in mods}
+        graphs = {m: weighted_knn_graph(data, m, knn_k(config, m)) for m in mods}
         graphs["fusion"] = max_pool(list(graphs.values()))
         for name, g in graphs.items():
             self.register_buffer(f"item_adj_{name}", g, persistent=False)
