@@ -205,6 +205,9 @@ def _fit_closed_form(data: Interactions, config: dict, device: torch.device, pro
 
 
 def _train_sgd(data: Interactions, config: dict, device: torch.device, out: Path | None, progress: bool):
+    if config["lr_decay"] <= 0 or config["lr_decay_every"] <= 0:
+        raise TrainingError(f"config keys lr_decay and lr_decay_every must be > 0; got {config['lr_decay']} "
+                            f"and {config['lr_decay_every']}")
     sampler = NegativeSampler(data, config["batch_size"], config["negative_items"])
     model = build_model(data, config, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])

@@ -65,9 +65,11 @@ def test_train_negatives_never_draw_an_untrained_item():
     assert np.isin(untrained, drawn).all()
 
 
-def test_unknown_negative_items_is_an_error():
+def test_unknown_negative_items_and_bad_schedules_are_errors():
     with pytest.raises(TrainingError, match="negative_items"):
         train(planted(), config("bpr", negative_items="test"), progress=False)
+    with pytest.raises(TrainingError, match="lr_decay_every"):
+        train(planted(), config("bpr", lr_decay_every=0), progress=False)
 
 
 def test_stops_when_epochs_since_best_exceed_patience(monkeypatch):
