@@ -47,7 +47,12 @@ class Config:
     lr: float = option("Adam learning rate", gt=0)
     weight_decay: float = option("Adam weight decay", ge=0)
     epochs: int = option("epoch limit", ge=1)
-    patience: int = option("early stopping: epochs without a better valid metric before the run stops", ge=0)
+    patience: int = option("early stopping: the run stops once more epochs than this pass without a better valid metric",
+                           ge=0)
+    lr_decay: float = option("learning-rate factor per lr_decay_every epochs (lr · lr_decay^(epoch/lr_decay_every))", gt=0)
+    lr_decay_every: float = option("epochs over which the learning rate decays by lr_decay", gt=0)
+    negative_items: str = option("items negatives are drawn from: train (those in the train split, MMRec's) or all",
+                                 choices=("train", "all"))
     valid_metric: str = option("metric@K that selects the best epoch (K must be in topk)")
     topk: list[int] = option("cut-offs K of the evaluation", ge=1, min_len=1)
     eval_batch_users: int = option("users scored per evaluation batch (memory only)", ge=1)

@@ -15,6 +15,7 @@ import torch
 
 from fitmm.cache import cached, fingerprint
 from fitmm.data.dataset import Interactions
+from fitmm.errors import ConfigError
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
@@ -97,21 +98,36 @@ def knn_graph(data: Interactions, modality: str, k: int = 10) -> torch.Tensor:
     return cached(key, lambda: scipy_to_torch_csr(sym_normalize(knn_adjacency(data.features[modality], k))))
 
 
-def item_graph(data: Interactions, weights: dict[str, float] | list[float] | None, k: int = 10) -> torch.Tensor:
-    """S = Σ_m α_m S_m over the item modalities. With `weights` None: first modality 0.1, the rest share 0.9."""
-    mods = data.modalities
-    if not mods:
+IMAGE_WEIGHT = 0.1  # MMRec's mm_image_weight (FREEDOM, DRAGON, FITMM's and SSR's released configs)
+
+
+def resolve_item_graph_weights(modalities: list[str], weights: dict[str, float] | None) -> dict[str, float]:
+    """α_m by modality name. None: image 0.1 (MMRec's `mm_image_weight`) and the others share 0.9; one modality
+    alone gets 1; with several and none called image, equal shares, with a warning (the run records them)."""
+    if not modalities:
+        raise ValueError("no item modality: an item-item graph needs one")
+    if weights is not None:
+        if set(weights) != set(modalities):
+            raise ConfigError(f"item_graph_weights: {weights!r} is not allowed; expected a weight for every item modality ({', '.join(modalities)}) "
+                              f"of the dataset, e.g. {{{', '.join(f'{m}: 0.5' for m in modalities)}}}")
+        return {m: float(weights[m]) for m in modalities}
+    if len(modalities) == 1:
+        return {modalities[0]: 1.0}
+    if "image" in modalities:
+        rest = (1.0 - IMAGE_WEIGHT) / (len(modalities) - 1)
+        return {m: IMAGE_WEIGHT if m == "image" else rest for m in modalities}
+    alpha = {m: 1.0 / len(modalities) for m in modalities}
+    warnings.warn(f"no item modality is called 'image' (modalities: {', '.join(modalities)}): the item graph weights "
+                  f"image 0.1 / others 0.9 do not apply; using equal weights {alpha} (set item_graph_weights to choose)")
+    return alpha
+
+
+def item_graph(data: Interactions, alpha: dict[str, float], k: int = 10) -> torch.Tensor:
+    """S = Σ_m α_m S_m over the item modalities, α by name (see `resolve_item_graph_weights`)."""
+    if not data.modalities:
         raise ValueError(f"dataset {data.name!r} has no item modality: an item-item graph needs one")
-    if weights is None:
-        alpha = [1.0] if len(mods) == 1 else [0.1] + [0.9 / (len(mods) - 1)] * (len(mods) - 1)
-    elif isinstance(weights, dict):
-        alpha = [float(weights[m]) for m in mods]
-    else:
-        alpha = [float(w) for w in weights]
-    if len(alpha) != len(mods):
-        raise ValueError(f"item graph weights {alpha} do not match modalities {mods}")
     total = None
-    for a, m in zip(alpha, mods):
-        s = knn_graph(data, m, k).to_sparse_coo() * a
+    for m in data.modalities:
+        s = knn_graph(data, m, k).to_sparse_coo() * alpha[m]
         total = s if total is None else total + s
     return total.coalesce().to_sparse_csr()

@@ -34,7 +34,8 @@ from fitmm.errors import ConfigError, DataError
 from fitmm.cache import fingerprint
 
 # Bump when the trainer changes what any run computes (sampling, stopping, evaluation).
-# 2: MMRec's early-stopping rule (stop once the epochs since the best exceed the patience).
+# 2: MMRec's early stopping (stop once the epochs since the best exceed the patience) and negatives drawn
+#    from the train split's items (negative_items: train).
 PROTOCOL_VERSION = 2
 # Keys that do not change what is computed, left out of the run id.
 NON_SEMANTIC_KEYS = frozenset({"model", "seed", "device", "eval_batch_users"})

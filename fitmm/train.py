@@ -35,13 +35,22 @@ from fitmm.store import (RecordError, RunLock, behaviour_version, check_writable
 
 
 class NegativeSampler:
-    """MMRec's sampler: shuffled train pairs, one uniform negative per positive, redrawn while it is a train item."""
+    """MMRec's sampler: shuffled train pairs, one uniform negative per positive, redrawn while it is a train item.
 
-    def __init__(self, data: Interactions, batch_size: int):
+    `negative_items`: "train" draws negatives only among the items that occur in the train split (MMRec's
+    data loader: its item set is the train split's), "all" among every item.
+    """
+
+    def __init__(self, data: Interactions, batch_size: int, negative_items: str = "train"):
         self.pairs = data.train
         self.n_items = data.n_items
         self.batch_size = batch_size
         self.known = np.sort(self.pairs[:, 0].astype(np.int64) * self.n_items + self.pairs[:, 1])
+        self.candidates = (np.unique(self.pairs[:, 1]).astype(np.int64) if negative_items == "train"
+                           else np.arange(self.n_items, dtype=np.int64))
+
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return self.candidates[rng.integers(0, len(self.candidates), size=n)]
 
     def is_known(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         keys = users.astype(np.int64) * self.n_items + items
@@ -49,10 +58,10 @@ class NegativeSampler:
         return self.known[pos] == keys
 
     def sample_negatives(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        negatives = rng.integers(0, self.n_items, size=len(users))
+        negatives = self.draw(len(users), rng)
         bad = np.flatnonzero(self.is_known(users, negatives))
         while len(bad):
-            negatives[bad] = rng.integers(0, self.n_items, size=len(bad))
+            negatives[bad] = self.draw(len(bad), rng)
             bad = bad[self.is_known(users[bad], negatives[bad])]
         return negatives
 
@@ -67,6 +76,12 @@ class NegativeSampler:
 
     def __len__(self) -> int:
         return math.ceil(len(self.pairs) / self.batch_size)
+
+
+def learning_rate(config: Config, epoch: int) -> float:
+    """MMRec's per-epoch schedule (its trainer's LambdaLR, stepped once per epoch):
+    lr · lr_decay^(epoch / lr_decay_every); MMRec's default lr_decay 1.0 keeps lr constant."""
+    return config.lr * config.lr_decay ** (epoch / config.lr_decay_every)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -205,9 +220,9 @@ def _load_checkpoint(path: Path) -> dict:
 
 
 def _train_sgd(data: Interactions, config: Config, device: torch.device, out: Path | None, progress: bool):
+    sampler = NegativeSampler(data, config.batch_size, config.negative_items)
     model = build_model(data, config, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sampler = NegativeSampler(data, config.batch_size)
     metric = config.valid_metric
     state = {"epoch": 0, "history": [], "best_valid": None, "best_epoch": None, "since_best": 0, "wall_seconds": 0.0}
     best_state = copy.deepcopy(model.state_dict())
@@ -231,6 +246,8 @@ def _train_sgd(data: Interactions, config: Config, device: torch.device, out: Pa
         t0 = time.perf_counter()
         rng = np.random.default_rng([config.seed, epoch])
         torch.manual_seed(config.seed * 100_003 + epoch)
+        for group in optimizer.param_groups:  # a function of the epoch alone, so a resumed run gets the same lr
+            group["lr"] = learning_rate(config, epoch)
         model.on_epoch_start(epoch)
         model.train()
         sums: dict[str, float] = {}

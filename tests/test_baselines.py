@@ -108,3 +108,15 @@ def test_smore_fusion_graph_is_the_elementwise_max():
     b = torch.tensor([[0.0, 0.1, 0.4], [0.6, 0.0, 0.0], [0.0, 0.0, 0.0]]).to_sparse_csr()
     expected = torch.tensor([[0.0, 0.5, 0.4], [0.6, 0.0, 0.0], [0.0, 0.0, 0.3]])
     assert torch.equal(max_pool([a, b]).to_dense(), expected)
+
+
+def test_smore_knn_k_follows_the_modality_slot(synthetic):
+    """TikTok's audio sits in SMORE's text slot: it takes text_knn_k, the modality called image image_knn_k."""
+    rng = np.random.default_rng(0)
+    tiktok_like = with_features(synthetic, {m: rng.normal(size=(synthetic.n_items, 8)).astype(np.float32)
+                                            for m in ("audio", "image")})
+    model = SMORE(tiktok_like, config("smore", image_knn_k=7, text_knn_k=3))
+    for name, k in (("image", 7), ("audio", 3)):
+        per_row = getattr(model, f"item_adj_{name}").crow_indices().diff()
+        assert per_row.max() == k
+    assert load_config("smore").lr_decay == 0.96 and load_config("smore").lr_decay_every == 50

@@ -17,14 +17,14 @@ from fitmm.store import behaviour_version
 # changes what a default run computes, bump the model's `version` (or the trainer's PROTOCOL_VERSION for
 # defaults.yaml) so that old records are not reused; then update the pin.
 PINNED_DEFAULTS = {
-    "bpr": ("p2.m1", "2fcd44be"),
-    "ease": ("p2.m1", "e77afd5c"),
-    "fitmm": ("p2.m1", "a3bcc2ef"),
-    "freedom": ("p2.m1", "433a9264"),
-    "lightgcn": ("p2.m1", "56e54864"),
-    "smore": ("p2.m1", "b8f9b619"),
-    "ssr": ("p2.m1", "da3e6f9c"),
-    "vbpr": ("p2.m1", "84d8dbb1"),
+    "bpr": ("p2.m1", "04714c94"),
+    "ease": ("p2.m1", "3e511716"),
+    "fitmm": ("p2.m1", "c38af0b0"),
+    "freedom": ("p2.m2", "d9e111d0"),
+    "lightgcn": ("p2.m2", "ffa948bb"),
+    "smore": ("p2.m2", "ba0ae4c8"),
+    "ssr": ("p2.m2", "13e89dab"),
+    "vbpr": ("p2.m1", "97bb24c1"),
 }
 
 
@@ -117,7 +117,7 @@ def test_help_config_lists_every_field_with_its_default(capsys):
     for f in dataclasses.fields(load_config("ssr")):
         if f.name != "model":
             assert f"  {f.name} = " in out
-    assert "bands = chebyshev" in out and "one of: chebyshev, exact, scalable" in out
+    assert "bands = auto" in out and "one of: auto, chebyshev, exact, scalable" in out
 
 
 @pytest.mark.parametrize("args,message", [

@@ -193,6 +193,95 @@ def test_comparison_verdict():
     assert claims.comparison_verdict(pd.DataFrame()) == "pending"
 
 
+def run_rows(*runs) -> pd.DataFrame:
+    """Runs as (dataset, model, variant, best_epoch, epochs, stopped_early)."""
+    return pd.DataFrame(runs, columns=["dataset", "model", "variant", "best_epoch", "epochs", "stopped_early"])
+
+
+def test_budget_limited_is_a_capped_run_still_improving():
+    frame = run_rows(("a", "ssr", "", 299, 300, False),   # best in the last epochs, at the cap: cut by the budget
+                     ("a", "ssr", "", 296, 300, False),   # best 4 epochs before the cap: converging
+                     ("a", "ssr", "", 280, 301, True),    # stopped early
+                     ("a", "ease", "", None, 0, None))    # closed form
+    assert claims.budget_limited(frame).tolist() == [True, False, False, False]
+
+
+def test_comparison_verdict_on_capped_runs_is_inconclusive():
+    tests = pd.DataFrame({"dataset": ["a", "b"], "model": ["ssr", "ssr"], "baseline": ["smore", "lightgcn"],
+                          "mean_diff": [-0.01, -0.02], "wilcoxon_p": [0.01, 0.01]})
+    converged = run_rows(("a", "ssr", "", 40, 61, True), ("a", "smore", "", 50, 71, True),
+                         ("b", "ssr", "", 30, 51, True), ("b", "lightgcn", "", 20, 41, True),
+                         ("b", "smore", "", 299, 300, False))  # not behind these tests
+    assert len(claims.runs_behind(tests, converged)) == 4
+    assert claims.comparison_verdict(tests, claims.runs_behind(tests, converged)) == "not reproduced"
+    capped = converged.copy()
+    capped.loc[0, ["best_epoch", "epochs", "stopped_early"]] = [299, 300, False]
+    assert claims.comparison_verdict(tests, claims.runs_behind(tests, capped)) == "inconclusive (budget)"
+    won = tests.assign(mean_diff=[0.01, 0.02])
+    assert claims.comparison_verdict(won, claims.runs_behind(won, converged)) == "reproduced"
+    assert claims.comparison_verdict(won.assign(wilcoxon_p=[0.01, 0.5]), claims.runs_behind(won, converged)) == "partly"
+    assert claims.comparison_verdict(won, converged) == "inconclusive (budget)"  # b's smore run is capped
+
+
+def test_runs_behind_ablation_tests_keep_the_compared_variants():
+    tests = pd.DataFrame({"dataset": ["a"], "model": ["ssr"], "variant": ["backbone only"], "mean_diff": [0.01],
+                          "wilcoxon_p": [0.01]})
+    frame = run_rows(("a", "ssr", "code", 10, 31, True), ("a", "ssr", "backbone only", 10, 31, True),
+                     ("a", "ssr", "4 bands", 299, 300, False))
+    assert claims.runs_behind(tests, frame, "code").variant.tolist() == ["code", "backbone only"]
+    assert claims.comparison_verdict(tests, claims.runs_behind(tests, frame, "code")) == "reproduced"
+
+
+def test_theory_verdicts():
+    assert claims.decoupling_verdict(0.0, 2.02) == "reproduced"
+    assert claims.decoupling_verdict(1e-6, 2.0) == "not reproduced"
+    assert claims.decoupling_verdict(0.0, 1.5) == "not reproduced"
+    betas, critical = np.array([1.0, 2.0, 3.0]), np.array([1.5, 2.5])
+    assert claims.gains_shut_off(betas, critical, np.array([[0, 0], [0.3, 0], [0.5, 0.2]]))
+    assert not claims.gains_shut_off(betas, critical, np.array([[0.1, 0], [0.3, 0], [0.5, 0.2]]))
+    snr = np.array([0.1, 1.0, 10.0])
+    wiener = snr / (1 + snr)
+    row = claims.wiener_comparison(snr, 2.0, wiener, np.array([0.0, 0.5, 0.9]))
+    assert row == {"max gap to Wiener": pytest.approx(1 / 11), "never above Wiener": True, "off below 1/(β−1)": True}
+    assert not claims.wiener_comparison(snr, 2.0, wiener, np.array([0.01, 0.5, 0.9]))["off below 1/(β−1)"]
+    good = pd.DataFrame([row, {**row, "max gap to Wiener": 0.001}], index=[2.0, 1000.0])
+    assert claims.wiener_verdict(True, good) == "reproduced"
+    assert claims.wiener_verdict(False, good) == "not reproduced"
+    assert claims.wiener_verdict(True, good.assign(**{"max gap to Wiener": [0.0, 0.05]})) == "not reproduced"
+    assert claims.orthogonality_verdict(1e-6) == "reproduced"
+    assert claims.orthogonality_verdict(1e-2) == "not reproduced"
+
+
+def test_equal_energy_verdict():
+    dev = lambda exact, cheb: pd.Series({"exact": exact, "scalable": 0.0, "chebyshev": cheb})
+    assert claims.equal_energy_verdict(dev(0.01, 0.02)) == "reproduced"
+    assert claims.equal_energy_verdict(dev(0.01, 0.30)) == "partly"
+    assert claims.equal_energy_verdict(dev(0.20, 0.30)) == "not reproduced"
+
+
+def test_snr_tracking_verdict_and_unmoved_weights():
+    moved = {"user": [0.9, 0.6, 0.4], "item": [0.8, 0.7, 0.3]}
+    assert claims.snr_tracking_verdict(1.0, moved) == "reproduced"
+    assert claims.snr_tracking_verdict(0.5, moved) == "partly"
+    assert claims.snr_tracking_verdict(-0.5, moved) == "not reproduced"
+    start = claims.initial_band_weight()
+    assert start == pytest.approx(0.7311, abs=1e-4)
+    still = {"user": [start] * 3, "item": [start + 1e-4] * 3}
+    assert claims.snr_tracking_verdict(float("nan"), still) == "inconclusive (budget)"
+    capped = run_rows(("syn", "fitmm", "", 9, 10, False))
+    assert claims.snr_tracking_verdict(-0.5, moved, capped) == "inconclusive (budget)"
+
+
+def test_band_count_verdict():
+    converged = run_rows(("a", "ssr", "3 bands", 20, 41, True), ("a", "ssr", "5 bands", 20, 41, True))
+    assert claims.band_count_verdict(pd.Series({"a": 3, "b": 4}), converged) == "reproduced"
+    assert claims.band_count_verdict(pd.Series({"a": 3, "b": 5}), converged) == "partly"
+    assert claims.band_count_verdict(pd.Series({"a": 2, "b": 5}), converged) == "not reproduced"
+    capped = run_rows(("a", "ssr", "3 bands", 20, 41, True), ("a", "ssr", "5 bands", 2, 3, False))
+    assert claims.band_count_verdict(pd.Series({"a": 5}), capped) == "inconclusive (budget)"
+    assert claims.band_count_verdict(pd.Series(dtype=int)) == "pending"
+
+
 def test_claims_table_roundtrip(tmp_path):
     claims.save(tmp_path, "smoke", "gib-decoupling", "reproduced", "slope 2.00")
     table = claims.claims_table(tmp_path, "smoke")

@@ -230,7 +230,7 @@ ABLATIONS = [
     {}, {"consistency": "paper"}, {"spectral": False}, {"spectral": False, "graph_branch": False},
     {"gate": False}, {"graph_branch": False}, {"band_borders": "energy"}, {"lambda_ib": 0.0}, {"lambda_c": 0.0},
     {"n_bands": 1}, {"n_bands": 2}, {"n_bands": 4}, {"n_bands": 6}, {"n_bands": 6, "consistency": "paper"},
-    {"item_graph_k": 5}, {"item_graph_weights": {"image": 0.9, "text": 0.1}},
+    {"item_graph_k": 5}, {"item_graph_weights": {"image": 0.5, "text": 0.5}}, {"item_graph_weights": {"image": 0.9, "text": 0.1}},
 ]
 
 
@@ -337,14 +337,14 @@ def test_a_fixed_seed_gives_identical_losses():
 
 def test_diagnostics():
     d = build(tiny()).diagnostics()
-    assert set(d) == {"block_weights_mean", "band_weights", "gate_scale", "mean_gate", "band_energy"}
+    assert set(d) == {"block_weights_mean", "item_graph_weights", "band_weights", "gate_scale", "mean_gate", "band_energy"}
     assert d["gate_scale"] == {"user": 0.5, "item": 0.5}
     np.testing.assert_allclose(d["band_weights"]["user"], [torch.sigmoid(torch.tensor(1.0)).item()] * 3)
     assert set(d["band_energy"]) == {"r_u", "r_i", "h_u", "h_i"}
     for fractions in d["band_energy"].values():
         assert len(fractions) == 3 and abs(sum(fractions) - 1) < 1e-5
     assert all(1 <= g <= 1.5 for side in d["mean_gate"].values() for g in side)
-    assert set(build(tiny(), spectral=False).diagnostics()) == {"block_weights_mean"}
+    assert set(build(tiny(), spectral=False).diagnostics()) == {"block_weights_mean", "item_graph_weights"}
 
 
 @pytest.mark.slow

@@ -1,9 +1,14 @@
 """Graphs: normalised adjacency, kNN graphs, sparse products with a precomputed transpose."""
 
 import numpy as np
+import pytest
 import torch
 
-from fitmm.graphs import knn_adjacency, spmm, transpose_csr, user_item_adjacency
+from fitmm.config import load_config
+from fitmm.errors import ConfigError
+from fitmm.graphs import knn_adjacency, resolve_item_graph_weights, spmm, transpose_csr, user_item_adjacency
+from fitmm.models import MODELS
+from tests.test_fitmm import tiny
 
 
 def test_spmm_gradient_uses_the_transpose():
@@ -31,3 +36,24 @@ def test_knn_adjacency_keeps_k_most_similar():
     knn = knn_adjacency(feats, k=2).toarray()
     assert knn.sum(1).tolist() == [2, 2, 2, 2]
     assert knn[0, 1] == 1 and knn[2, 3] == 1 and knn[0, 2] == 0
+
+
+def test_item_graph_weights_go_by_modality_name_not_order():
+    assert resolve_item_graph_weights(["audio", "image"], None) == {"audio": 0.9, "image": 0.1}
+    assert resolve_item_graph_weights(["image", "text"], None) == {"image": 0.1, "text": 0.9}
+    assert resolve_item_graph_weights(["audio", "image", "text"], None) == pytest.approx({"audio": 0.45, "image": 0.1, "text": 0.45})
+    assert resolve_item_graph_weights(["text"], None) == {"text": 1.0}
+    assert resolve_item_graph_weights(["genre", "text"], {"text": 0.7, "genre": 0.3}) == {"genre": 0.3, "text": 0.7}
+    with pytest.raises(ConfigError, match="item_graph_weights: .* expected a weight for every item modality \\(genre, text\\)"):
+        resolve_item_graph_weights(["genre", "text"], {"image": 0.1, "text": 0.9})
+    with pytest.raises(ConfigError, match="item_graph_weights: \\{'genre': -1, 'text': 0.9\\} is not allowed"):
+        load_config("fitmm", {"item_graph_weights": {"genre": -1, "text": 0.9}})
+
+
+@pytest.mark.parametrize("model", ["fitmm", "ssr", "freedom"])
+def test_text_and_genre_without_image_warn_and_record_the_weights(model):
+    data = tiny(modalities=("genre", "text"))
+    cfg = load_config(model, {"device": "cpu"})
+    with pytest.warns(UserWarning, match="no item modality is called 'image'.*genre.*text"):
+        built = MODELS[model](data, cfg)
+    assert built.diagnostics()["item_graph_weights"] == {"genre": 0.5, "text": 0.5}

@@ -9,6 +9,7 @@ from fitmm.data.synthetic import generate
 from fitmm.errors import ConfigError
 from fitmm.metrics import evaluate
 from fitmm.models.ssr import SSR, SSRConfig, band_infonce
+from fitmm.spectral.graph_bands import resolve_band_path
 from fitmm.train import build_model, train
 
 
@@ -32,15 +33,67 @@ def model(data, **overrides) -> SSR:
     return SSR(data, config(**overrides))
 
 
+@pytest.mark.parametrize("band_input,width", [("concat", 2 * 3 * 64), ("sum", 3 * 64)])
 @pytest.mark.parametrize("bands", ["chebyshev", "exact", "scalable"])
-def test_bands_sum_to_the_node_signal(data, bands):
-    m = model(data, bands=bands)
+def test_bands_sum_to_the_node_signal(data, bands, band_input, width):
+    m = model(data, bands=bands, band_input=band_input)
     v = m.backbone()
-    x = torch.cat([torch.cat([v.r_u, v.r_i]), torch.cat([v.h_u, v.h_i])], dim=1)
+    r, h = torch.cat([v.r_u, v.r_i]), torch.cat([v.h_u, v.h_i])
+    x = torch.cat([r, h], dim=1) if band_input == "concat" else r + h
     split, context = m.encode()
-    assert split.shape == (3, data.n_users + data.n_items, 2 * 3 * 64)
+    assert split.shape == (3, data.n_users + data.n_items, width)
     torch.testing.assert_close(split.sum(0), x, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(context, torch.cat([v.r_u, v.r_i]))
+    torch.testing.assert_close(context, r)
+
+
+@pytest.mark.parametrize("bands", ["chebyshev", "exact"])
+def test_sum_input_is_the_concat_bands_halves_added(data, bands):
+    """The code's order: bands cut from [R | H] (borders from the whole signal), then R half + H half."""
+    concat, summed = model(data, bands=bands, band_input="concat"), model(data, bands=bands, band_input="sum")
+    torch.testing.assert_close(summed.backbone.preference, concat.backbone.preference)  # same seed, same backbone
+    wide, _ = concat.encode()
+    torch.testing.assert_close(summed.encode()[0], wide[..., :192] + wide[..., 192:], atol=1e-5, rtol=1e-4)
+
+
+def test_without_operator_and_gate_sum_scores_add_the_cross_terms(data):
+    """e = R + H under sum, [R | H] under concat: ⟨e_u, e_i⟩ differs by ⟨R_u, H_i⟩ + ⟨H_u, R_i⟩."""
+    off = {"operator": False, "gating": False}
+    concat, summed = model(data, band_input="concat", **off), model(data, band_input="sum", **off)
+    v = concat.backbone()
+    (cu, ci), (su, si) = concat.embeddings(), summed.embeddings()
+    torch.testing.assert_close(su, cu[:, :192] + cu[:, 192:], atol=1e-5, rtol=1e-4)
+    cross = v.r_u @ v.h_i.T + v.h_u @ v.r_i.T
+    torch.testing.assert_close(su @ si.T, cu @ ci.T + cross, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("n_users,n_items,path", [(3000, 2000, "exact"), (3000, 2001, "chebyshev")])
+def test_auto_bands_choose_the_path_by_graph_size(n_users, n_items, path):
+    assert resolve_band_path("auto", n_users + n_items) == path
+    assert resolve_band_path("scalable", 100) == "scalable"
+
+
+def test_default_path_is_auto_and_recorded(data):
+    assert config().bands == "auto"
+    assert model(data).diagnostics()["bands_path"] == "exact"  # 260 nodes
+
+
+def test_code_reading_initial_values_and_sizes(data):
+    m = model(data)  # reading: code
+    op, gate = m.operators["user"], m.gates["user"]
+    assert op.gamma.shape == (4, 192) and 0.8 < op.gamma.std() < 1.2  # log-gains ~ N(0, 1)
+    assert op.context[0].out_features == 48 and gate.mlp[0].out_features == 48  # B·d / 4
+    assert gate.mlp[-1].bias.abs().max() == 0 and gate.mlp[-1].weight.std() < 2e-3
+    gates = m.user_gates()
+    assert (gates - 1).abs().max() < 1e-3  # every gate starts at 1
+    paper = model(data, reading="paper")
+    assert paper.operators["user"].gamma.abs().max() == 0 and paper.operators["user"].context[0].out_features == 64
+    # the operator's regulariser counts twice under the code's reading (the masked pass adds it again)
+    torch.manual_seed(0)
+    reg_code = m.loss_terms(*batch(data))["reg"]
+    expected = 0.1 * 2 * sum(o.regularizer() for o in m.operators.values())
+    torch.testing.assert_close(reg_code, expected)
+    reg_paper = paper.loss_terms(*batch(data))["reg"]
+    torch.testing.assert_close(reg_paper, 0.1 * sum(o.regularizer() for o in paper.operators.values()))
 
 
 def test_masking_only_in_training(data):
@@ -71,6 +124,7 @@ ABLATIONS = [
     {"bands": "chebyshev"}, {"bands": "exact", "n_bands": 2}, {"bands": "exact", "n_bands": 5},
     {"bands": "scalable", "n_bands": 4, "scalable_order": 20}, {"masking": False}, {"operator": False},
     {"contrastive": False}, {"gating": False}, {"operator": False, "gating": False}, {"mixing_softmax": "input"},
+    {"band_input": "concat"}, {"reading": "paper"}, {"band_input": "concat", "reading": "paper"},
 ]
 
 
@@ -90,11 +144,12 @@ def test_ablations_train_with_finite_losses_and_gradients(data, overrides):
     assert hasattr(m, "operators") == overrides.get("operator", True)
     assert hasattr(m, "gates") == overrides.get("gating", True)
     u, i = m.embeddings()
-    assert u.shape == (data.n_users, 384) and i.shape == (data.n_items, 384)
+    width = 384 if overrides.get("band_input") == "concat" else 192
+    assert u.shape == (data.n_users, width) and i.shape == (data.n_items, width)
 
 
 def test_without_operator_and_gate_the_embedding_is_the_backbone_signal(data):
-    m = model(data, operator=False, gating=False)
+    m = model(data, operator=False, gating=False, band_input="concat")
     v = m.backbone()
     u, i = m.embeddings()
     torch.testing.assert_close(u, torch.cat([v.r_u, v.h_u], 1), atol=1e-5, rtol=1e-4)
@@ -105,7 +160,7 @@ def test_output_softmax_preserves_the_band_sum(data):
     # A normalised over output bands: Σ_m Y_m = Σ_n X_n, so the split cancels out of Σ_m Z_m.
     m = model(data, gating=False)
     op = m.operators["user"]
-    x = torch.randn(5, 3, 384)
+    x = torch.randn(5, 3, 192)
     h = torch.randn(5, 192)
     z = op(x, h)
     moved = x.clone()
@@ -117,7 +172,7 @@ def test_output_softmax_preserves_the_band_sum(data):
 
 def test_gate_preserves_the_norm_of_the_sum(data):
     m = model(data)
-    z = torch.randn(7, 3, 384)
+    z = torch.randn(7, 3, 192)
     gated, a = m.gates["item"](z, torch.randn(7, 192))
     torch.testing.assert_close(gated.sum(1).norm(dim=-1), z.sum(1).norm(dim=-1))
     assert a.shape == (7, 3) and (a - 1).abs().max() <= 0.1
@@ -134,9 +189,11 @@ def test_fixed_seed_is_deterministic(data):
 @pytest.mark.parametrize("overrides,match", [
     ({"bands": "chebyshev", "n_bands": 4}, "n_bands: 4 is not allowed with bands: chebyshev"),
     ({"n_bands": 6, "bands": "exact"}, "n_bands: 6 is not allowed; expected an integer >= 2 and <= 5"),
-    ({"bands": "wavelet"}, "bands: 'wavelet' is not allowed; expected one of: chebyshev, exact, scalable"),
+    ({"bands": "wavelet"}, "bands: 'wavelet' is not allowed; expected one of: auto, chebyshev, exact, scalable"),
     ({"mixing_softmax": "rows"}, "mixing_softmax: 'rows' is not allowed"),
     ({"mask_prob": 1.0}, "mask_prob: 1.0 is not allowed"), ({"scalable_order": 1}, "scalable_order: 1 is not allowed"),
+    ({"band_input": "stack"}, "band_input: 'stack' is not allowed; expected one of: sum, concat"),
+    ({"reading": "mine"}, "reading: 'mine' is not allowed; expected one of: code, paper"),
 ])
 def test_bad_configs(overrides, match):
     with pytest.raises(ConfigError, match=match):

@@ -13,7 +13,9 @@ from fitmm.data.dataset import Interactions
 from fitmm.errors import ConfigError, TrainingError
 from fitmm.models.bpr import BPRMF
 from fitmm.metrics import evaluate
-from fitmm.train import NegativeSampler, build_model, train
+from fitmm import train as trainer
+from fitmm.models.lightgcn import LightGCN
+from fitmm.train import NegativeSampler, build_model, learning_rate, train
 
 
 def planted(n_users=120, n_items=80, rank=4, per_user=12, seed=0) -> Interactions:
@@ -42,6 +44,87 @@ def test_negatives_are_never_train_positives():
     for epoch in range(3):
         for users, _, negatives in sampler.epoch(np.random.default_rng(epoch)):
             assert not any((u, n) in known for u, n in zip(users.tolist(), negatives.tolist()))
+
+
+def with_untrained_items(data: Interactions, n_new: int = 5) -> Interactions:
+    """`data` plus `n_new` items that occur only in valid and test."""
+    n_items = data.n_items + n_new
+    extra = np.array([[u, data.n_items + u % n_new] for u in range(2 * n_new)], dtype=np.int64)
+    return Interactions("planted", data.n_users, n_items, data.train, np.vstack([data.valid, extra[:n_new]]),
+                        np.vstack([data.test, extra[n_new:]]))
+
+
+def test_train_negatives_never_draw_an_untrained_item():
+    data = with_untrained_items(planted())
+    users = np.repeat(np.arange(data.n_users), 500)
+    untrained = np.arange(data.n_items - 5, data.n_items)
+    drawn = NegativeSampler(data, 100, "train").sample_negatives(users, np.random.default_rng(0))
+    assert not np.isin(drawn, untrained).any()
+    assert set(np.unique(drawn)) == set(np.unique(data.train[:, 1]))
+    drawn = NegativeSampler(data, 100, "all").sample_negatives(users, np.random.default_rng(0))
+    assert np.isin(untrained, drawn).all()
+
+
+def test_unknown_negative_items_and_bad_schedules_are_errors():
+    with pytest.raises(ConfigError, match="negative_items: 'test' is not allowed; expected one of: train, all"):
+        config("bpr", negative_items="test")
+    with pytest.raises(ConfigError, match="lr_decay_every: 0 is not allowed; expected a number > 0"):
+        config("bpr", lr_decay_every=0)
+
+
+def test_stops_when_epochs_since_best_exceed_patience(monkeypatch):
+    """MMRec's rule: with patience 3 and the best at epoch 1, epochs 2-5 pass without a gain and epoch 6 is not run."""
+    scripted = iter([0.1, 0.2] + [0.1] * 20)
+
+    def fake_evaluate(model, data, split, config, device):
+        return {"recall@20": next(scripted) if split == "valid" else 0.0}, {}
+
+    monkeypatch.setattr(trainer, "_evaluate", fake_evaluate)
+    record = train(planted(), config("bpr", epochs=20, patience=3), progress=False)
+    assert (record["best_epoch"], record["epochs"], record["stopped_early"]) == (1, 6, True)
+
+
+def test_learning_rate_schedule_is_per_epoch_and_exact_on_resume(tmp_path, monkeypatch):
+    cfg = config("bpr", epochs=5, lr=0.01, lr_decay=0.5, lr_decay_every=2)
+    expected = [0.01 * 0.5 ** (e / 2) for e in range(5)]
+    assert [learning_rate(cfg, e) for e in range(5)] == pytest.approx(expected)
+    used = []
+
+    class Spy(torch.optim.Adam):
+        def step(self, *args, **kwargs):
+            used.append(self.param_groups[0]["lr"])
+            return super().step(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", Spy)
+    whole = train(planted(), cfg, progress=False)
+    assert list(dict.fromkeys(used)) == pytest.approx(expected)
+
+    killed = []
+
+    def kill_once(self, epoch):
+        if epoch == 3 and not killed:
+            killed.append(epoch)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(BPRMF, "on_epoch_start", kill_once)
+    with pytest.raises(KeyboardInterrupt):
+        train(planted(), cfg, results_dir=tmp_path, progress=False)
+    used.clear()
+    resumed = train(planted(), cfg, results_dir=tmp_path, progress=False)
+    assert resumed["resumed_at_epoch"] == 3
+    assert list(dict.fromkeys(used)) == pytest.approx(expected[3:])
+    assert [h["losses"] for h in resumed["history"]] == [h["losses"] for h in whole["history"]]
+    assert resumed["test"] == whole["test"]
+
+
+def test_lightgcn_has_two_xavier_tables():
+    data = planted()
+    model = LightGCN(data, config("lightgcn"))
+    for table, n in ((model.user_emb, data.n_users), (model.item_emb, data.n_items)):
+        bound = (6 / (n + 64)) ** 0.5
+        assert table.shape == (n, 64)
+        assert table.abs().max() <= bound and table.abs().max() > 0.9 * bound
+    assert not any(p.shape[0] == data.n_users + data.n_items for p in model.parameters())
 
 
 def test_epoch_covers_every_train_pair_once():
@@ -77,7 +160,7 @@ def test_early_stopping_and_record(tmp_path):
     data = planted()
     record = train(data, config("bpr", epochs=50, patience=2, lr=0.05), results_dir=tmp_path, progress=False)
     assert record["stopped_early"]
-    assert record["epochs"] == record["best_epoch"] + 2 + 2  # MMRec: stops when epochs since the best exceed 2
+    assert record["epochs"] == record["best_epoch"] + 4  # patience 2: stops after the 3rd epoch without a gain
     run = next((tmp_path / "runs" / "planted" / "bpr").iterdir())
     saved = json.loads((run / "record.json").read_text())
     assert saved["test"] == record["test"]

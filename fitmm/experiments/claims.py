@@ -4,19 +4,44 @@ arXiv 2512.01372), its evidence, and a verdict computed from runs.
 The chapter that holds a claim's evidence computes its verdict and saves it with
 `save` under `results_dir/claims/<profile>/`; the report chapter gathers them with
 `claims_table`. A claim whose chapter has not saved a verdict is 'pending'.
+
+Every verdict rule is a function here (`*_verdict`), its thresholds the named constants
+below; the chapters compute the evidence and call the rule. A verdict that rests on a run
+cut by its epoch budget while still improving (`budget_limited`), or on learned weights
+that never left their initial values (`unmoved`), is 'inconclusive (budget)'.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from fitmm.io import write_json
+from fitmm.models.fitmm import INITIAL_BAND_LOGIT
 
-VERDICTS = ("reproduced", "partly", "not reproduced", "not testable here", "pending")
+INCONCLUSIVE = "inconclusive (budget)"
+VERDICTS = ("reproduced", "partly", "not reproduced", INCONCLUSIVE, "not testable here", "pending")
+
+# --- thresholds of the verdict rules -------------------------------------------------------------
+SIGNIFICANCE_ALPHA = 0.05       # paired Wilcoxon test, per dataset
+BUDGET_TAIL_EPOCHS = 3          # a run at its epoch cap whose best epoch is among its last 3 was still improving
+UNMOVED_TOLERANCE = 1e-3        # learned weights within this of their initial values never moved
+DECOUPLING_ERROR_AT_ZERO = 1e-9  # nats: the decomposition is exact without coupling
+DECOUPLING_SLOPE = 2.0          # the error grows as ε² ...
+DECOUPLING_SLOPE_TOLERANCE = 0.25  # ... within this on a log-log fit
+SHUT_OFF_MARGIN = 1e-6          # β this far above a critical β_i must already give a positive gain
+WIENER_NUMERICAL_SLACK = 1e-12  # "never above Wiener" up to float rounding
+WIENER_GAP_AT_LARGE_BETA = 0.01  # at β = 1000 the GIB gain is within this of Wiener's
+ORTHOGONALITY_TOLERANCE = 1e-4  # largest |cos| between two bands of a view
+EQUAL_ENERGY_TOLERANCE = 0.05   # largest deviation of a band's energy share from 1/M
+SNR_RHO_REPRODUCED = 0.99       # Spearman ρ of learned band weights vs planted optimal gains (worse side)
+SNR_RHO_PARTLY = 0.0
+BEST_BAND_COUNTS = (3, 4)       # SSR: three to four bands work best
 
 
 @dataclass(frozen=True)
@@ -103,15 +128,115 @@ def save_finding(results_dir: str | Path, profile: str, discrepancy_id: str, fin
     write_json(Path(results_dir) / "claims" / profile / f"discrepancy-{discrepancy_id}.json", {"finding": finding})
 
 
-def comparison_verdict(tests: pd.DataFrame, alpha: float = 0.05) -> str:
+def budget_limited(runs: pd.DataFrame) -> pd.Series:
+    """Per run (columns best_epoch, epochs, stopped_early): stopped at its epoch cap while still improving,
+    i.e. not stopped early and its best epoch among its last `BUDGET_TAIL_EPOCHS`. Closed-form fits never are."""
+    if runs.empty:
+        return pd.Series(dtype=bool)
+    best = pd.to_numeric(runs["best_epoch"], errors="coerce")  # NaN (never late) for closed-form fits
+    return runs["stopped_early"].eq(False) & (best >= pd.to_numeric(runs["epochs"]) - BUDGET_TAIL_EPOCHS)
+
+
+def unmoved(learned, initial) -> bool:
+    """True when learned weights (any shape) all lie within `UNMOVED_TOLERANCE` of their initial values."""
+    return bool(np.all(np.abs(np.asarray(learned, dtype=float) - np.asarray(initial, dtype=float)) <= UNMOVED_TOLERANCE))
+
+
+def initial_band_weight() -> float:
+    """FITMM's ω_k at initialisation, σ(w_k) with w_k = INITIAL_BAND_LOGIT."""
+    return 1 / (1 + math.exp(-INITIAL_BAND_LOGIT))
+
+
+def runs_behind(tests: pd.DataFrame, runs: pd.DataFrame, reference: str | None = None) -> pd.DataFrame:
+    """The runs a comparison rests on: per dataset of `tests`, its models and baselines (column `baseline`, if
+    any); with a `variant` column, only the compared variants and the `reference` one."""
+    if tests.empty or runs.empty:
+        return runs.iloc[:0]
+    keys = set(zip(tests.dataset, tests.model))
+    if "baseline" in tests:
+        keys |= set(zip(tests.dataset, tests.baseline))
+    keep = pd.Series([k in keys for k in zip(runs.dataset, runs.model)], index=runs.index)
+    if "variant" in tests:
+        keep &= runs.variant.isin(set(tests.variant) | {reference})
+    return runs[keep]
+
+
+def with_budget(verdict: str, runs: pd.DataFrame | None) -> str:
+    """`verdict`, or inconclusive (budget) when a run it rests on was cut by its epoch budget while improving."""
+    if verdict == "pending" or runs is None or not budget_limited(runs).any():
+        return verdict
+    return INCONCLUSIVE
+
+
+def comparison_verdict(tests: pd.DataFrame, runs: pd.DataFrame | None = None) -> str:
     """From paired tests (rows with mean_diff, wilcoxon_p; one per dataset): better and significant
-    everywhere -> reproduced; better somewhere -> partly; never better -> not reproduced; none -> pending."""
+    everywhere -> reproduced; better somewhere -> partly; never better -> not reproduced; none -> pending.
+    `runs`: the runs behind the tests (`runs_behind`), for the budget rule (`with_budget`)."""
     if tests.empty:
         return "pending"
-    wins = (tests.mean_diff > 0) & (tests.wilcoxon_p < alpha)
-    if wins.all():
-        return "reproduced"
-    return "partly" if (tests.mean_diff > 0).any() else "not reproduced"
+    wins = (tests.mean_diff > 0) & (tests.wilcoxon_p < SIGNIFICANCE_ALPHA)
+    verdict = "reproduced" if wins.all() else "partly" if (tests.mean_diff > 0).any() else "not reproduced"
+    return with_budget(verdict, runs)
+
+
+def decoupling_verdict(error_at_zero: float, slope: float) -> str:
+    """GIB decoupling: exact without coupling and a quadratic error in the coupling ε."""
+    exact = error_at_zero < DECOUPLING_ERROR_AT_ZERO
+    quadratic = abs(slope - DECOUPLING_SLOPE) < DECOUPLING_SLOPE_TOLERANCE
+    return "reproduced" if exact and quadratic else "not reproduced"
+
+
+def gains_shut_off(betas: np.ndarray, critical: np.ndarray, gains: np.ndarray) -> bool:
+    """Optimal gains (len(betas) x n) are 0 below each critical β_i and positive above it (by SHUT_OFF_MARGIN)."""
+    below = betas[:, None] < critical[None, :]
+    above = betas[:, None] > critical[None, :] + SHUT_OFF_MARGIN
+    return bool((gains[below] == 0).all() and (gains[~below & above] > 0).all())
+
+
+def wiener_comparison(snr: np.ndarray, beta: float, wiener: np.ndarray, gib: np.ndarray) -> dict:
+    """One row of the Wiener check at `beta`: largest gap, never above Wiener, switched off below SNR = 1/(β−1)."""
+    off = snr < 1 / (beta - 1)
+    return {"max gap to Wiener": float(np.max(wiener - gib)),
+            "never above Wiener": bool((gib <= wiener + WIENER_NUMERICAL_SLACK).all()),
+            "off below 1/(β−1)": bool((gib[off] == 0).all())}
+
+
+def wiener_verdict(shut_off: bool, gaps: pd.DataFrame) -> str:
+    """Wiener-like shrinkage: gains shut off below β_i, the scalar gain never above Wiener's and off below
+    SNR = 1/(β−1), and within WIENER_GAP_AT_LARGE_BETA of Wiener at the largest β (rows of `gaps`, by β)."""
+    like = (shut_off and gaps["never above Wiener"].all() and gaps["off below 1/(β−1)"].all()
+            and gaps.loc[gaps.index.max(), "max gap to Wiener"] < WIENER_GAP_AT_LARGE_BETA)
+    return "reproduced" if like else "not reproduced"
+
+
+def orthogonality_verdict(worst_cosine: float) -> str:
+    return "reproduced" if worst_cosine < ORTHOGONALITY_TOLERANCE else "not reproduced"
+
+
+def equal_energy_verdict(deviation: pd.Series) -> str:
+    """SSR's equal-energy bands, from the largest deviation from 1/M per band path: both the paper's exact path and
+    the released Chebyshev split equal -> reproduced; one of them -> partly; neither -> not reproduced."""
+    exact_equal = deviation["exact"] < EQUAL_ENERGY_TOLERANCE
+    code_equal = deviation["chebyshev"] < EQUAL_ENERGY_TOLERANCE
+    return "reproduced" if exact_equal and code_equal else "partly" if exact_equal or code_equal else "not reproduced"
+
+
+def snr_tracking_verdict(rho: float, band_weights: dict[str, list[float]], run: pd.DataFrame | None = None) -> str:
+    """Learned FITMM band weights vs planted optimal gains (Spearman ρ, worse side). Weights that never left
+    their initial value, or a run cut by its budget while improving, make it inconclusive (budget)."""
+    if unmoved(list(band_weights.values()), initial_band_weight()):
+        return INCONCLUSIVE
+    verdict = ("reproduced" if rho > SNR_RHO_REPRODUCED else "partly" if rho > SNR_RHO_PARTLY else "not reproduced")
+    return with_budget(verdict, run)
+
+
+def band_count_verdict(best: pd.Series, runs: pd.DataFrame | None = None) -> str:
+    """SSR's 'three to four bands work best', from the band count best on valid per dataset (`best`)."""
+    if best.empty:
+        return "pending"
+    hits = best.isin(BEST_BAND_COUNTS)
+    verdict = "reproduced" if hits.all() else "partly" if hits.any() else "not reproduced"
+    return with_budget(verdict, runs)
 
 
 def claims_table(results_dir: str | Path, profile: str) -> pd.DataFrame:

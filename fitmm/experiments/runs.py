@@ -51,13 +51,14 @@ def load_datasets(names: list[str], data_dir: str | Path | None) -> dict[str, In
 
 
 def record_row(record: dict, path: Path, variant: str) -> dict:
-    """One flat row: identity, test metrics (bare names), valid metrics (valid_ prefix), cost."""
+    """One flat row: identity, test metrics (bare names), valid metrics (valid_ prefix), cost, stopped_early."""
     row = {"dataset": record["dataset"]["name"], "model": record["model"], "variant": variant,
            "seed": record["seed"], "run_id": record["run_id"], "path": str(path),
            "device": record["provenance"]["device"]}
     row.update(record["test"])
     row.update({f"valid_{k}": v for k, v in (record["best_valid"] or {}).items()})
     row.update({k: record.get(k) for k in COST_FIELDS})
+    row["stopped_early"] = record.get("stopped_early")  # None for closed-form fits (claims.budget_limited)
     return row
 
 

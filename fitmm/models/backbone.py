@@ -13,7 +13,7 @@ Outputs, with [·]_m concatenation over blocks:
     R_u = [w_{u,m} X̂^m_u]_m   (learnable per-user block weights, DRAGON's init)
     R_i = [X̂^m_i]_m
     H_u = [P^m]_m              (the raw preferences)
-    H_i = S R_i                (S = Σ_m α_m S_m, the kNN item-item graph, one hop)
+    H_i = S R_i                (S = Σ_m α_m S_m, the kNN item-item graph, one hop; α by modality name)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fitmm.data.dataset import Interactions
-from fitmm.graphs import item_graph, normalized_adjacency, spmm, transpose_csr
+from fitmm.graphs import item_graph, normalized_adjacency, resolve_item_graph_weights, spmm, transpose_csr
 
 
 class Views(NamedTuple):
@@ -41,7 +41,7 @@ class Backbone(nn.Module):
     """Multi-block graph encoder; `forward()` returns `Views` for all users and items."""
 
     def __init__(self, data: Interactions, dim: int = 64, n_layers: int = 2, graph: bool = True,
-                 item_graph_k: int = 10, item_graph_weights: dict[str, float] | list[float] | None = None):
+                 item_graph_k: int = 10, item_graph_weights: dict[str, float] | None = None):
         super().__init__()
         self.n_users, self.n_items = data.n_users, data.n_items
         self.dim, self.n_layers = dim, n_layers
@@ -64,7 +64,9 @@ class Backbone(nn.Module):
 
         self.register_buffer("adj", normalized_adjacency(data), persistent=False)
         # Â is symmetric; S (directed kNN) is not, so its transpose is kept for the backward.
-        s = item_graph(data, item_graph_weights, item_graph_k) if graph else None
+        # α_m by modality name, recorded in the run's diagnostics (None without the item graph)
+        self.item_graph_weights = resolve_item_graph_weights(data.modalities, item_graph_weights) if graph else None
+        s = item_graph(data, self.item_graph_weights, item_graph_k) if graph else None
         self.register_buffer("item_adj", s, persistent=False)
         self.register_buffer("item_adj_t", None if s is None else transpose_csr(s), persistent=False)
 

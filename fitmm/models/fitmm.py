@@ -39,12 +39,15 @@ from fitmm.models.base import BandedRecommender, bce_loss, require_modalities
 from fitmm.spectral.feature_bands import apply_bands, band_projectors
 
 
+INITIAL_BAND_LOGIT = 1.0  # w_k at init, so every ω_k starts at σ(1) ≈ 0.731 (the released code)
+
+
 class BandFusion(nn.Module):
     """One side's fusion: ω_k = σ(w_k) (w_k init 1) and, if gated, g = 1 + s·σ(W h + b) (s init 0.5)."""
 
     def __init__(self, width: int, n_bands: int, gate: bool):
         super().__init__()
-        self.band_logits = nn.Parameter(torch.ones(n_bands))
+        self.band_logits = nn.Parameter(torch.full((n_bands,), INITIAL_BAND_LOGIT))
         if gate:
             self.gate = nn.Linear(width, n_bands)
             self.gate_scale = nn.Parameter(torch.tensor(0.5))
@@ -248,9 +251,10 @@ class FITMM(BandedRecommender):
 
     @torch.no_grad()
     def diagnostics(self) -> dict:
-        """Mean block weights w_u; per side: band weights ω, gate scale s, mean gate per band;
+        """Mean block weights w_u; item graph weights α_m by modality; per side: band weights ω, gate scale s, mean gate per band;
         energy fraction of each band of each view (‖B_k(Z)‖² / ‖Z‖²)."""
-        out = {"block_weights_mean": dict(zip(self.backbone.blocks, self.backbone.block_weights.mean(0).tolist()))}
+        out = {"block_weights_mean": dict(zip(self.backbone.blocks, self.backbone.block_weights.mean(0).tolist())),
+               "item_graph_weights": self.backbone.item_graph_weights}
         if not self.spectral:
             return out
         views, projectors, gates = self._encode()

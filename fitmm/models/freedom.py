@@ -5,7 +5,7 @@ Frozen item-item graph, built once from the raw features:
 
     S = Σ_m α_m S_m,   S_m = D^{-1/2} A_m D^{-1/2},   A_m the binary cosine kNN graph of modality m
 
-(α: first modality `first_modality_weight`, the others share the rest). Denoised user-item
+(α by modality name, `item_graph_weights`: by default image 0.1, MMRec's `mm_image_weight`, the others share 0.9). Denoised user-item
 graph: at each training epoch, keep ⌊(1 − ρ)|E|⌋ train edges sampled without replacement
 with probability ∝ 1/√(d_u d_i) (degree-sensitive pruning, ρ = `prune_ratio`), and renormalise the kept
 graph Ã_ρ by its own degrees; evaluation uses the full graph Â. With E^(0) = [P; Q]:
@@ -26,14 +26,14 @@ from torch import nn
 
 from fitmm.config import Config, option
 from fitmm.data.dataset import Interactions
-from fitmm.graphs import item_graph, normalized_adjacency, spmm, transpose_csr
+from fitmm.graphs import item_graph, normalized_adjacency, resolve_item_graph_weights, spmm, transpose_csr
 from fitmm.models.base import Recommender, bpr_loss, propagate, require_modalities
 
 
 @dataclass(frozen=True)
 class FREEDOMConfig(Config):
     knn_k: int = option("neighbours per item in each modality's kNN graph", ge=1)
-    first_modality_weight: float = option("α of the first modality in S = Σ_m α_m S_m (the rest share 1 − α)", ge=0, le=1)
+    item_graph_weights: dict[str, float] | None = option("α_m of S = Σ_m α_m S_m by modality; null: image 0.1, the rest share 0.9", ge=0)
     n_mm_layers: int = option("layers L_m on the item-item graph", ge=0)
     n_ui_layers: int = option("layers L on the user-item graph", ge=0)
     prune_ratio: float = option("share ρ of train edges dropped each epoch (degree-sensitive)", ge=0, le=1)
@@ -42,6 +42,7 @@ class FREEDOMConfig(Config):
 
 class FREEDOM(Recommender):
     config_class = FREEDOMConfig
+    version = 2  # 2: item-graph weights by modality name (image 0.1), not by sort order
 
     @classmethod
     def check_data(cls, config: FREEDOMConfig, data: Interactions) -> None:
@@ -60,9 +61,8 @@ class FREEDOM(Recommender):
         self.reg_weight = config.reg_weight
         self.prune_ratio = config.prune_ratio
 
-        w = config.first_modality_weight
-        alpha = [1.0] if len(mods) == 1 else [w] + [(1.0 - w) / (len(mods) - 1)] * (len(mods) - 1)
-        item_adj = item_graph(data, alpha, config.knn_k)
+        self.item_graph_weights = resolve_item_graph_weights(mods, config.item_graph_weights)
+        item_adj = item_graph(data, self.item_graph_weights, config.knn_k)
         self.register_buffer("item_adj", item_adj, persistent=False)
         self.register_buffer("item_adj_t", transpose_csr(item_adj), persistent=False)
         self.register_buffer("adj", normalized_adjacency(data), persistent=False)
@@ -109,3 +109,7 @@ class FREEDOM(Recommender):
             "bpr": bpr_loss((u * item_out[pos_items]).sum(1), (u * item_out[neg_items]).sum(1)),
             "modal_bpr": self.reg_weight * modal,
         }
+
+    def diagnostics(self) -> dict:
+        """The item graph's weight α_m of each modality."""
+        return {"item_graph_weights": self.item_graph_weights}

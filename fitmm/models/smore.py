@@ -8,7 +8,8 @@ orthonormal real FFT along the 64 embedding dimensions and learnable complex fil
     z_i^m = q_i ⊙ σ(G_m c_i^m),   z_i^f = q_i ⊙ σ(G_f c_i^f)       (gated modal item embeddings)
 
 Item-item views: S_m the sym-normalised cosine kNN graph of modality m (weighted by the
-similarities, k per modality), S_f their element-wise max; item view v^m = S_m^{L_i} z^m,
+similarities; k by the slot the modality takes in SMORE's code: `image_knn_k` for the modality called
+image, `text_knn_k` for every other one, e.g. TikTok's audio), S_f their element-wise max; item view v^m = S_m^{L_i} z^m,
 user view R v^m (R the user-item block of Â); likewise v^f on S_f.
 Behaviour view: LightGCN mean E = 1/(L+1) Σ_l Â^l [P; Q].
 Modality-aware preference: a^m = softmax(Q_m(v^f)) ⊙ v^m (softmax over dimensions),
@@ -52,6 +53,11 @@ def weighted_knn_graph(data: Interactions, modality: str, k: int) -> torch.Tenso
     return cached(f"wknn-{data.name}-{fingerprint(data)}-{modality}-k{k}", build)
 
 
+def knn_k(config: SMOREConfig, modality: str) -> int:
+    """k of a modality's kNN graph: SMORE's image slot for the modality called image, its text slot for the others."""
+    return config.image_knn_k if modality == "image" else config.text_knn_k
+
+
 def max_pool(graphs: list[torch.Tensor]) -> torch.Tensor:
     """Element-wise max over the union of the graphs' edges (an edge absent from a graph does not count)."""
     coo = [g.to_sparse_coo().coalesce() for g in graphs]
@@ -75,8 +81,8 @@ def info_nce(view1: torch.Tensor, view2: torch.Tensor, temperature: float) -> to
 class SMOREConfig(Config):
     n_ui_layers: int = option("layers L on the user-item graph", ge=0)
     n_item_layers: int = option("layers L_i on each item-item graph", ge=0)
-    knn_k: int = option("neighbours per item for a modality not in knn_k_by_modality", ge=1)
-    knn_k_by_modality: dict[str, int] | None = option("neighbours per item of each modality's kNN graph", ge=1)
+    image_knn_k: int = option("neighbours per item in the kNN graph of the modality called image", ge=1)
+    text_knn_k: int = option("neighbours per item in the kNN graph of every other modality (SMORE's text slot)", ge=1)
     cl_weight: float = option("weight λ_cl of the two InfoNCE terms", ge=0)
     temperature: float = option("InfoNCE temperature τ", gt=0)
     reg_weight: float = option("weight λ_reg of the L2 term on the batch embeddings", ge=0)
@@ -85,6 +91,7 @@ class SMOREConfig(Config):
 
 class SMORE(Recommender):
     config_class = SMOREConfig
+    version = 2  # 2: the released lr schedule (0.96 every 50 epochs); kNN k by SMORE's image/text slot
 
     @classmethod
     def check_data(cls, config: SMOREConfig, data: Interactions) -> None:
@@ -121,8 +128,7 @@ class SMORE(Recommender):
         self.register_buffer("adj", scipy_to_torch_csr(adj), persistent=False)
         self.register_buffer("r", scipy_to_torch_csr(r), persistent=False)
         self.register_buffer("r_t", scipy_to_torch_csr(r.T), persistent=False)
-        k_by_modality = config.knn_k_by_modality or {}
-        graphs = {m: weighted_knn_graph(data, m, k_by_modality.get(m, config.knn_k)) for m in mods}
+        graphs = {m: weighted_knn_graph(data, m, knn_k(config, m)) for m in mods}
         graphs["fusion"] = max_pool(list(graphs.values()))
         for name, g in graphs.items():
             self.register_buffer(f"item_adj_{name}", g, persistent=False)

@@ -2,8 +2,12 @@
 arXiv 2512.01372; book/methods.md, "SSR").
 
 On the DRAGON-style backbone (`backbone.py`), each node's signal is
-X = [[R_u; R_i] | [H_u; H_i]] (N x D, D = 2·B·d with B = 1 + n_modalities blocks of d),
-split into M graph spectral bands X_m (`fitmm.spectral.graph_bands`, path `bands`).
+X = [[R_u; R_i] | [H_u; H_i]] (N x 2·B·d, B = 1 + n_modalities blocks of d), split into M
+graph spectral bands X_m (`fitmm.spectral.graph_bands`, path `bands`; `auto`: exact when
+N ≤ 5000, Chebyshev above, as the released code). With `band_input: sum` (the released
+code) each band's R half and H half are added, X_m ← X_m^R + X_m^H (D = B·d), so the
+scores carry the cross terms ⟨R_u, H_i⟩ and ⟨H_u, R_i⟩ as DRAGON's `rep + h` does; with
+`concat` they stay side by side (D = 2·B·d) and only ⟨R_u, R_i⟩ + ⟨H_u, H_i⟩ remain.
 Per side (users, items, separate parameters), with context h:
 
     G-HSNO    K = Wq Wkᵀ/(√R τ),  A = softmax_m(K),  Y_m = Σ_n A_mn X_n,
@@ -25,14 +29,19 @@ Choices the paper (arXiv 2512.01372) leaves open, made here:
   so Σ_m Z_m = c ⊙ v̄ ⊙ X does not depend on the band split at all; the split then acts on e
   only through the gate (and the masking term). `mixing_softmax: input` is the attention
   convention (normalised over n for each output m), under which A re-weights the bands.
-  Wq, Wk start Xavier-uniform, γ and the rank logits at 0 (all gains 1). The MLPs are
-  Linear → ReLU → Linear with `embedding_dim` hidden units.
-- A "modality block" of a row of X (viewed as 2 x B x d: [R | H] by block) is the 2d
-  entries of one modality in R and in H. Contrastive pairs are every pair of item
+- Initial values and sizes (`reading`). `code`, the released code's: Wq, Wk Xavier-normal,
+  γ ~ N(0, 1), the rank logits 0, the gate's last layer N(0, 1e-3) with zero bias (every gate
+  starts at 1 up to ~1e-4), MLPs Linear → ReLU → Linear with B·d/4 hidden units (48 with
+  B = 3), and the operator's regulariser added again for the masked pass (it counts twice).
+  `paper`, this study's earlier reading: Wq, Wk Xavier-uniform, γ = 0 (all gains 1), PyTorch's
+  default init of the gate, `embedding_dim` hidden units, the regulariser once.
+- A "modality block" of a row of a band (viewed as halves x B x d) is the d entries of one
+  modality (sum), or its 2d entries in R and in H (concat). Contrastive pairs are every pair of item
   modalities (the id block is not a modality), on the output bands Z'_m of the unique
   batch users and of the unique positive items (a duplicate would be its own negative),
   each side its own candidate set of 2·n·M blocks; the loss is the mean over sides,
-  pairs and both anchor directions. Its cost is quadratic in 2·n·M (about 10^4 per side
+  pairs and both anchor directions. (The released code contrasts the input bands, and
+  keeps an anchor among its own candidates.) Its cost is quadratic in 2·n·M (about 10^4 per side
   for a batch of 2048 on TikTok, 85% of an epoch on the CPU), so by default a uniform
   sample of `contrast_anchors` anchors is scored against all candidates: an unbiased
   estimate of the same loss and gradient (`contrast_anchors: null` scores every anchor).
@@ -56,7 +65,7 @@ from fitmm.data.dataset import Interactions
 from fitmm.errors import ConfigError
 from fitmm.models.backbone import Backbone
 from fitmm.models.base import BandedRecommender, bce_loss, require_modalities
-from fitmm.spectral.graph_bands import BAND_PATHS, check_dense_eigh, make_graph_bands
+from fitmm.spectral.graph_bands import BAND_PATHS, check_dense_eigh, make_graph_bands, resolve_band_path
 
 
 def mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
@@ -67,11 +76,13 @@ class SpectralOperator(nn.Module):
     """G-HSNO: low-rank cross-band mixing, R diagonal gains and a context scale, on (n, M, D) band stacks."""
 
     def __init__(self, n_bands: int, width: int, context_width: int, hidden: int, rank: int, temperature: float,
-                 softmax_over: str):
+                 softmax_over: str, reading: str):
         super().__init__()
-        self.wq = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_bands, rank)))
-        self.wk = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_bands, rank)))
-        self.gamma = nn.Parameter(torch.zeros(rank, width))
+        init = nn.init.xavier_normal_ if reading == "code" else nn.init.xavier_uniform_
+        self.wq = nn.Parameter(init(torch.empty(n_bands, rank)))
+        self.wk = nn.Parameter(init(torch.empty(n_bands, rank)))
+        # log-gains γ: N(0, 1) in the released code, 0 (all gains 1) in the paper reading
+        self.gamma = nn.Parameter(torch.randn(rank, width) if reading == "code" else torch.zeros(rank, width))
         self.rank_logits = nn.Parameter(torch.zeros(rank))
         self.context = mlp(context_width, hidden, width)
         self.kernel_scale = 1 / (rank**0.5 * temperature)
@@ -97,9 +108,12 @@ class SpectralOperator(nn.Module):
 class BandGate(nn.Module):
     """Node-wise band gate a = 1 + γ_f·tanh(MLP([h, mean_m Z_m])), norm-preserving on Σ_m Z_m."""
 
-    def __init__(self, n_bands: int, width: int, context_width: int, hidden: int, scale_init: float):
+    def __init__(self, n_bands: int, width: int, context_width: int, hidden: int, scale_init: float, reading: str):
         super().__init__()
         self.mlp = mlp(context_width + width, hidden, n_bands)
+        if reading == "code":  # the released code: last layer N(0, 1e-3), zero bias, so every gate starts at ≈ 1
+            nn.init.normal_(self.mlp[-1].weight, std=1e-3)
+            nn.init.zeros_(self.mlp[-1].bias)
         self.scale = nn.Parameter(torch.tensor(scale_init))
 
     def weights(self, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -114,16 +128,17 @@ class BandGate(nn.Module):
 
 
 def band_infonce(z: torch.Tensor, n_blocks: int, pairs: list[tuple[int, int]], temperature: float,
-                 anchors: int | None = None) -> torch.Tensor:
-    """Within-band InfoNCE on (n, M, 2·B·d) bands: for each modality pair (a, b), block a of (node, band) has
-    block b of the same (node, band) as positive, all other 2nM − 2 blocks of both modalities as negatives.
+                 anchors: int | None = None, halves: int = 2) -> torch.Tensor:
+    """Within-band InfoNCE on (n, M, halves·B·d) bands (halves: 2 for [R | H] kept apart, 1 for R + H): for each
+    modality pair (a, b), block a of (node, band) has block b of the same (node, band) as positive, all other
+    2nM − 2 blocks of both modalities as negatives.
 
     `anchors`: score only this many anchors, drawn uniformly without replacement, against the full candidate
     set. The loss is a mean of per-anchor terms, so the sampled mean is an unbiased estimate of the full loss
     and of its gradient, at anchors/(2nM) of the (2nM)² cost. None: every anchor.
     """
     n, m = z.shape[:2]
-    blocks = z.reshape(n * m, 2, n_blocks, -1)
+    blocks = z.reshape(n * m, halves, n_blocks, -1)
     n_cand = 2 * n * m
     target = torch.arange(n_cand, device=z.device).roll(n * m)  # block a of row r <-> block b of row r
     losses = []
@@ -148,7 +163,11 @@ class SSRConfig(Config):
     n_layers: int = option("propagation layers on the user-item graph", ge=0)
     item_graph_k: int = option("neighbours per item in each modality's kNN graph", ge=1)
     item_graph_weights: dict[str, float] | None = option("α_m of S = Σ_m α_m S_m by modality; null: the default split", ge=0)
-    bands: str = option("graph band path", choices=BAND_PATHS)
+    bands: str = option("graph band path (auto: exact up to 5,000 nodes, else chebyshev)", choices=BAND_PATHS)
+    band_input: str = option("sum: each band's R and H halves added (released code) | concat: side by side",
+                             choices=("sum", "concat"))
+    reading: str = option("initial values and sizes: code (released) | paper (this study's earlier reading)",
+                          choices=("code", "paper"))
     n_bands: int = option("number of bands M (SSR's range; chebyshev needs 3)", ge=2, le=5)
     scalable_order: int = option("polynomial order K of the scalable path's filters", ge=2)
     operator: bool = option("false: Z_m = X_m and no regulariser")
@@ -178,14 +197,19 @@ class SSR(BandedRecommender):
     """SSR with its ablation switches; see the module docstring and `fitmm/configs/ssr.yaml`."""
 
     config_class = SSRConfig
+    version = 2  # 2: the released code's reading by default (bands summed, auto path, its initial values and sizes)
 
     @classmethod
     def check_data(cls, config: SSRConfig, data: Interactions) -> None:
         require_modalities("SSR (its backbone's item-item graph)", data)
         if config.contrastive:
             require_modalities("SSR's contrastive term (contrastive: true)", data, 2, hint="use --set contrastive=false")
-        if config.bands == "exact":
+        path = resolve_band_path(config.bands, data.n_users + data.n_items)
+        if path == "exact":
             check_dense_eigh(data.n_users + data.n_items)
+        if path == "chebyshev" and config.n_bands != 3:
+            raise ConfigError(f"n_bands: {config.n_bands} is not allowed with the chebyshev path (bands: {config.bands}, "
+                              f"{data.n_users + data.n_items:,} nodes): its split has 3 bands; use bands: exact or scalable")
 
     def __init__(self, data: Interactions, config: SSRConfig):
         super().__init__(data, config)
@@ -197,27 +221,42 @@ class SSR(BandedRecommender):
         self.lambda_reg, self.lambda_mask = c.lambda_reg, c.lambda_mask
         self.lambda_contrast = c.lambda_contrast
         self.contrast_anchors = c.contrast_anchors
+        self.band_input, self.reading = c.band_input, c.reading
         self.backbone = Backbone(data, self.dim, c.n_layers, graph=True,
                                  item_graph_k=c.item_graph_k, item_graph_weights=c.item_graph_weights)
         n_blocks = self.backbone.n_blocks
         self.pairs = list(itertools.combinations(range(1, n_blocks), 2))
-        self.bands = make_graph_bands(c.bands, self.backbone.adj, self.n_bands, c.scalable_order)
-        context, width = n_blocks * self.dim, 2 * n_blocks * self.dim
+        self.band_path = resolve_band_path(c.bands, self.backbone.adj.shape[0])
+        self.bands = make_graph_bands(self.band_path, self.backbone.adj, self.n_bands, c.scalable_order)
+        self.halves = 1 if self.band_input == "sum" else 2
+        context = n_blocks * self.dim
+        width = self.halves * context
+        hidden = context // 4 if self.reading == "code" else self.dim  # the code: in_dim // 4 (48 with B = 3)
+        # the released code runs the masked bands through the operator too and adds its regulariser again
+        self.reg_passes = 2 if self.reading == "code" and self.masking else 1
         sides = ("user", "item")
         if self.use_operator:
-            self.operators = nn.ModuleDict({s: SpectralOperator(self.n_bands, width, context, self.dim, c.rank,
-                                                                c.operator_temperature, c.mixing_softmax)
+            self.operators = nn.ModuleDict({s: SpectralOperator(self.n_bands, width, context, hidden, c.rank,
+                                                                c.operator_temperature, c.mixing_softmax,
+                                                                self.reading)
                                             for s in sides})
         if self.gated:
-            self.gates = nn.ModuleDict({s: BandGate(self.n_bands, width, context, self.dim, c.gate_scale_init)
+            self.gates = nn.ModuleDict({s: BandGate(self.n_bands, width, context, hidden, c.gate_scale_init,
+                                                    self.reading)
                                         for s in sides})
 
     def encode(self, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Bands (M, n, D) of the given graph rows (users, then items; None: all N), the band of `without_band`
-        zeroed, and their contexts h (n, B·d) from [R_u; R_i]."""
+        zeroed, and their contexts h (n, B·d) from [R_u; R_i].
+
+        The bands are cut from X = [R | H]; with `band_input: sum` each band's R half and H half are then added
+        (D = B·d, as the released code does), with `concat` they stay side by side (D = 2·B·d)."""
         v = self.backbone()
         context = torch.cat([v.r_u, v.r_i])
-        bands = self.drop_band(self.bands(torch.cat([context, torch.cat([v.h_u, v.h_i])], dim=1), rows))
+        bands = self.bands(torch.cat([context, torch.cat([v.h_u, v.h_i])], dim=1), rows)
+        if self.band_input == "sum":
+            bands = bands[..., : context.shape[1]] + bands[..., context.shape[1] :]
+        bands = self.drop_band(bands)
         return bands, context if rows is None else context[rows]
 
     def reason(self, side: str, bands: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -242,7 +281,7 @@ class SSR(BandedRecommender):
         e_pos, e_neg = e_i.split(n_p)
         terms = {"bce": bce_loss((e_u * e_pos).sum(-1), (e_u * e_neg).sum(-1))}
         if self.use_operator and self.lambda_reg > 0:
-            terms["reg"] = self.lambda_reg * sum(op.regularizer() for op in self.operators.values())
+            terms["reg"] = self.lambda_reg * self.reg_passes * sum(op.regularizer() for op in self.operators.values())
         if self.training and self.masking and self.lambda_mask > 0:
             masked = {s: self.reason(s, self.mask(bands[:, r]), context[r])[0].sum(1) for s, r in split.items()}
             m_pos, m_neg = masked["item"].split(n_p)
@@ -251,7 +290,7 @@ class SSR(BandedRecommender):
         if self.contrastive and self.lambda_contrast > 0:
             # Z' is node-wise deterministic, so one row per unique user / positive item stands for all its copies.
             loss = sum(band_infonce(out[s][0][first_occurrence(ids)], self.backbone.n_blocks, self.pairs, self.temperature,
-                                    self.contrast_anchors)
+                                    self.contrast_anchors, self.halves)
                        for s, ids in (("user", users), ("item", pos_items)))
             terms["contrast"] = self.lambda_contrast * loss / 2
         return terms
@@ -278,18 +317,20 @@ class SSR(BandedRecommender):
 
     @torch.no_grad()
     def diagnostics(self) -> dict:
-        """Per side: energy fraction of the input bands, mean gate per band, mixing matrix A, and per output band
+        """Item graph weights α_m by modality; per side: energy fraction of the input bands, mean gate per band, mixing matrix A, and per output band
         the mean cosine between the two blocks of each modality pair; the graph band borders (λ) where signal-dependent."""
         bands, out = self._all_bands()
         n_blocks = self.backbone.n_blocks
         names = self.backbone.blocks
-        result = {"block_weights_mean": dict(zip(names, self.backbone.block_weights.mean(0).tolist()))}
+        result = {"bands_path": self.band_path,
+                  "block_weights_mean": dict(zip(names, self.backbone.block_weights.mean(0).tolist())),
+                  "item_graph_weights": self.backbone.item_graph_weights}
         if hasattr(self.bands, "borders"):
             result["band_borders"] = self.bands.borders.tolist()
         for side, part in (("user", bands[:, : self.n_users]), ("item", bands[:, self.n_users :])):
             energy = part.square().sum((1, 2))
             z, a = out[side]
-            blocks = z.reshape(*z.shape[:2], 2, n_blocks, self.dim)  # (n, M, [R | H], B, d)
+            blocks = z.reshape(*z.shape[:2], self.halves, n_blocks, self.dim)  # (n, M, [R | H] or R + H, B, d)
             result[side] = {
                 "band_energy": (energy / energy.sum()).tolist(),
                 "mean_gate": a.mean(0).tolist() if a is not None else None,

@@ -7,6 +7,7 @@ in [0, 2]. All paths work with L̃ = L − I = −Â (spectrum t = λ − 1 ∈ 
 so the Chebyshev polynomials T_k(L̃) need no rescaling:
 T_0 X = X, T_1 X = L̃X, T_k X = 2 L̃ T_{k−1} X − T_{k−2} X.
 
+- `auto`: the released code's choice, `ExactBands` when N ≤ 5000, else `ChebyshevBands`.
 - `ChebyshevBands`: the released SSR code's fixed split (M = 3), not band-pass.
 - `ExactBands`: the paper's equal-energy bands from a dense eigendecomposition.
 - `ScalableBands`: this study's equal-energy bands from Jackson-damped Chebyshev
@@ -27,7 +28,8 @@ from torch import nn
 from fitmm.cache import cached, graph_key
 from fitmm.errors import TrainingError
 
-BAND_PATHS = ("chebyshev", "exact", "scalable")
+BAND_PATHS = ("auto", "chebyshev", "exact", "scalable")
+AUTO_EXACT_MAX_NODES = 5000  # the released SSR code: exact eigh bands up to this many nodes, Chebyshev above
 
 
 # --- Chebyshev polynomials of L̃ = −Â --------------------------------------------------------------
@@ -299,8 +301,16 @@ class ScalableBands(GraphBands):
         return torch.cat([lower, (x - lower.sum(0)).unsqueeze(0)])
 
 
+def resolve_band_path(path: str, n_nodes: int) -> str:
+    """`auto` as the released code chooses: exact when N ≤ 5000 nodes, Chebyshev above; other paths as named."""
+    if path == "auto":
+        return "exact" if n_nodes <= AUTO_EXACT_MAX_NODES else "chebyshev"
+    return path
+
+
 def make_graph_bands(path: str, adj: torch.Tensor, n_bands: int, order: int = 100) -> GraphBands:
-    """The band decomposition named by a config's `bands` key."""
+    """The band decomposition named by a config's `bands` key (`auto` resolved by `resolve_band_path`)."""
+    path = resolve_band_path(path, adj.shape[0])
     if path == "chebyshev":
         return ChebyshevBands(adj, n_bands)
     if path == "exact":
