@@ -169,8 +169,9 @@ def is_interrupted(trial: optuna.trial.FrozenTrial) -> bool:
     return trial.state == optuna.trial.TrialState.FAIL and "error" not in trial.user_attrs
 
 
-def claim(study: optuna.Study, budget: int) -> optuna.Trial | None:
-    """Start the next trial, or None when finished and running trials fill the budget. Call under the lock."""
+def claim(study: optuna.Study, budget: int, grid: dict[str, list]) -> optuna.Trial | None:
+    """Start the next trial with its grid point drawn, or None when finished and running trials fill the
+    budget. Call under the lock."""
     state = optuna.trial.TrialState
     for t in study.get_trials(deepcopy=False, states=(state.RUNNING,)):
         if is_stale(t):
@@ -181,19 +182,18 @@ def claim(study: optuna.Study, budget: int) -> optuna.Trial | None:
     if len(counted) >= budget:
         return None
     taken = [t.params for t in counted]
-    retry = [t.params for t in trials if is_interrupted(t) and t.params not in taken]
+    retry = [t.params for t in trials if is_interrupted(t) and t.params and t.params not in taken]
     if retry and not any(t.state == state.WAITING for t in trials):
         study.enqueue_trial(retry[0])
-    trial = study.ask()
+    trial = study.ask({name: optuna.distributions.CategoricalDistribution(values) for name, values in grid.items()})
     trial.set_user_attr("worker", worker_id())
     return trial
 
 
-def run_trial(trial: optuna.Trial, study: optuna.Study, data: Interactions, base: dict, grid: dict,
-              fixed: dict, results_dir: str | Path, progress: bool) -> optuna.trial.FrozenTrial:
+def run_trial(trial: optuna.Trial, study: optuna.Study, data: Interactions, base: dict, fixed: dict,
+              results_dir: str | Path, progress: bool) -> optuna.trial.FrozenTrial:
     """Train the trial's grid point; store run id, overrides and valid/test Recall@20; tell the study."""
-    params = {name: trial.suggest_categorical(name, values) for name, values in grid.items()}
-    overrides = expand(base, params)
+    overrides = expand(base, trial.params)
     trial.set_user_attr("overrides", overrides)
     try:
         record = train(data, load_config(base["model"], {**fixed, **overrides}), results_dir=results_dir,
@@ -228,10 +228,10 @@ def tune(data: Interactions, model: str, trials: int = DEFAULT_TRIALS, seed: int
                disable=not progress)
     while True:
         with claim_lock(journal):
-            trial = claim(study, budget)
+            trial = claim(study, budget, spec["grid"])
         if trial is None:
             break
-        frozen = run_trial(trial, study, data, base, spec["grid"], fixed, results_dir, progress)
+        frozen = run_trial(trial, study, data, base, fixed, results_dir, progress)
         if frozen.state == optuna.trial.TrialState.COMPLETE:
             bar.update()
             bar.set_postfix_str(f"best valid {METRIC} {study.best_value:.4f}")

@@ -99,8 +99,7 @@ def test_trial_of_a_dead_worker_is_failed_and_retried(tmp_path, monkeypatch):
     dead = subprocess.Popen(["true"])
     dead.wait()
     with claim_lock(journal):
-        trial = claim(study, budget=2)
-    trial.suggest_categorical("reg_weight", grids()["bpr"]["grid"]["reg_weight"])
+        trial = claim(study, budget=2, grid=grids()["bpr"]["grid"])
     trial.set_user_attr("worker", f"{tune_mod.socket.gethostname()}:{dead.pid}")  # a worker killed mid-trial
     study = tune(data, "bpr", trials=3, results_dir=tmp_path, progress=False)
     states = [t.state for t in study.get_trials()]
