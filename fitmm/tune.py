@@ -1,17 +1,18 @@
 """`fitmm tune`: a model's published grid searched on valid Recall@20, one seed, the same budget for every model.
 
-    grid (fitmm/experiments/grids.yaml) --GridSampler(seed): shuffled once--> trial k trains grid point k
+    grid (fitmm/experiments/grids.yaml) --seeded permutation--> plan; the first `budget` points are trained
     trial --fitmm.train.train--> results/runs/<dataset>/<model>/<run_id>/ (an ordinary, reusable run)
-    study --JournalStorage(file)--> results/tuning/<dataset>/<model>/journal.log
+    study --Optuna JournalStorage(file)--> results/tuning/<dataset>/<model>/journal.log
 
-Each trial is one training run; a grid larger than the budget (default 12 trials) is sampled uniformly
-without replacement in Optuna's seeded shuffled order, a smaller one is run in full. The best trial is
+Each trial is one training run. A grid larger than the budget (default 12 trials) is sampled uniformly
+without replacement (the plan's first `budget` points), a smaller one is run in full. The best trial is
 the one with the highest valid Recall@20; test Recall@20 is stored beside it for the selection-leak
 audit only (MMRec's grid search picks by test; this study does not).
 
-Trials are claimed under a file lock, so a killed search resumes and several worker processes can
-share one search: the budget counts finished and running trials, a trial whose worker died (or was
-interrupted) is failed and its grid point retried, and no grid point is trained twice.
+Trials are claimed under a file lock, each taking the first plan point that no finished or running trial
+holds, so a killed search resumes (the point of a trial whose worker died is trained again) and several
+worker processes can share one search; whether or not it was interrupted, a search trains the same points
+and none twice.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ import contextlib
 import fcntl
 import json
 import os
+import itertools
 import socket
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import optuna
 import pandas as pd
 import yaml
@@ -47,11 +50,10 @@ def grids() -> dict[str, dict]:
     return {model: {"grid": spec["grid"], "fixed": spec.get("fixed", {})} for model, spec in raw.items()}
 
 
-def grid_size(grid: dict[str, list]) -> int:
-    size = 1
-    for values in grid.values():
-        size *= len(values)
-    return size
+def plan(grid: dict[str, list], seed: int) -> list[dict[str, Any]]:
+    """Every grid point, in an order drawn uniformly at random from `seed`."""
+    points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    return [points[i] for i in np.random.default_rng(seed).permutation(len(points))]
 
 
 def expand(config: dict, params: dict[str, Any]) -> dict[str, Any]:
@@ -96,15 +98,6 @@ def check(model: str, overrides: dict[str, Any], trials: int) -> dict:
     return config
 
 
-class GridSampler(optuna.samplers.GridSampler):
-    """Optuna's grid sampler (seeded shuffled order; trial k takes point k) under ask/tell: `claim` enforces
-    the budget, so a finished trial never stops the study (Optuna's own `after_trial` calls `Study.stop`,
-    which only works inside `Study.optimize`)."""
-
-    def after_trial(self, study, trial, state, values) -> None:
-        pass
-
-
 def journal_path(results_dir: str | Path, dataset: str, model: str) -> Path:
     return Path(results_dir) / TUNING / dataset / model / "journal.log"
 
@@ -120,9 +113,7 @@ def open_study(journal: Path, model: str, dataset: str, settings: dict | None = 
     name = f"{dataset}/{model}"
     if settings is None:
         return optuna.load_study(study_name=name, storage=storage)
-    sampler = GridSampler(settings["grid"], seed=settings["seed"])
-    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="maximize",
-                                load_if_exists=True)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
     stored = study.user_attrs.get("settings")
     if stored is None:
         study.set_user_attr("settings", settings)
@@ -164,27 +155,26 @@ def is_stale(trial: optuna.trial.FrozenTrial) -> bool:
     return False
 
 
-def is_interrupted(trial: optuna.trial.FrozenTrial) -> bool:
-    """Failed without a training error of its own (killed, interrupted): its grid point is retried."""
-    return trial.state == optuna.trial.TrialState.FAIL and "error" not in trial.user_attrs
+def holds_point(trial: optuna.trial.FrozenTrial) -> bool:
+    """Finished, running, or failed by its own configuration (a training error): its point is taken. A trial
+    failed without an error of its own (killed, interrupted) releases its point."""
+    state = optuna.trial.TrialState
+    return trial.state in (state.COMPLETE, state.RUNNING) or (trial.state == state.FAIL and "error" in trial.user_attrs)
 
 
-def claim(study: optuna.Study, budget: int, grid: dict[str, list]) -> optuna.Trial | None:
-    """Start the next trial with its grid point drawn, or None when finished and running trials fill the
-    budget. Call under the lock."""
+def claim(study: optuna.Study, budget: int, points: list[dict], grid: dict[str, list]) -> optuna.Trial | None:
+    """Start a trial on the first point of `points` that no trial holds, or return None when `budget` trials
+    hold points. Call under the lock (a trial left waiting by a worker that died here is started instead)."""
     state = optuna.trial.TrialState
     for t in study.get_trials(deepcopy=False, states=(state.RUNNING,)):
         if is_stale(t):
             study.tell(t.number, state=state.FAIL)
     trials = study.get_trials(deepcopy=False)
-    counted = [t for t in trials if t.state in (state.COMPLETE, state.RUNNING) or
-               (t.state == state.FAIL and not is_interrupted(t))]
-    if len(counted) >= budget:
+    held = [t.params for t in trials if holds_point(t)]
+    if len(held) >= budget:
         return None
-    taken = [t.params for t in counted]
-    retry = [t.params for t in trials if is_interrupted(t) and t.params and t.params not in taken]
-    if retry and not any(t.state == state.WAITING for t in trials):
-        study.enqueue_trial(retry[0])
+    if not any(t.state == state.WAITING for t in trials):
+        study.enqueue_trial(next(p for p in points if p not in held))
     trial = study.ask({name: optuna.distributions.CategoricalDistribution(values) for name, values in grid.items()})
     trial.set_user_attr("worker", worker_id())
     return trial
@@ -201,7 +191,7 @@ def run_trial(trial: optuna.Trial, study: optuna.Study, data: Interactions, base
     except TrainingError as err:  # the configuration itself fails (e.g. a diverging loss): counts, not retried
         trial.set_user_attr("error", str(err))
         return study.tell(trial, state=optuna.trial.TrialState.FAIL)
-    except BaseException:  # interrupted: failed without an error, so the next claim retries its point
+    except BaseException:  # interrupted: failed without an error, so the next claim trains its point again
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         raise
     valid, test = record["best_valid"][METRIC], record["test"][METRIC]
@@ -213,13 +203,14 @@ def run_trial(trial: optuna.Trial, study: optuna.Study, data: Interactions, base
 
 def tune(data: Interactions, model: str, trials: int = DEFAULT_TRIALS, seed: int | None = None,
          overrides: dict | None = None, results_dir: str | Path = "results", progress: bool = True) -> optuna.Study:
-    """Search `model`'s grid on `data` until min(trials, grid size) trials are finished or running
-    (those of other workers on the same journal included); return the study."""
+    """Search `model`'s grid on `data` until min(trials, grid size) trials hold a point (finished or
+    running, those of other workers on the same journal included); return the study."""
     overrides = {**(overrides or {}), **({"seed": seed} if seed is not None else {})}
     base = check(model, overrides, trials)
     spec = grids()[model]
     fixed = {**spec["fixed"], **overrides, "seed": base["seed"]}
-    budget = min(trials, grid_size(spec["grid"]))
+    points = plan(spec["grid"], base["seed"])
+    budget = min(trials, len(points))
     journal = journal_path(results_dir, data.name, model)
     semantic = {k: v for k, v in fixed.items() if k not in NON_SEMANTIC_KEYS}  # e.g. a GPU may continue a CPU search
     study = open_study(journal, model, data.name, {"seed": base["seed"], "grid": spec["grid"], "fixed": semantic})
@@ -228,7 +219,7 @@ def tune(data: Interactions, model: str, trials: int = DEFAULT_TRIALS, seed: int
                disable=not progress)
     while True:
         with claim_lock(journal):
-            trial = claim(study, budget, spec["grid"])
+            trial = claim(study, budget, points, spec["grid"])
         if trial is None:
             break
         frozen = run_trial(trial, study, data, base, fixed, results_dir, progress)

@@ -12,8 +12,8 @@ from fitmm import tune as tune_mod
 from fitmm.cli import main
 from fitmm.data import synthetic_dataset
 from fitmm.errors import TrainingError
-from fitmm.tune import (AUDIT_COLUMNS, best_overrides, check, claim, claim_lock, grid_size, grids, journal_path,
-                        load_trials, open_study, selection_audit, trials_frame, tune)
+from fitmm.tune import (AUDIT_COLUMNS, best_overrides, check, claim, claim_lock, grids, journal_path, load_trials,
+                        open_study, plan, selection_audit, trials_frame, tune)
 
 COMPLETE, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
 
@@ -47,11 +47,19 @@ def distinct_points(study) -> bool:
 
 
 def test_grids_are_the_published_ones_and_valid():
-    sizes = {model: grid_size(spec["grid"]) for model, spec in grids().items()}
+    sizes = {model: len(plan(spec["grid"], seed=0)) for model, spec in grids().items()}
     assert sizes == {"bpr": 7, "lightgcn": 20, "vbpr": 7, "freedom": 8, "smore": 128, "fitmm": 12, "ssr": 324,
                      "ease": 7}
     for model in sizes:
         check(model, {}, 1)  # every grid key and value is accepted by the model's config
+
+
+def test_plan_is_a_seeded_permutation_of_the_grid():
+    grid = grids()["lightgcn"]["grid"]
+    points = plan(grid, seed=999)
+    assert points == plan(grid, seed=999) != plan(grid, seed=1)
+    assert sorted(map(str, points)) == sorted(str({"n_layers": n, "reg_weight": r})
+                                              for n in grid["n_layers"] for r in grid["reg_weight"])
 
 
 def test_real_trials_reach_the_budget_once_and_are_ordinary_runs(tmp_path):
@@ -86,6 +94,8 @@ def test_interrupted_study_resumes_and_retries_the_point(tmp_path, monkeypatch):
     study = tune(data, "bpr", trials=4, results_dir=tmp_path, progress=False)
     assert len(finished(study)) == 4 and distinct_points(study)
     assert lost in [t.params for t in finished(study)]
+    points = plan(grids()["bpr"]["grid"], seed=999)[:4]  # the points an uninterrupted search trains
+    assert sorted(map(str, points)) == sorted(str(t.params) for t in finished(study))
 
 
 def test_trial_of_a_dead_worker_is_failed_and_retried(tmp_path, monkeypatch):
@@ -94,12 +104,10 @@ def test_trial_of_a_dead_worker_is_failed_and_retried(tmp_path, monkeypatch):
     monkeypatch.setattr(tune_mod, "train", fake_train)
     tune(data, "bpr", trials=1, results_dir=tmp_path, progress=False)  # creates the study
     study = open_study(journal, "bpr", "synthetic")
-    study.sampler = tune_mod.GridSampler(study.user_attrs["settings"]["grid"],
-                                                seed=study.user_attrs["settings"]["seed"])
     dead = subprocess.Popen(["true"])
     dead.wait()
     with claim_lock(journal):
-        trial = claim(study, budget=2, grid=grids()["bpr"]["grid"])
+        trial = claim(study, 2, plan(grids()["bpr"]["grid"], seed=999), grids()["bpr"]["grid"])
     trial.set_user_attr("worker", f"{tune_mod.socket.gethostname()}:{dead.pid}")  # a worker killed mid-trial
     study = tune(data, "bpr", trials=3, results_dir=tmp_path, progress=False)
     states = [t.state for t in study.get_trials()]
