@@ -1,4 +1,4 @@
-"""Command line: `fitmm data ...`, `fitmm train ...` (also `python -m fitmm`)."""
+"""Command line: `fitmm data ...`, `fitmm train ...`, `fitmm tune ...` (also `python -m fitmm`)."""
 
 from __future__ import annotations
 
@@ -33,13 +33,14 @@ def _train(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from fitmm.config import available_models
-    from fitmm import reproduce
+    from fitmm import reproduce, tune
     from fitmm.data import cli as data_cli
 
     parser = argparse.ArgumentParser(prog="fitmm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     data_cli.register(commands)
     reproduce.register(commands)
+    tune.register(commands)
 
     train = commands.add_parser("train", help="train one model on one dataset and write its run record")
     train.add_argument("--model", required=True, choices=available_models())

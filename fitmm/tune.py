@@ -1,0 +1,298 @@
+"""`fitmm tune`: a model's published grid searched on valid Recall@20, one seed, the same budget for every model.
+
+    grid (fitmm/experiments/grids.yaml) --seeded permutation--> plan; the first `budget` points are trained
+    trial --fitmm.train.train--> results/runs/<dataset>/<model>/<run_id>/ (an ordinary, reusable run)
+    study --Optuna JournalStorage(file)--> results/tuning/<dataset>/<model>/journal.log
+
+Each trial is one training run. A grid larger than the budget (default 12 trials) is sampled uniformly
+without replacement (the plan's first `budget` points), a smaller one is run in full. The best trial is
+the one with the highest valid Recall@20; test Recall@20 is stored beside it for the selection-leak
+audit only (MMRec's grid search picks by test; this study does not).
+
+Trials are claimed under a file lock, each taking the first plan point that no finished or running trial
+holds, so a killed search resumes (the point of a trial whose worker died is trained again) and several
+worker processes can share one search; whether or not it was interrupted, a search trains the same points
+and none twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import itertools
+import socket
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import optuna
+import pandas as pd
+import yaml
+from tqdm.auto import tqdm
+
+from fitmm.config import load_config, parse_overrides
+from fitmm.data.dataset import Interactions
+from fitmm.errors import TrainingError
+from fitmm.store import NON_SEMANTIC_KEYS
+from fitmm.train import train
+
+DEFAULT_TRIALS = 12
+METRIC = "recall@20"
+TUNING = "tuning"
+
+
+def grids() -> dict[str, dict]:
+    """{model: {"grid": {key: [values]}, "fixed": {key: value}}} from fitmm/experiments/grids.yaml."""
+    raw = yaml.safe_load(resources.files("fitmm.experiments").joinpath("grids.yaml").read_text())
+    return {model: {"grid": spec["grid"], "fixed": spec.get("fixed", {})} for model, spec in raw.items()}
+
+
+def plan(grid: dict[str, list], seed: int) -> list[dict[str, Any]]:
+    """Every grid point, in an order drawn uniformly at random from `seed`."""
+    points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    return [points[i] for i in np.random.default_rng(seed).permutation(len(points))]
+
+
+def check(model: str, overrides: dict[str, Any], trials: int) -> dict:
+    """The base config of a search; raises TrainingError, before any compute, on a model without a grid,
+    a grid key the model's config lacks, a grid value it rejects, an override of a searched key, or
+    trials < 1."""
+    specs = grids()
+    if model not in specs:
+        raise TrainingError(f"no tuning grid for model {model!r} in fitmm/experiments/grids.yaml; "
+                            f"models with a grid: {', '.join(sorted(specs))}")
+    if trials < 1:
+        raise TrainingError(f"--trials must be at least 1, got {trials}")
+    grid, fixed = specs[model]["grid"], specs[model]["fixed"]
+    searched = sorted(set(grid) & set(overrides))
+    if searched:
+        raise TrainingError(f"{', '.join(searched)}: searched by the {model} grid (fitmm/experiments/grids.yaml); "
+                            "do not set it with --set")
+    config = load_config(model, {**fixed, **overrides}).to_dict()
+    for key, values in grid.items():
+        where = f"fitmm/experiments/grids.yaml: {model}.grid.{key}"
+        if key not in config:
+            raise TrainingError(f"{where}: {key!r} is not a {model} config key; known keys: {', '.join(sorted(config))}")
+        if not isinstance(values, list) or not values:
+            raise TrainingError(f"{where}: expected a non-empty list of values, got {values!r}")
+        for value in values:
+            load_config(model, {**fixed, **overrides, key: value})
+    return config
+
+
+def journal_path(results_dir: str | Path, dataset: str, model: str) -> Path:
+    return Path(results_dir) / TUNING / dataset / model / "journal.log"
+
+
+def open_study(journal: Path, model: str, dataset: str, settings: dict | None = None) -> optuna.Study:
+    """The study in `journal`. With `settings` (seed, grid, fixed overrides) it is created if new, and an
+    existing one must have been made with the same settings; without, it is loaded for reading."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if settings is None and not journal.exists():
+        raise TrainingError(f"{journal}: no tuning study; run `fitmm tune --model {model} --dataset {dataset}` first")
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    name = f"{dataset}/{model}"
+    if settings is None:
+        return optuna.load_study(study_name=name, storage=storage)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
+    stored = study.user_attrs.get("settings")
+    if stored is None:
+        study.set_user_attr("settings", settings)
+    elif stored != settings:
+        raise TrainingError(f"{journal}: the study there was made with {json.dumps(stored, sort_keys=True)}, "
+                            f"not {json.dumps(settings, sort_keys=True)}; use another --results-dir or remove it")
+    return study
+
+
+@contextlib.contextmanager
+def claim_lock(journal: Path) -> Iterator[None]:
+    """An exclusive lock next to the journal (released by the kernel if the holder dies)."""
+    with open(journal.with_suffix(".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def is_stale(trial: optuna.trial.FrozenTrial) -> bool:
+    """A running trial whose worker (same host) is gone, or that never got its worker mark."""
+    worker = trial.user_attrs.get("worker")
+    if worker is None:
+        return True
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return False
+
+
+def holds_point(trial: optuna.trial.FrozenTrial) -> bool:
+    """Finished, running, or failed by its own configuration (a training error): its point is taken. A trial
+    failed without an error of its own (killed, interrupted) releases its point."""
+    state = optuna.trial.TrialState
+    return trial.state in (state.COMPLETE, state.RUNNING) or (trial.state == state.FAIL and "error" in trial.user_attrs)
+
+
+def claim(study: optuna.Study, budget: int, points: list[dict], grid: dict[str, list]) -> optuna.Trial | None:
+    """Start a trial on the first point of `points` that no trial holds, or return None when `budget` trials
+    hold points. Call under the lock (a trial left waiting by a worker that died here is started instead)."""
+    state = optuna.trial.TrialState
+    for t in study.get_trials(deepcopy=False, states=(state.RUNNING,)):
+        if is_stale(t):
+            study.tell(t.number, state=state.FAIL)
+    trials = study.get_trials(deepcopy=False)
+    held = [t.params for t in trials if holds_point(t)]
+    if len(held) >= budget:
+        return None
+    if not any(t.state == state.WAITING for t in trials):
+        study.enqueue_trial(next(p for p in points if p not in held))
+    trial = study.ask({name: optuna.distributions.CategoricalDistribution(values) for name, values in grid.items()})
+    trial.set_user_attr("worker", worker_id())
+    return trial
+
+
+def run_trial(trial: optuna.Trial, study: optuna.Study, data: Interactions, base: dict, fixed: dict,
+              results_dir: str | Path, progress: bool) -> optuna.trial.FrozenTrial:
+    """Train the trial's grid point; store run id, overrides and valid/test Recall@20; tell the study."""
+    overrides = dict(sorted(trial.params.items()))
+    trial.set_user_attr("overrides", overrides)
+    try:
+        record = train(data, load_config(base["model"], {**fixed, **overrides}), results_dir=results_dir,
+                       progress=progress)
+    except TrainingError as err:  # the configuration itself fails (e.g. a diverging loss): counts, not retried
+        trial.set_user_attr("error", str(err))
+        return study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    except BaseException:  # interrupted: failed without an error, so the next claim trains its point again
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise
+    valid, test = record["best_valid"][METRIC], record["test"][METRIC]
+    trial.set_user_attr("run_id", record["run_id"])
+    trial.set_user_attr(f"valid_{METRIC}", valid)
+    trial.set_user_attr(f"test_{METRIC}", test)
+    return study.tell(trial, valid)
+
+
+def tune(data: Interactions, model: str, trials: int = DEFAULT_TRIALS, seed: int | None = None,
+         overrides: dict | None = None, results_dir: str | Path = "results", progress: bool = True) -> optuna.Study:
+    """Search `model`'s grid on `data` until min(trials, grid size) trials hold a point (finished or
+    running, those of other workers on the same journal included); return the study."""
+    overrides = {**(overrides or {}), **({"seed": seed} if seed is not None else {})}
+    base = check(model, overrides, trials)
+    spec = grids()[model]
+    fixed = {**spec["fixed"], **overrides, "seed": base["seed"]}
+    points = plan(spec["grid"], base["seed"])
+    budget = min(trials, len(points))
+    journal = journal_path(results_dir, data.name, model)
+    semantic = {k: v for k, v in fixed.items() if k not in NON_SEMANTIC_KEYS}  # e.g. a GPU may continue a CPU search
+    study = open_study(journal, model, data.name, {"seed": base["seed"], "grid": spec["grid"], "fixed": semantic})
+    done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+    bar = tqdm(total=budget, initial=min(done, budget), desc=f"tune {model} on {data.name}", unit="trial",
+               disable=not progress)
+    while True:
+        with claim_lock(journal):
+            trial = claim(study, budget, points, spec["grid"])
+        if trial is None:
+            break
+        frozen = run_trial(trial, study, data, base, fixed, results_dir, progress)
+        if frozen.state == optuna.trial.TrialState.COMPLETE:
+            bar.update()
+            bar.set_postfix_str(f"best valid {METRIC} {study.best_value:.4f}")
+    bar.close()
+    return study
+
+
+TRIAL_COLUMNS = ["dataset", "model", "trial", "params", "run_id", f"valid_{METRIC}", f"test_{METRIC}"]
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per finished trial: dataset, model, trial, params (JSON), run_id, valid and test Recall@20."""
+    dataset, _, model = study.study_name.partition("/")
+    rows = [(dataset, model, t.number, json.dumps(t.params, sort_keys=True), t.user_attrs["run_id"],
+             t.user_attrs[f"valid_{METRIC}"], t.user_attrs[f"test_{METRIC}"])
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    return pd.DataFrame(rows, columns=TRIAL_COLUMNS)
+
+
+def load_trials(results_dir: str | Path = "results") -> pd.DataFrame:
+    """`trials_frame` of every study under results_dir/tuning/<dataset>/<model>/."""
+    frames = [trials_frame(open_study(path, path.parent.name, path.parent.parent.name))
+              for path in sorted(Path(results_dir, TUNING).glob("*/*/journal.log"))]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=TRIAL_COLUMNS)
+
+
+AUDIT_COLUMNS = ["dataset", "model", "trials", "valid_params", f"valid_{METRIC}", f"test_{METRIC}",
+                 "test_params", f"test_{METRIC}_by_test", "leak"]
+
+
+def selection_audit(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, model): the valid-selected configuration and its test Recall@20 beside the
+    configuration MMRec's rule (pick by test) would choose; `leak` = test R@20 by test - by valid (>= 0).
+    Ties go to the earlier trial."""
+    rows = []
+    for (dataset, model), group in trials.sort_values("trial").groupby(["dataset", "model"], sort=True):
+        by_valid = group.loc[group[f"valid_{METRIC}"].idxmax()]
+        by_test = group.loc[group[f"test_{METRIC}"].idxmax()]
+        rows.append({"dataset": dataset, "model": model, "trials": len(group),
+                     "valid_params": by_valid["params"], f"valid_{METRIC}": by_valid[f"valid_{METRIC}"],
+                     f"test_{METRIC}": by_valid[f"test_{METRIC}"], "test_params": by_test["params"],
+                     f"test_{METRIC}_by_test": by_test[f"test_{METRIC}"],
+                     "leak": by_test[f"test_{METRIC}"] - by_valid[f"test_{METRIC}"]})
+    return pd.DataFrame(rows, columns=AUDIT_COLUMNS)
+
+
+def best_overrides(model: str, dataset: str, results_dir: str | Path = "results") -> dict[str, Any]:
+    """Config overrides of the valid-selected trial (grid keys and the grid's fixed keys, not the
+    search's budget overrides): what the main results run over the seeds."""
+    study = open_study(journal_path(results_dir, dataset, model), model, dataset)
+    best = max(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
+               key=lambda t: (t.value, -t.number), default=None)
+    if best is None:
+        raise TrainingError(f"{journal_path(results_dir, dataset, model)}: no finished trial yet")
+    return {**grids()[model]["fixed"], **best.user_attrs["overrides"]}
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from fitmm.data import get_dataset
+
+    overrides = parse_overrides(args.set or [])
+    check(args.model, {**overrides, **({"seed": args.seed} if args.seed is not None else {})}, args.trials)
+    data = get_dataset(args.dataset, args.data_dir)
+    study = tune(data, args.model, args.trials, args.seed, overrides, args.results_dir, progress=not args.quiet)
+    frame = trials_frame(study)
+    print(f"{args.model} on {data.name}: {len(frame)} finished trial(s), "
+          f"journal {journal_path(args.results_dir, data.name, args.model)}")
+    with pd.option_context("display.width", 200, "display.max_colwidth", 80):
+        print(frame.drop(columns=["dataset", "model"]).to_string(index=False))
+        if len(frame):
+            print(selection_audit(frame).drop(columns=["dataset", "model"]).T.to_string(header=False))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `tune` command."""
+    cmd = subparsers.add_parser("tune", help="search a model's published grid on valid Recall@20 (Optuna, resumable)")
+    cmd.add_argument("--model", required=True, choices=sorted(grids()))
+    cmd.add_argument("--dataset", default="synthetic", help="dataset name (default: the embedded synthetic benchmark)")
+    cmd.add_argument("--data-dir", default=None, help="folder holding DATASET/ in MMRec format (e.g. ../shared/data)")
+    cmd.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
+                     help=f"trial budget, the same for every model (default {DEFAULT_TRIALS}; a smaller grid runs in full)")
+    cmd.add_argument("--seed", type=int, default=None, help="the one training seed, also the grid order's (default: config's)")
+    cmd.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a non-searched config key (repeatable)")
+    cmd.add_argument("--results-dir", default="results", help="runs and results/tuning/ go here (default: results)")
+    cmd.add_argument("--quiet", action="store_true", help="no progress bars")
+    cmd.set_defaults(func=_tune)

@@ -1,0 +1,200 @@
+"""`fitmm tune`: trial budget, resume after an interruption, shared workers, the audit table, exit codes."""
+
+import json
+import multiprocessing
+import subprocess
+
+import optuna
+import pandas as pd
+import pytest
+
+from fitmm import tune as tune_mod
+from fitmm.cli import main
+from fitmm.data import synthetic_dataset
+from fitmm.errors import TrainingError
+from fitmm.tune import (AUDIT_COLUMNS, best_overrides, check, claim, claim_lock, grids, journal_path, load_trials,
+                        open_study, plan, selection_audit, trials_frame, tune)
+
+COMPLETE, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
+
+
+def fake_train(data, config, results_dir=None, progress=True):
+    """A run record whose valid and test Recall@20 depend on the config only (valid peaks at reg 0.1, test at 1e-3)."""
+    config = config.to_dict()
+    key = json.dumps({k: config[k] for k in ("reg_weight", "l2") if k in config}, sort_keys=True)
+    reg = config.get("reg_weight", 0.0)
+    return {"run_id": f"{config['model']}-{key}", "best_valid": {"recall@20": 1 - abs(reg - 0.1)},
+            "test": {"recall@20": 1 - abs(reg - 1e-3)}}
+
+
+def interrupt_on(call: int):
+    calls = []
+
+    def train(data, config, results_dir=None, progress=True):
+        calls.append(config)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return fake_train(data, config)
+    return train
+
+
+def finished(study):
+    return study.get_trials(states=(COMPLETE,))
+
+
+def distinct_points(study) -> bool:
+    points = [json.dumps(t.params, sort_keys=True) for t in finished(study)]
+    return len(points) == len(set(points))
+
+
+def test_grids_are_the_published_ones_and_valid():
+    sizes = {model: len(plan(spec["grid"], seed=0)) for model, spec in grids().items()}
+    assert sizes == {"bpr": 7, "lightgcn": 20, "vbpr": 7, "freedom": 8, "smore": 128, "fitmm": 12, "ssr": 324,
+                     "ease": 7}
+    for model in sizes:
+        check(model, {}, 1)  # every grid key and value is accepted by the model's config
+
+
+def test_plan_is_a_seeded_permutation_of_the_grid():
+    grid = grids()["lightgcn"]["grid"]
+    points = plan(grid, seed=999)
+    assert points == plan(grid, seed=999) != plan(grid, seed=1)
+    assert sorted(map(str, points)) == sorted(str({"n_layers": n, "reg_weight": r})
+                                              for n in grid["n_layers"] for r in grid["reg_weight"])
+
+
+def test_real_trials_reach_the_budget_once_and_are_ordinary_runs(tmp_path):
+    data = synthetic_dataset()
+    study = tune(data, "lightgcn", trials=3, overrides={"epochs": 1}, results_dir=tmp_path, progress=False)
+    assert len(finished(study)) == 3 and distinct_points(study)
+    for t in finished(study):
+        assert set(t.user_attrs) >= {"run_id", "overrides", "valid_recall@20", "test_recall@20"}
+        assert t.value == t.user_attrs["valid_recall@20"]
+        record = tmp_path / "runs" / "synthetic" / "lightgcn" / t.user_attrs["run_id"] / "record.json"
+        assert json.loads(record.read_text())["config"]["n_layers"] == t.params["n_layers"]
+    again = tune(data, "lightgcn", trials=3, overrides={"epochs": 1}, results_dir=tmp_path, progress=False)
+    assert len(again.get_trials()) == 3
+    assert best_overrides("lightgcn", "synthetic", tmp_path) == max(finished(study), key=lambda t: t.value).params
+
+
+def test_small_grid_runs_each_point_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(tune_mod, "train", fake_train)
+    study = tune(synthetic_dataset(), "bpr", trials=12, results_dir=tmp_path, progress=False)
+    assert sorted(t.params["reg_weight"] for t in finished(study)) == sorted(grids()["bpr"]["grid"]["reg_weight"])
+
+
+def test_interrupted_study_resumes_and_retries_the_point(tmp_path, monkeypatch):
+    data = synthetic_dataset()
+    monkeypatch.setattr(tune_mod, "train", interrupt_on(2))
+    with pytest.raises(KeyboardInterrupt):
+        tune(data, "bpr", trials=4, results_dir=tmp_path, progress=False)
+    study = open_study(journal_path(tmp_path, "synthetic", "bpr"), "bpr", "synthetic")
+    assert [t.state for t in study.get_trials()] == [COMPLETE, FAIL]
+    lost = study.get_trials()[1].params
+    monkeypatch.setattr(tune_mod, "train", fake_train)
+    study = tune(data, "bpr", trials=4, results_dir=tmp_path, progress=False)
+    assert len(finished(study)) == 4 and distinct_points(study)
+    assert lost in [t.params for t in finished(study)]
+    points = plan(grids()["bpr"]["grid"], seed=999)[:4]  # the points an uninterrupted search trains
+    assert sorted(map(str, points)) == sorted(str(t.params) for t in finished(study))
+
+
+def test_trial_of_a_dead_worker_is_failed_and_retried(tmp_path, monkeypatch):
+    data = synthetic_dataset()
+    journal = journal_path(tmp_path, "synthetic", "bpr")
+    monkeypatch.setattr(tune_mod, "train", fake_train)
+    tune(data, "bpr", trials=1, results_dir=tmp_path, progress=False)  # creates the study
+    study = open_study(journal, "bpr", "synthetic")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    with claim_lock(journal):
+        trial = claim(study, 2, plan(grids()["bpr"]["grid"], seed=999), grids()["bpr"]["grid"])
+    trial.set_user_attr("worker", f"{tune_mod.socket.gethostname()}:{dead.pid}")  # a worker killed mid-trial
+    study = tune(data, "bpr", trials=3, results_dir=tmp_path, progress=False)
+    states = [t.state for t in study.get_trials()]
+    assert states.count(COMPLETE) == 3 and states.count(FAIL) == 1 and distinct_points(study)
+    assert study.get_trials()[1].params in [t.params for t in finished(study)]
+
+
+def _worker(results_dir):
+    tune(synthetic_dataset(), "bpr", trials=6, results_dir=results_dir, progress=False)
+
+
+def slow_fake_train(data, config, results_dir=None, progress=True):
+    import time
+    time.sleep(0.1)
+    return fake_train(data, config)
+
+
+def test_two_workers_share_one_search(tmp_path, monkeypatch):
+    synthetic_dataset()  # generated once, before the workers start
+    monkeypatch.setattr(tune_mod, "train", slow_fake_train)
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_worker, args=(tmp_path,)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=60)
+    assert [w.exitcode for w in workers] == [0, 0]
+    study = open_study(journal_path(tmp_path, "synthetic", "bpr"), "bpr", "synthetic")
+    assert len(study.get_trials()) == 6 and len(finished(study)) == 6 and distinct_points(study)
+    assert len({t.user_attrs["worker"] for t in study.get_trials()}) == 2  # both took trials
+
+
+def test_audit_puts_the_valid_choice_beside_the_test_choice(tmp_path, monkeypatch):
+    monkeypatch.setattr(tune_mod, "train", fake_train)
+    tune(synthetic_dataset(), "bpr", trials=12, results_dir=tmp_path, progress=False)
+    tune(synthetic_dataset(), "ease", trials=12, results_dir=tmp_path, progress=False)
+    trials = load_trials(tmp_path)
+    assert list(trials["model"].value_counts().sort_index()) == [7, 7]  # bpr, ease
+    audit = selection_audit(trials)
+    assert list(audit.columns) == AUDIT_COLUMNS
+    bpr = audit.set_index("model").loc["bpr"]
+    assert json.loads(bpr["valid_params"]) == {"reg_weight": 0.1}
+    assert json.loads(bpr["test_params"]) == {"reg_weight": 1e-3}
+    assert bpr["test_recall@20"] == pytest.approx(1 - abs(0.1 - 1e-3))
+    assert bpr["leak"] == pytest.approx(abs(0.1 - 1e-3))
+    assert best_overrides("bpr", "synthetic", tmp_path) == {"reg_weight": 0.1}
+    assert best_overrides("ease", "synthetic", tmp_path)["l2_grid"] == []  # EASE: one lambda per trial
+
+
+def test_audit_of_constructed_trials():
+    trials = pd.DataFrame({"dataset": "d", "model": "m", "trial": [0, 1, 2], "params": ["a", "b", "c"],
+                           "run_id": ["r0", "r1", "r2"], "valid_recall@20": [0.2, 0.3, 0.3],
+                           "test_recall@20": [0.25, 0.2, 0.22]})
+    row = selection_audit(trials).iloc[0]
+    assert (row["valid_params"], row["test_params"], row["trials"]) == ("b", "a", 3)  # tie on valid -> trial 1
+    assert row["leak"] == pytest.approx(0.05)
+    assert list(selection_audit(trials.iloc[:0]).columns) == AUDIT_COLUMNS
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "lightgcn", "--trials", "0"], "--trials"),
+    (["--model", "lightgcn", "--set", "n_layers=3"], "n_layers"),
+    (["--model", "lightgcn", "--set", "not_a_key=3"], "not_a_key"),
+])
+def test_bad_input_exits_2_before_compute(args, message, capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(tune_mod, "train", lambda *a, **k: pytest.fail("trained despite bad input"))
+    assert main(["tune", *args, "--results-dir", str(tmp_path), "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "tuning").exists()
+
+
+def test_unknown_model_and_bad_grid_key_exit_2(capsys, monkeypatch, tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        main(["tune", "--model", "nope"])
+    assert exit_.value.code == 2
+    monkeypatch.setattr(tune_mod, "grids", lambda: {"bpr": {"grid": {"n_layers": [1, 2]}, "fixed": {}}})
+    assert main(["tune", "--model", "bpr", "--results-dir", str(tmp_path), "--quiet"]) == 2
+    assert "bpr.grid.n_layers" in capsys.readouterr().err
+    with pytest.raises(TrainingError, match="not a bpr config key"):
+        check("bpr", {}, 1)
+
+
+def test_a_different_setting_on_the_same_journal_exits_2(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(tune_mod, "train", fake_train)
+    assert main(["tune", "--model", "bpr", "--trials", "1", "--results-dir", str(tmp_path), "--quiet"]) == 0
+    assert main(["tune", "--model", "bpr", "--trials", "1", "--set", "epochs=3",
+                 "--results-dir", str(tmp_path), "--quiet"]) == 2
+    assert "made with" in capsys.readouterr().err
+    assert len(trials_frame(open_study(journal_path(tmp_path, "synthetic", "bpr"), "bpr", "synthetic"))) == 1
