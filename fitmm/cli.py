@@ -11,7 +11,7 @@ from fitmm.errors import DataError, TrainingError
 def _train(args: argparse.Namespace) -> int:
     from fitmm.config import load_config, parse_overrides
     from fitmm.data import get_dataset
-    from fitmm.train import train
+    from fitmm.trainer import train
 
     overrides = parse_overrides(args.set or [])
     if args.seed is not None:

@@ -6,7 +6,7 @@ import torch
 from fitmm.config import load_config
 from fitmm.data import synthetic_dataset
 from fitmm.experiments.spectral_checks import band_reliance, gates_by_user_group
-from fitmm.train import build_model
+from fitmm.trainer import build_model
 
 
 @pytest.fixture(scope="module")

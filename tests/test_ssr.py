@@ -9,7 +9,7 @@ from fitmm.data.synthetic import generate
 from fitmm.errors import TrainingError
 from fitmm.metrics import evaluate
 from fitmm.models.ssr import SSR, band_infonce
-from fitmm.train import build_model, train
+from fitmm.trainer import build_model, train
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from fitmm.data.dataset import Interactions
 from fitmm.errors import TrainingError
 from fitmm.models.bpr import BPRMF
 from fitmm.metrics import evaluate
-from fitmm.train import NegativeSampler, build_model, train
+from fitmm.trainer import NegativeSampler, build_model, train
 
 
 def planted(n_users=120, n_items=80, rank=4, per_user=12, seed=0) -> Interactions:

@@ -21,7 +21,7 @@ from fitmm.data import get_dataset
 from fitmm.data.dataset import Interactions
 from fitmm.models import MODELS
 from fitmm.models.base import Recommender
-from fitmm.train import build_model, run_dir, train
+from fitmm.trainer import build_model, run_dir, train
 
 HEADLINE = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 COST_FIELDS = ("best_epoch", "epochs", "seconds_per_epoch", "eval_seconds", "wall_seconds", "peak_memory_mb")
