@@ -2,13 +2,12 @@
 
 All graphs are torch sparse CSR tensors, so propagation is one `torch.sparse.mm`
 per layer. kNN graphs depend only on raw features, so they are cached on disk
-(see `cache_dir`).
+(`fitmm.settings.cache_dir`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -19,14 +18,10 @@ import torch
 
 from fitmm.data.dataset import Interactions
 from fitmm.io import torch_save
+from fitmm.settings import cache_dir
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
-
-
-def cache_dir() -> Path:
-    """Where derived graphs are cached: $FITMM_CACHE, else ~/.cache/fitmm."""
-    return Path(os.environ.get("FITMM_CACHE", Path.home() / ".cache" / "fitmm"))
 
 
 def fingerprint(data: Interactions) -> str:

@@ -226,8 +226,11 @@ def test_get_dataset(tmp_path, monkeypatch, ds):
     assert get_dataset("toy", tmp_path).n_users == 3
     with pytest.raises(DataError, match="holds: toy"):
         get_dataset("baby", tmp_path)
-    with pytest.raises(DataError, match="no data directory"):
+    monkeypatch.setenv("FITMM_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match="nowhere: data directory not found.*FITMM_DATA"):
         get_dataset("baby", None)
+    monkeypatch.setenv("FITMM_DATA", str(tmp_path))
+    assert get_dataset("toy").n_users == 3
 
 
 # ---------------------------------------------------------------- download

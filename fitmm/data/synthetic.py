@@ -32,6 +32,7 @@ from fitmm.data.loader import load_dataset
 from fitmm.data.split import mmrec_split
 from fitmm.errors import DataError
 from fitmm.io import write_json
+from fitmm.settings import cache_dir
 
 GENERATOR_VERSION = 2
 DEFAULT_MODALITIES = {"image": 64, "text": 32}
@@ -166,8 +167,6 @@ def generate(
 
 def synthetic_dataset(n_users: int = 1000, n_items: int = 600, seed: int = 0) -> Interactions:
     """The embedded synthetic default, generated once into the cache and loaded from there."""
-    from fitmm.graphs import cache_dir  # fitmm.graphs imports fitmm.data: import at call time
-
     folder = cache_dir() / "data" / f"synthetic-v{GENERATOR_VERSION}-u{n_users}-i{n_items}-s{seed}" / "synthetic"
     if not folder.exists():
         try:
