@@ -8,22 +8,16 @@ leaves no partial entry.
 from __future__ import annotations
 
 import hashlib
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
 from fitmm.io import torch_save
+from fitmm.settings import cache_dir
 
 if TYPE_CHECKING:
     from fitmm.data.dataset import Interactions
-
-
-def cache_dir() -> Path:
-    """Where derived data is cached: $FITMM_CACHE, else ~/.cache/fitmm."""
-    return Path(os.environ.get("FITMM_CACHE", Path.home() / ".cache" / "fitmm"))
 
 
 def fingerprint(data: Interactions) -> str:

@@ -11,7 +11,7 @@ from fitmm.errors import ConfigError, DataError, TrainingError
 def _train(args: argparse.Namespace) -> int:
     from fitmm.config import help_text, load_config, parse_overrides
     from fitmm.data import get_dataset
-    from fitmm.train import preflight, train
+    from fitmm.trainer import preflight, train
 
     if args.help_config:
         print(help_text(args.model))
@@ -33,7 +33,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from fitmm.config import available_models
-    from fitmm import reproduce, tune
+    from fitmm import reproduce, settings, tune
     from fitmm.data import cli as data_cli
 
     parser = argparse.ArgumentParser(prog="fitmm", description=__doc__)
@@ -45,10 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one model on one dataset and write its run record")
     train.add_argument("--model", required=True, choices=available_models())
     train.add_argument("--dataset", default="synthetic", help="dataset name (default: the embedded synthetic benchmark)")
-    train.add_argument("--data-dir", default=None, help="folder holding DATASET/ in MMRec format (e.g. ../shared/data)")
+    train.add_argument("--data-dir", default=None,
+                       help="folder holding DATASET/ in MMRec format (default: $FITMM_DATA, else <project>/data)")
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
-    train.add_argument("--results-dir", default="results", help="where run records go (default: results)")
+    train.add_argument("--results-dir", default=settings.results_dir(),
+                       help="where run records go (default: $FITMM_RESULTS, else <project>/results)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--help-config", action="store_true", help="print the model's config fields and defaults, then exit")
     train.set_defaults(func=_train)

@@ -3,6 +3,10 @@
     notebooks/NN_name.ipynb --papermill(profile parameters)--> book/notebooks/NN_name.ipynb
     book/ (markdown pages + executed notebooks) --jupyter-book build --all -W--> book/_build/html
 
+Paths in a profile (`results_dir`, `data_dir`) are relative to the project root; `--results-dir`,
+`--data-dir` or FITMM_RESULTS / FITMM_DATA replace them (`fitmm.settings`). The folders so resolved
+reach every notebook's kernel through FITMM_RESULTS / FITMM_DATA, whatever the current directory.
+
 The book never executes anything itself (`execute_notebooks: off`): every output comes
 from the papermill run, whose parameters are injected into each executed notebook.
 An executed notebook records in its metadata a digest of its source and parameters and
@@ -31,14 +35,17 @@ import tempfile
 import time
 from importlib import resources
 from pathlib import Path
+from unittest import mock
 
 import yaml
 from tqdm.auto import tqdm
 
+from fitmm import settings
+
 NOTEBOOKS = Path("notebooks")
 EXECUTED = Path("book/notebooks")
 BOOK = Path("book")
-REPORT = "07_report"  # depends on every other chapter's output
+REPORT = "07_report"  # depends on every other chapter's output: executed last
 MATHJAX = {"package": "mathjax@3.2.2", "sha1": "c754d7b46a679d7f3fa03543d6b8bf124ddf9f6b",
            "dest": BOOK / "_mathjax" / "mathjax", "entry": "tex-svg.js"}
 
@@ -113,6 +120,13 @@ def execute(src: Path, out: Path, profile: dict, parameters: dict, key: str, roo
     return not error, seconds, error
 
 
+def locations(profile: dict, results_dir: str | Path | None = None, data_dir: str | Path | None = None) -> dict[str, Path]:
+    """The profile's results and data folders as `fitmm.settings` resolves them, keyed by the
+    environment variable that hands them to the notebooks."""
+    return {settings.ENV["results"]: settings.results_dir(results_dir, default=profile["results_dir"]).resolve(),
+            settings.ENV["data"]: settings.data_dir(data_dir, default=profile["data_dir"]).resolve()}
+
+
 def select(notebooks: list[Path], only: list[str] | None) -> list[Path]:
     """Notebooks whose stem equals or starts with one of `only` (all when None)."""
     if not only:
@@ -124,10 +138,15 @@ def select(notebooks: list[Path], only: list[str] | None) -> list[Path]:
     return chosen
 
 
-def reproduce(profile_name: str, root: Path, only: list[str] | None = None, force: bool = False) -> dict[str, str]:
-    """Execute the (selected) notebooks under a profile; return {notebook: 'ok' | 'up to date' | 'failed: ...'}."""
+def reproduce(profile_name: str, root: Path, only: list[str] | None = None, force: bool = False,
+              results_dir: str | Path | None = None, data_dir: str | Path | None = None) -> dict[str, str]:
+    """Execute the (selected) notebooks under a profile; return {notebook: 'ok' | 'up to date' | 'failed: ...'}.
+
+    `results_dir` / `data_dir` replace the profile's folders (as `fitmm.settings` resolves them)."""
     profile = profiles()[profile_name]
-    notebooks = sorted((root / NOTEBOOKS).glob("[0-9][0-9]_*.ipynb"))
+    where = locations(profile, results_dir, data_dir)
+    where_key = json.dumps({k: os.path.relpath(v, root) for k, v in where.items()})
+    notebooks = sorted((root / NOTEBOOKS).glob("[0-9][0-9]_*.ipynb"), key=lambda nb: (nb.stem == REPORT, nb.stem))
     # The kernel ("python3", started as `python`) must be this interpreter.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     outcome = {}
@@ -139,12 +158,13 @@ def reproduce(profile_name: str, root: Path, only: list[str] | None = None, forc
         extra = ""
         if src.stem == REPORT:  # rerun when any other chapter's output changed
             extra = json.dumps([executed_state(root / EXECUTED / nb.name) for nb in notebooks if nb.stem != REPORT])
-        key = digest(src, parameters, extra)
+        key = digest(src, parameters, extra + where_key)
         state = executed_state(out)
         if not force and state and state["digest"] == key and state["status"] == "ok":
             outcome[src.stem] = "up to date"
             continue
-        ok, seconds, error = execute(src, out, profile, parameters, key, root)
+        with mock.patch.dict(os.environ, {k: str(v) for k, v in where.items()}):  # the kernel's environment
+            ok, seconds, error = execute(src, out, profile, parameters, key, root)
         outcome[src.stem] = f"ok ({seconds:.0f} s)" if ok else f"failed: {error}"
         tqdm.write(f"{src.stem}: {outcome[src.stem]}")
     return outcome
@@ -190,12 +210,12 @@ def build_book(root: Path) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     root = Path(args.root).resolve()
     if not (root / NOTEBOOKS).is_dir():
-        print(f"fitmm: error: {root / NOTEBOOKS}: not found; run from the repository root or pass --root",
+        print(f"fitmm: error: {root / NOTEBOOKS}: not found; pass --root (the source checkout holding notebooks/)",
               file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     try:
-        outcome = reproduce(args.profile, root, args.only, args.force)
+        outcome = reproduce(args.profile, root, args.only, args.force, args.results_dir, args.data_dir)
     except KeyError as err:  # an --only name or a parameter the profile does not set
         print(f"fitmm: error: {err.args[0]}", file=sys.stderr)
         return 2
@@ -216,6 +236,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         code = code or built
         print(f"book: {root / BOOK / '_build' / 'html' / 'index.html'}" if built == 0
               else "book: the build failed (warnings count as errors), see above")
+    print(f"run records: {locations(profiles()[args.profile], args.results_dir)[settings.ENV['results']]}")
     print(f"reproduce ({args.profile}): {len(outcome)} notebook(s), {len(failed)} failed, "
           f"{time.perf_counter() - t0:.0f} s")
     return code
@@ -229,5 +250,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cmd.add_argument("--only", nargs="+", metavar="NAME", help="only these notebooks (name or prefix, e.g. 01 04)")
     cmd.add_argument("--force", action="store_true", help="re-execute notebooks even when their output is up to date")
     cmd.add_argument("--no-book", action="store_true", help="execute the notebooks but do not build the book")
-    cmd.add_argument("--root", default=".", help="repository root (default: the current folder)")
+    cmd.add_argument("--results-dir", help="where run records are read and written (default: $FITMM_RESULTS, "
+                                           "else the profile's results_dir under the project root)")
+    cmd.add_argument("--data-dir", help="folder holding the profile's datasets (default: $FITMM_DATA, "
+                                        "else the profile's data_dir under the project root)")
+    cmd.add_argument("--root", default=settings.project_root() or Path.cwd(),
+                     help="the source checkout holding notebooks/ and book/ (default: the one fitmm is imported from)")
     cmd.set_defaults(func=_reproduce)

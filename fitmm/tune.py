@@ -1,7 +1,7 @@
 """`fitmm tune`: a model's published grid searched on valid Recall@20, one seed, the same budget for every model.
 
     grid (fitmm/experiments/grids.yaml) --seeded permutation--> plan; the first `budget` points are trained
-    trial --fitmm.train.train--> results/runs/<dataset>/<model>/<run_id>/ (an ordinary, reusable run)
+    trial --fitmm.trainer.train--> results/runs/<dataset>/<model>/<run_id>/ (an ordinary, reusable run)
     study --Optuna JournalStorage(file)--> results/tuning/<dataset>/<model>/journal.log
 
 Each trial is one training run. A grid larger than the budget (default 12 trials) is sampled uniformly
@@ -38,7 +38,7 @@ from fitmm.config import load_config, parse_overrides
 from fitmm.data.dataset import Interactions
 from fitmm.errors import TrainingError
 from fitmm.store import NON_SEMANTIC_KEYS
-from fitmm.train import train
+from fitmm.trainer import train
 
 DEFAULT_TRIALS = 12
 METRIC = "recall@20"

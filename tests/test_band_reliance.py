@@ -6,7 +6,7 @@ import torch
 from fitmm.config import load_config
 from fitmm.errors import TrainingError
 from fitmm.experiments.spectral_checks import band_reliance, gates_by_user_group
-from fitmm.train import build_model
+from fitmm.trainer import build_model
 
 
 def build(data, model_name: str, **overrides):

@@ -10,7 +10,7 @@ from fitmm.errors import ConfigError
 from fitmm.metrics import evaluate
 from fitmm.models.freedom import FREEDOM
 from fitmm.models.smore import SMORE, max_pool
-from fitmm.train import build_model, train
+from fitmm.trainer import build_model, train
 
 MODELS = ["vbpr", "freedom", "smore"]
 

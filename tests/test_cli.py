@@ -14,7 +14,7 @@ import torch
 from fitmm.cli import main
 from fitmm.data import generate, load_dataset
 from fitmm.config import load_config
-from fitmm.train import train
+from fitmm.trainer import train
 
 
 def fitmm_cmd(*args: str) -> list[str]:

@@ -222,12 +222,15 @@ def test_synthetic_dataset_is_generated_once_into_cache(tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / "data").iterdir()] == [f"synthetic-v{GENERATOR_VERSION}-u300-i200-s2"]
 
 
-def test_get_dataset(tmp_path, ds):
+def test_get_dataset(tmp_path, ds, monkeypatch):
     assert get_dataset("toy", tmp_path).n_users == 3
     with pytest.raises(DataError, match="holds: toy"):
         get_dataset("baby", tmp_path)
-    with pytest.raises(DataError, match="no data directory"):
+    monkeypatch.setenv("FITMM_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match="nowhere: data directory not found.*FITMM_DATA"):
         get_dataset("baby", None)
+    monkeypatch.setenv("FITMM_DATA", str(tmp_path))
+    assert get_dataset("toy").n_users == 3
 
 
 # ---------------------------------------------------------------- download

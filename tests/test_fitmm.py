@@ -353,7 +353,7 @@ def test_both_readings_learn_on_synthetic_data(tmp_path, reading):
     from fitmm.data.loader import load_dataset
     from fitmm.data.synthetic import generate
     from fitmm.metrics import evaluate
-    from fitmm.train import build_model, train
+    from fitmm.trainer import build_model, train
 
     data = load_dataset(generate(tmp_path / "data", "syn", 300, 200, seed=1, mean_degree=12.0))
     cfg = config(consistency=reading, lr=3.0e-3, epochs=6, batch_size=512, patience=10)

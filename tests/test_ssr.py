@@ -10,7 +10,7 @@ from fitmm.errors import ConfigError
 from fitmm.metrics import evaluate
 from fitmm.models.ssr import SSR, SSRConfig, band_infonce
 from fitmm.spectral.graph_bands import resolve_band_path
-from fitmm.train import build_model, train
+from fitmm.trainer import build_model, train
 
 
 @pytest.fixture(scope="module")

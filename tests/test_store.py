@@ -13,7 +13,7 @@ from fitmm.errors import ConfigError
 from fitmm.io import atomic_path
 from fitmm.models import MODELS
 from fitmm.store import RecordError, RunLock, read_record, run_dir, run_id
-from fitmm.train import train
+from fitmm.trainer import train
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ from fitmm.data.dataset import Interactions
 from fitmm.errors import ConfigError, TrainingError
 from fitmm.models.bpr import BPRMF
 from fitmm.metrics import evaluate
-from fitmm import train as trainer
+from fitmm import trainer
 from fitmm.models.lightgcn import LightGCN
-from fitmm.train import NegativeSampler, build_model, learning_rate, train
+from fitmm.trainer import NegativeSampler, build_model, learning_rate, train
 
 
 def planted(n_users=120, n_items=80, rank=4, per_user=12, seed=0) -> Interactions:

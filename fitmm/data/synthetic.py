@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fitmm.cache import cache_dir
 from fitmm.data.dataset import Interactions, modality_order
 from fitmm.data.loader import load_dataset
 from fitmm.data.split import mmrec_split
 from fitmm.errors import DataError
 from fitmm.io import write_json
+from fitmm.settings import cache_dir
 
 GENERATOR_VERSION = 2
 DEFAULT_MODALITIES = {"image": 64, "text": 32}

@@ -22,7 +22,7 @@ from fitmm.data.dataset import Interactions
 from fitmm.models import MODELS
 from fitmm.models.base import Recommender
 from fitmm.store import read_record, run_dir
-from fitmm.train import build_model, train
+from fitmm.trainer import build_model, train
 
 HEADLINE = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 COST_FIELDS = ("best_epoch", "epochs", "seconds_per_epoch", "eval_seconds", "wall_seconds", "peak_memory_mb")

@@ -29,6 +29,14 @@ def paired_test(a: dict[str, np.ndarray], b: dict[str, np.ndarray], metric: str)
     """Mean of a and b, mean difference a − b, and the Wilcoxon and paired-t p-values over shared users.
 
     Identical vectors (every difference 0) have p = 1 by definition here (both tests are undefined).
+    `a` and `b` are per-user metrics as `fitmm.experiments.runs.per_user(run_folder)` reads them.
+
+    >>> import numpy as np
+    >>> a = {"users": np.arange(6), "recall@20": np.array([.5, .4, .3, .6, .2, .5])}
+    >>> b = {"users": np.arange(6), "recall@20": np.array([.1, .2, .3, .2, .1, .4])}
+    >>> r = paired_test(a, b, "recall@20")
+    >>> r["users"], round(float(r["mean_diff"]), 3), r["ttest_p"] < 0.05
+    (6, 0.2, True)
     """
     users, x, y = align(a, b, metric)
     d = x - y

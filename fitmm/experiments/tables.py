@@ -85,6 +85,13 @@ def with_published(frame: pd.DataFrame, dataset: str, metrics: Sequence[str] = H
 
     Rows are models by display name: ours first, then models that only a paper reports.
     Columns are (metric, 'ours') and (metric, source) for the sources with a value there.
+    `frame` has one row per run (`fitmm.runs()`, `Runs.frame`): dataset, model and the metrics.
+
+    >>> import pandas as pd
+    >>> ours = pd.DataFrame({"dataset": "baby", "model": ["lightgcn", "lightgcn"], "recall@20": [.07, .08]})
+    >>> table = with_published(ours, "baby", metrics=["recall@20"])
+    >>> table.loc["LightGCN", [("recall@20", "ours"), ("recall@20", "SMORE T2")]].tolist()
+    ['0.0750 ± 0.0071', '0.0728']
     """
     ours = mean_std(frame[frame.dataset == dataset], metrics, by=("model",), digits=digits)
     ours.index = [DISPLAY.get(m, m) for m in ours.index]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fitmm.cache import cache_dir, fingerprint
+from fitmm.cache import fingerprint
 from fitmm.config import Config
 from fitmm.data.dataset import Interactions
 from fitmm.errors import TrainingError
@@ -30,6 +30,7 @@ from fitmm.io import atomic_path, provenance, torch_save, write_json
 from fitmm.metrics import evaluate
 from fitmm.models import MODELS
 from fitmm.models.base import Recommender
+from fitmm.settings import cache_dir
 from fitmm.store import (RecordError, RunLock, behaviour_version, check_writable, config_changes, read_record,
                          remove_stale_temporaries, run_dir, run_id, warn_stale)
 

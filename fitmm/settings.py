@@ -1,0 +1,70 @@
+"""Where run records, datasets and the cache live: one answer for the CLI, the notebooks and the API.
+
+Each folder is the first of:
+
+1. a value passed explicitly: a CLI flag or a function argument, taken as given (a relative
+   path is relative to the current directory, as for any path typed by hand);
+2. the environment variable `FITMM_RESULTS`, `FITMM_DATA` or `FITMM_CACHE`;
+3. a profile's value (`results_dir`, `data_dir` in `fitmm/experiments/profiles.yaml`, which a
+   chapter's parameters cell receives), relative to the project root;
+4. the default: `<project>/results`, `<project>/data`, `<project>/cache`.
+
+The project root is the folder holding `pyproject.toml` above the `fitmm` package: a source
+checkout, installed editable or put on PYTHONPATH. So a notebook opened from `notebooks/`, run by
+papermill from any folder, or run by `fitmm reproduce` reads and writes the same `results/`.
+Installed without a source tree (a wheel), there is no project root: relative profile values and
+the results and data defaults are taken from the current directory (`./results`, `./data`) and the
+cache defaults to `~/.cache/fitmm`.
+
+>>> results_dir(default="results/smoke") == project_root() / "results" / "smoke"  # FITMM_RESULTS unset
+True
+>>> from unittest import mock
+>>> with mock.patch.dict(os.environ, {"FITMM_RESULTS": "/tmp/fitmm-results"}):
+...     results_dir(default="results/smoke"), results_dir("out")  # the variable beats a profile; a flag beats both
+(PosixPath('/tmp/fitmm-results'), PosixPath('out'))
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+
+ENV = {"results": "FITMM_RESULTS", "data": "FITMM_DATA", "cache": "FITMM_CACHE"}
+
+
+@cache
+def project_root() -> Path | None:
+    """The source checkout this package was imported from (the folder with pyproject.toml), or None."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").is_file() else None
+
+
+def _resolve(kind: str, path: str | os.PathLike | None, default: str | os.PathLike | None) -> Path:
+    if path is not None:
+        return Path(path).expanduser()
+    if os.environ.get(ENV[kind]):
+        return Path(os.environ[ENV[kind]]).expanduser()
+    root = project_root()
+    if kind == "cache" and root is None:
+        return Path.home() / ".cache" / "fitmm"
+    base = root if root is not None else Path.cwd()
+    return base / Path(default if default is not None else kind).expanduser()
+
+
+def results_dir(path: str | os.PathLike | None = None, default: str | os.PathLike | None = None) -> Path:
+    """Where run records are read and written: `path`, else $FITMM_RESULTS, else `default` (a profile's
+    `results_dir`) under the project root, else `<project>/results`."""
+    return _resolve("results", path, default)
+
+
+def data_dir(path: str | os.PathLike | None = None, default: str | os.PathLike | None = None) -> Path:
+    """The folder holding datasets as `<name>/` in MMRec format: `path`, else $FITMM_DATA, else `default`
+    (a profile's `data_dir`, e.g. `../shared/data`) under the project root, else `<project>/data`."""
+    return _resolve("data", path, default)
+
+
+def cache_dir(path: str | os.PathLike | None = None) -> Path:
+    """Derived graphs, spectra and the generated synthetic benchmark: `path`, else $FITMM_CACHE, else
+    `<project>/cache` (`~/.cache/fitmm` without a project root)."""
+    return _resolve("cache", path, None)
