@@ -5,7 +5,9 @@ A task is any picklable zero-argument callable whose `str()` names it: one train
 that returns True is counted as reused and not run. Every attempt writes its own log under
 `log_dir`; a failed task is retried once, and the batch ends with a `Summary`:
 
-    local   a pool of `jobs` spawned processes, each with cores // jobs threads (at least 1)
+    local   a pool of `jobs` spawned processes, each with cores // jobs threads (at least 1; at most
+            the caller's OMP_NUM_THREADS where set: on a shared machine, more threads than free
+            cores spin-wait and slow every run down)
     slurm   one job array per attempt (submitit), `SlurmOptions` per array task; the job runs this
             interpreter with this package's folder on PYTHONPATH, so the folder must be on a file
             system the compute nodes share (as the results directory must be)
@@ -71,6 +73,13 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def threads_per_job(jobs: int) -> int:
+    """cores // jobs, at least 1, at most the caller's OMP_NUM_THREADS where set."""
+    threads = max(1, cores() // jobs)
+    cap = os.environ.get("OMP_NUM_THREADS", "")
+    return min(threads, int(cap)) if cap.isdigit() and int(cap) > 0 else threads
+
+
 def set_threads(threads: int) -> None:
     """This process's thread count for OpenMP/BLAS (children too) and torch's intra-op pool."""
     import torch
@@ -106,7 +115,7 @@ def _run_logged(task: Callable[[], object], log: str, threads: int) -> str | Non
 
 def _local(tasks: list, logs: list[str], jobs: int) -> list[tuple[str | None, str]]:
     """(error or None, log) per task, from a pool of `jobs` processes."""
-    threads = max(1, cores() // jobs)
+    threads = threads_per_job(jobs)
     out: list[tuple[str | None, str]] = [("not run", log) for log in logs]
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(_run_logged, t, log, threads): i for i, (t, log) in enumerate(zip(tasks, logs))}

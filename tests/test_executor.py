@@ -69,6 +69,13 @@ class Finished:
         return "finished"
 
 
+def test_threads_per_job(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert executor.threads_per_job(1) == executor.cores() and executor.threads_per_job(10**6) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the caller's cap
+    assert executor.threads_per_job(1) == 1
+
+
 def test_local_runs_in_parallel_with_threads_logs_and_one_retry(tmp_path):
     tasks = [Threads(tmp_path / "a.json"), Threads(tmp_path / "b.json"), Flaky(tmp_path / "marker"), Broken(), Finished()]
     summary = executor.execute(tasks, "local", jobs=2, log_dir=tmp_path / "logs")
@@ -78,7 +85,7 @@ def test_local_runs_in_parallel_with_threads_logs_and_one_retry(tmp_path):
     assert failed.name == "broken" and failed.error == "ValueError: always"
     log = Path(failed.log).read_text()
     assert failed.log.endswith("0003-broken.1.log") and "about to fail" in log and "Traceback" in log  # the retry's log
-    threads = max(1, executor.cores() // 2)
+    threads = executor.threads_per_job(2)
     assert json.loads((tmp_path / "a.json").read_text()) == [str(threads), threads]
     assert str(summary).startswith("3 done, 1 reused, 1 failed")
     with pytest.raises(ValueError, match="jobs"):
