@@ -31,6 +31,7 @@ from typing import Callable, Iterable
 from tqdm.auto import tqdm
 
 import fitmm
+from fitmm.errors import TrainingError
 
 EXECUTORS = ("local", "slurm")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -97,10 +98,12 @@ def _run_logged(task: Callable[[], object], log: str, threads: int) -> str | Non
     """Run `task` in a pool worker with stdout and stderr (file descriptors too) sent to `log`;
     return None, or the error with the traceback left in the log."""
     set_threads(threads)
-    sys.stdout.flush(), sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
     with open(log, "w") as fh:
-        os.dup2(fh.fileno(), 1), os.dup2(fh.fileno(), 2)
+        for fd in (1, 2):
+            os.dup2(fh.fileno(), fd)
         try:
             task()
             return None
@@ -108,9 +111,11 @@ def _run_logged(task: Callable[[], object], log: str, threads: int) -> str | Non
             traceback.print_exc()
             return f"{type(err).__name__}: {err}"
         finally:
-            sys.stdout.flush(), sys.stderr.flush()
-            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
-            os.close(saved[0]), os.close(saved[1])
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in zip((1, 2), saved):
+                os.dup2(copy, fd)
+                os.close(copy)
 
 
 def _local(tasks: list, logs: list[str], jobs: int) -> list[tuple[str | None, str]]:
@@ -146,7 +151,10 @@ def _slurm(tasks: list, log_dir: Path, attempt: int, options: SlurmOptions) -> l
         stderr_to_stdout=True,
         setup=[f"export PYTHONPATH={package_root}${{PYTHONPATH:+:$PYTHONPATH}}",
                *(f"export {name}={options.cpus_per_task}" for name in THREAD_VARIABLES)])
-    jobs = executor.map_array(_slurm_call, tasks, [options.cpus_per_task] * len(tasks))
+    try:
+        jobs = executor.map_array(_slurm_call, tasks, [options.cpus_per_task] * len(tasks))
+    except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError) as err:  # sbatch said no
+        raise TrainingError(f"sbatch refused the job array ({options}): {str(err).strip()}") from err
     print(f"slurm: submitted job array {jobs[0].job_id.split('_')[0]} ({len(jobs)} tasks), logs in {log_dir / 'slurm'}")
     index = {job.job_id: i for i, job in enumerate(jobs)}
     out: list[tuple[str | None, str]] = [("not run", "") for _ in jobs]
@@ -183,9 +191,10 @@ def execute(tasks: Iterable[Callable[[], object]], executor: str = "local", jobs
             break
         if attempt:
             print(f"retrying {len(pending)} failed task(s)")
-        logs = [str(log_dir / f"{stems[id(t)]}.{attempt}.log") for t in pending]
-        outcome = (_local(pending, logs, jobs) if executor == "local"
-                   else _slurm(pending, log_dir, attempt, slurm or SlurmOptions()))
+        if executor == "local":
+            outcome = _local(pending, [str(log_dir / f"{stems[id(t)]}.{attempt}.log") for t in pending], jobs)
+        else:
+            outcome = _slurm(pending, log_dir, attempt, slurm or SlurmOptions())
         summary.done += [str(t) for t, (error, _) in zip(pending, outcome) if error is None]
         last = attempt == retries
         for t, (error, log) in zip(pending, outcome):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from fitmm import executor
+from fitmm.errors import TrainingError
 from fitmm.experiments import plan
 from fitmm.experiments.runs import Training
 
@@ -126,6 +127,10 @@ def test_slurm_job_array_trains_a_tiny_grid(tmp_path, monkeypatch, capsys):
     assert len(list((tmp_path / "results" / "logs" / "slurm").glob("*_log.out"))) == 4
     again = executor.execute(tasks, "slurm", slurm=options, log_dir=tmp_path / "results" / "logs")
     assert sorted(again.reused) == sorted(map(str, tasks)) and not again.done
+    refused = Training(plan.RunSpec(plan.DataSpec("synthetic"), "bpr", 2, {"epochs": 1}), str(tmp_path / "results"))
+    with pytest.raises(TrainingError, match="sbatch refused"):
+        executor.execute([refused], "slurm", slurm=executor.SlurmOptions(partition="no-such-partition"),
+                         log_dir=tmp_path / "refused")
     with capsys.disabled():  # the CI log shows what ran
         print(f"\n{out.strip()}\nslurm: {summary}; records written:")
         print("\n".join(f"  {p.relative_to(tmp_path)}" for p in records))

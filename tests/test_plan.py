@@ -5,12 +5,15 @@ from __future__ import annotations
 import ast
 import inspect
 import pickle
+import shutil
 from pathlib import Path
 
 import nbformat
 import pytest
 
 from fitmm import reproduce
+from fitmm.cli import main
+from fitmm.errors import DataError
 from fitmm.experiments import plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,3 +81,29 @@ def test_every_profile_plans(name):
     per_chapter = sum(len(plan.call(fn, profile)) for fns in plan.CHAPTERS.values() for fn in fns)
     assert 0 < len(specs) <= per_chapter
     assert reproduce.slurm_options(profile, {}).time > 0
+
+
+def test_slurm_options_from_profile_and_flags():
+    profile = {"profile": "p", "slurm": {"time": 30, "cpus_per_task": 2, "mem": "8G"}}
+    options = reproduce.slurm_options(profile, {"time": 5, "partition": "debug", "gpus": None})
+    assert (options.time, options.cpus_per_task, options.mem, options.partition, options.gpus) == (5, 2, "8G", "debug", 0)
+    with pytest.raises(DataError, match="profiles.yaml: profile 'p', slurm: unknown key.*cpus"):
+        reproduce.slurm_options({"profile": "p", "slurm": {"cpus": 2}}, {})
+
+
+@pytest.mark.slow
+def test_reproduce_runs_only_executes_the_plan_then_reuses_it(tmp_path, monkeypatch, capsys):
+    """`fitmm reproduce --runs-only` trains a chapter's planned runs in 2 processes; a rerun reuses them."""
+    monkeypatch.setenv("FITMM_CACHE", str(tmp_path / "cache"))
+    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
+    tiny = {**PROFILES["smoke"], "models": ["bpr"], "cost_models": ["bpr"], "cost_sizes": [[300, 200]],
+            "budget": {"epochs": 1, "batch_size": 4096}, "cost_budget": {"epochs": 1, "batch_size": 4096},
+            "results_dir": "out"}
+    monkeypatch.setattr(reproduce, "profiles", lambda: {"smoke": tiny})
+    argv = ["reproduce", "--profile", "smoke", "--only", "06", "--runs-only", "--jobs", "2", "--root", str(tmp_path)]
+    assert main(argv) == 0
+    assert "runs (smoke): 2 done, 0 reused, 0 failed" in capsys.readouterr().out
+    assert len(list((tmp_path / "out" / "runs").glob("*/bpr/*/record.json"))) == 2
+    assert len(list((tmp_path / "out" / "logs").glob("*.0.log"))) == 2
+    assert main(argv) == 0
+    assert "runs (smoke): 0 done, 2 reused, 0 failed" in capsys.readouterr().out
