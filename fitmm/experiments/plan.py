@@ -47,9 +47,10 @@ class DataSpec:
         return _load(self)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=16)
 def _load(spec: DataSpec) -> Interactions:
-    """Build a dataset once per process (a worker trains several runs on the same data)."""
+    """Build a dataset once per process: a grid runs every model and seed of a dataset in a row, and a
+    sparsified copy re-reads its (still cached) base."""
     from fitmm.experiments.groups import sparsify  # groups imports runs, which imports this module
 
     if spec.size is not None:
