@@ -241,7 +241,7 @@ def _reproduce(args: argparse.Namespace) -> int:
                                                          "cpus_per_task": args.cpus_per_task, "gpus": args.gpus,
                                                          "mem": args.mem})
         batch = run_batch(args.profile, root, args.only, args.executor, args.jobs, slurm)
-    except KeyError as err:  # an --only name
+    except KeyError as err:  # an --only name, or a parameter the profile does not set
         print(f"fitmm: error: {err.args[0]}", file=sys.stderr)
         return 2
     print(f"runs ({args.profile}): {batch}, {time.perf_counter() - t0:.0f} s")

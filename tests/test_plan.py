@@ -81,6 +81,8 @@ def test_every_profile_plans(name):
     per_chapter = sum(len(plan.call(fn, profile)) for fns in plan.CHAPTERS.values() for fn in fns)
     assert 0 < len(specs) <= per_chapter
     assert reproduce.slurm_options(profile, {}).time > 0
+    with pytest.raises(KeyError, match=f"profile '{name}' does not set seeds"):
+        plan.call(plan.main_runs, {k: v for k, v in profile.items() if k != "seeds"})
 
 
 def test_slurm_options_from_profile_and_flags():

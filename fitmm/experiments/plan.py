@@ -144,6 +144,9 @@ CHAPTERS: dict[str, list[Callable[..., list[RunSpec]]]] = {
 def call(fn: Callable[..., list[RunSpec]], profile: dict) -> list[RunSpec]:
     """`fn` with the profile's values for its parameters (those with a default keep it)."""
     names = [p.name for p in inspect.signature(fn).parameters.values() if p.default is inspect.Parameter.empty]
+    unset = [name for name in names if name not in profile]
+    if unset:
+        raise KeyError(f"profile {profile.get('profile')!r} does not set {', '.join(unset)} (plan.{fn.__name__} needs it)")
     return fn(**{name: profile[name] for name in names})
 
 
