@@ -1,5 +1,7 @@
-"""`fitmm reproduce`: execute every notebook under a profile with papermill, then build the book.
+"""`fitmm reproduce`: execute every planned run, then every notebook under a profile with papermill,
+then build the book.
 
+    profile --plan.plan--> RunSpecs --fitmm.executor (local processes | SLURM array)--> results_dir/runs
     notebooks/NN_name.ipynb --papermill(profile parameters)--> book/notebooks/NN_name.ipynb
     book/ (markdown pages + executed notebooks) --jupyter-book build --all -W--> book/_build/html
 
@@ -7,7 +9,10 @@ Paths in a profile (`results_dir`, `data_dir`) are relative to the project root;
 `--data-dir` or FITMM_RESULTS / FITMM_DATA replace them (`fitmm.settings`). The folders so resolved
 reach every notebook's kernel through FITMM_RESULTS / FITMM_DATA, whatever the current directory.
 
-The book never executes anything itself (`execute_notebooks: off`): every output comes
+The runs come first (`--executor local --jobs N`, or `--executor slurm` with the profile's `slurm:`
+resources, which flags override); their logs go to `results_dir/logs/`. The notebooks then run
+with `FITMM_RECORDS_ONLY=1` and only read records: a run that failed in the batch (twice) is a
+note in its chapter, not a third attempt. The book never executes anything itself (`execute_notebooks: off`): every output comes
 from the papermill run, whose parameters are injected into each executed notebook.
 An executed notebook records in its metadata a digest of its source and parameters and
 whether it ran to the end; a rerun skips notebooks whose digest matches and that ran
@@ -41,6 +46,8 @@ import yaml
 from tqdm.auto import tqdm
 
 from fitmm import settings
+from fitmm.errors import DataError
+from fitmm.executor import EXECUTORS, SlurmOptions, Summary, execute as execute_tasks
 
 NOTEBOOKS = Path("notebooks")
 EXECUTED = Path("book/notebooks")
@@ -170,6 +177,43 @@ def reproduce(profile_name: str, root: Path, only: list[str] | None = None, forc
     return outcome
 
 
+def slurm_options(profile: dict, flags: dict) -> SlurmOptions:
+    """The profile's `slurm:` section (profiles.yaml), each flag given (not None) overriding its key."""
+    section = {**profile.get("slurm", {}), **{k: v for k, v in flags.items() if v is not None}}
+    known = set(SlurmOptions.__dataclass_fields__)
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise DataError(f"fitmm/experiments/profiles.yaml: profile {profile['profile']!r}, slurm: unknown key(s) "
+                        f"{', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
+    return SlurmOptions(**section)
+
+
+def run_batch(profile_name: str, root: Path, only: list[str] | None = None, executor: str = "local", jobs: int = 1,
+              slurm: SlurmOptions | None = None, results_dir: str | Path | None = None,
+              data_dir: str | Path | None = None) -> Summary:
+    """Execute every run the (selected) chapters plan under the profile; logs in results_dir/logs.
+
+    `results_dir` / `data_dir` replace the profile's folders (as `fitmm.settings` resolves them)."""
+    from fitmm.experiments.plan import plan
+    from fitmm.experiments.runs import Training, split_models
+
+    profile = profiles()[profile_name]
+    chapters = [nb.stem for nb in select(sorted((root / NOTEBOOKS).glob("[0-9][0-9]_*.ipynb")), only)]
+    # Workers (and SLURM jobs) need not share this working directory: the folders are resolved here.
+    where = locations(profile, results_dir, data_dir)
+    results_dir = where[settings.ENV["results"]]
+    specs = plan({**profile, "data_dir": str(where[settings.ENV["data"]])}, chapters)
+    present, missing = split_models(list(dict.fromkeys(s.model for s in specs)))
+    for model in missing:
+        print(f"{model}: not in fitmm.models.MODELS yet, its runs are skipped")
+    tasks = [Training(s, str(results_dir)) for s in specs if s.model in present]
+    for task in tasks:  # bad config keys fail here, before any compute starts
+        task.spec.config()
+    print(f"runs ({profile_name}): {len(tasks)} planned for {', '.join(chapters) or 'no chapter'}, executor {executor}"
+          + (f", {jobs} job(s)" if executor == "local" else f", {slurm}"))
+    return execute_tasks(tasks, executor, jobs, slurm, results_dir / "logs")
+
+
 def fetch_mathjax(root: Path) -> Path:
     """MathJax's es5 build in book/_mathjax/mathjax (npm pack once, sha1-checked); returns the folder."""
     dest = root / MATHJAX["dest"]
@@ -215,8 +259,23 @@ def _reproduce(args: argparse.Namespace) -> int:
         return 2
     t0 = time.perf_counter()
     try:
+        slurm = slurm_options(profiles()[args.profile], {"partition": args.partition, "time": args.time,
+                                                         "cpus_per_task": args.cpus_per_task, "gpus": args.gpus,
+                                                         "mem": args.mem})
+        batch = run_batch(args.profile, root, args.only, args.executor, args.jobs, slurm, args.results_dir,
+                          args.data_dir)
+    except KeyError as err:  # an --only name, or a parameter the profile does not set
+        print(f"fitmm: error: {err.args[0]}", file=sys.stderr)
+        return 2
+    print(f"runs ({args.profile}): {batch}, {time.perf_counter() - t0:.0f} s")
+    if args.runs_only:
+        return 1 if batch.failed else 0
+    from fitmm.experiments.runs import RECORDS_ONLY
+
+    os.environ[RECORDS_ONLY] = "1"  # the kernels inherit it: the notebooks read, they do not train
+    try:
         outcome = reproduce(args.profile, root, args.only, args.force, args.results_dir, args.data_dir)
-    except KeyError as err:  # an --only name or a parameter the profile does not set
+    except KeyError as err:  # a parameter the profile does not set
         print(f"fitmm: error: {err.args[0]}", file=sys.stderr)
         return 2
     failed = [name for name, status in outcome.items() if status.startswith("failed")]
@@ -224,7 +283,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         print(f"  {name:28s} {status}")
     missing = [nb.stem for nb in sorted((root / NOTEBOOKS).glob("[0-9][0-9]_*.ipynb"))
                if not (root / EXECUTED / nb.name).exists()]
-    code = 1 if failed else 0
+    code = 1 if failed or batch.failed else 0
     if not args.no_book and missing:
         print(f"book not built: no executed output yet for {', '.join(missing)} (run without --only)")
     elif not args.no_book:
@@ -242,6 +301,13 @@ def _reproduce(args: argparse.Namespace) -> int:
     return code
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text}")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `reproduce` command."""
     cmd = subparsers.add_parser("reproduce", help="execute the book's notebooks under a profile, then build the book")
@@ -256,4 +322,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                         "else the profile's data_dir under the project root)")
     cmd.add_argument("--root", default=settings.project_root() or Path.cwd(),
                      help="the source checkout holding notebooks/ and book/ (default: the one fitmm is imported from)")
+    cmd.add_argument("--executor", choices=EXECUTORS, default="local",
+                     help="where the planned runs execute first: processes here, or a SLURM job array (submitit)")
+    cmd.add_argument("--jobs", type=positive, default=1, help="local executor: runs at once (each gets cores // jobs threads)")
+    cmd.add_argument("--runs-only", action="store_true", help="stop after the runs (no notebooks, no book)")
+    slurm = cmd.add_argument_group("slurm executor (default: the profile's slurm: section in profiles.yaml)")
+    slurm.add_argument("--partition", help="SLURM partition")
+    slurm.add_argument("--time", type=positive, metavar="MINUTES", help="time limit of each run")
+    slurm.add_argument("--cpus-per-task", type=positive, help="CPUs (and threads) of each run")
+    slurm.add_argument("--gpus", type=int, help="GPUs of each run")
+    slurm.add_argument("--mem", help="memory of each run, e.g. 16G")
     cmd.set_defaults(func=_reproduce)

@@ -11,7 +11,7 @@ import scipy.stats
 import torch
 
 from fitmm.data.dataset import Interactions
-from fitmm.experiments import claims, cost, datacheck, groups, notes, runs, significance, spectral_checks, tables
+from fitmm.experiments import claims, cost, datacheck, groups, notes, plan, runs, significance, spectral_checks, tables
 from fitmm.metrics import evaluate
 
 
@@ -361,17 +361,25 @@ def test_notes_formatting():
 # --- runs ---------------------------------------------------------------------------------------
 
 
-def test_run_all_reuses_skips_and_rebuilds(tmp_path):
+def test_run_specs_reuses_skips_and_rebuilds(tmp_path, monkeypatch):
+    monkeypatch.setenv("FITMM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(runs.RECORDS_ONLY, raising=False)
     data = tiny(n_items=60)  # ≥ 50 items: the protocol's largest cut-off
     budget = {"epochs": 1, "batch_size": 16, "embedding_dim": 8, "device": "cpu"}
-    out = runs.run_all([data], ["bpr", "no-such-model"], [0], tmp_path, budget,
-                       variants={"": {}, "typo": {"no_such_key": 1}})
+    specs = plan.grid([plan.DataSpec("tiny")], ["bpr", "no-such-model"], [0], budget,
+                      variants={"": {}, "typo": {"no_such_key": 1}})
+    out = runs.run_specs(specs, tmp_path, {"tiny": data})
     assert out.frame.model.tolist() == ["bpr"] and len(out.records) == 1
+    assert out.specs == specs[:1] and out.data == {"tiny": data}
     assert any("no-such-model" in n and "not in fitmm.models.MODELS" in n for n in out.notes)
     assert any("typo" in n and "no_such_key" in n for n in out.notes)
     row = out.frame.iloc[0]
-    again = runs.run_all([data], ["bpr"], [0], tmp_path, budget)
+    again = runs.run_specs(specs[:1], tmp_path, {"tiny": data})
     assert again.frame.run_id.tolist() == [row.run_id]
+    monkeypatch.setenv(runs.RECORDS_ONLY, "1")  # under `fitmm reproduce`: read, never train
+    other_seed = plan.grid([plan.DataSpec("tiny")], ["bpr"], [0, 1], budget)
+    read = runs.run_specs(other_seed, tmp_path, {"tiny": data})
+    assert read.frame.run_id.tolist() == [row.run_id] and "bpr on tiny, seed 1: no record" in read.notes[0]
     assert json.loads((tmp_path / "runs" / "tiny" / "bpr" / row.run_id / "record.json").read_text())["run_id"] == row.run_id
     model = runs.trained_model(data, row.path)
     summary, _ = evaluate(model.scorer(), data, "test", (5, 10, 20, 50))

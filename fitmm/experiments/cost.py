@@ -7,14 +7,13 @@ the run starts, so runs trained one after another in one process each get their 
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
-from fitmm.data import synthetic_dataset
-from fitmm.experiments.runs import Runs, run_all
+from fitmm.experiments.plan import RunSpec
+from fitmm.experiments.runs import Runs, run_specs
 from fitmm.theory import loglog_slope
 
 COST_COLUMNS = ("seconds_per_epoch", "eval_seconds", "wall_seconds", "peak_memory_mb", "best_epoch", "epochs")
@@ -28,23 +27,14 @@ def cost_table(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def growth_runs(
-    models: list[str], sizes: Sequence[tuple[int, int]], results_dir: str | Path, overrides: dict, seed: int = 0,
-) -> Runs:
-    """Train each model on synthetic data of each (users, items) size (before the 5-core filter).
-
-    The frame gains the graph's size: users, items, train edges, nodes = users + items.
-    """
-    runs = Runs(pd.DataFrame())
-    sizes_of = {}
-    for n_users, n_items in sizes:
-        data = synthetic_dataset(n_users, n_items, seed)
-        data = dataclasses.replace(data, name=f"synthetic-u{n_users}-i{n_items}")
-        sizes_of[data.name] = {"users": data.n_users, "items": data.n_items, "edges": len(data.train),
-                               "nodes": data.n_users + data.n_items}
-        runs = runs + run_all([data], models, [seed], results_dir, overrides)
+def growth_runs(specs: list[RunSpec], results_dir: str | Path) -> Runs:
+    """Train-or-read the synthetic growth runs (`plan.growth_runs`); the frame gains each graph's size:
+    users, items, train edges, nodes = users + items."""
+    runs = run_specs(specs, results_dir)
     if not runs.frame.empty:
-        size = pd.DataFrame.from_dict(sizes_of, orient="index")
+        size = pd.DataFrame.from_dict({name: {"users": d.n_users, "items": d.n_items, "edges": len(d.train),
+                                              "nodes": d.n_users + d.n_items} for name, d in runs.data.items()},
+                                      orient="index")
         runs.frame = runs.frame.join(size, on="dataset")
     return runs
 

@@ -1,14 +1,18 @@
-"""Train-or-reuse runs and their records as DataFrames: what every notebook calls first.
+"""Train-or-read planned runs and their records as DataFrames: what every notebook calls first.
 
-`train(..., results_dir=...)` already reads a finished run back instead of retraining,
-so running a notebook twice trains only what is missing. Models not (yet) in
-`fitmm.models.MODELS`, config variants a model does not know, and runs that fail are
-reported as notes, never raised: one missing model must not lose a chapter.
+`run_specs(plan.main_runs(...), results_dir)` trains (or, when its record exists, reads back)
+each run a planner function lists (`fitmm.experiments.plan`), so running a notebook twice
+trains only what is missing. Under `fitmm reproduce` every planned run has already been
+executed (`fitmm.executor`) and `FITMM_RECORDS_ONLY=1` is set: a run without a record then
+failed there and is noted, not trained a third time in the notebook. Models not (yet) in
+`fitmm.models.MODELS`, config variants a model does not know, and runs that fail are reported
+as notes, never raised: one missing model must not lose a chapter.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +21,8 @@ import pandas as pd
 import torch
 
 from fitmm.config import load_config
-from fitmm.data import get_dataset
 from fitmm.data.dataset import Interactions
+from fitmm.experiments.plan import DataSpec, RunSpec
 from fitmm.models import MODELS
 from fitmm.models.base import Recommender
 from fitmm.store import read_record, run_dir
@@ -26,19 +30,44 @@ from fitmm.trainer import build_model, train
 
 HEADLINE = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 COST_FIELDS = ("best_epoch", "epochs", "seconds_per_epoch", "eval_seconds", "wall_seconds", "peak_memory_mb")
+RECORDS_ONLY = "FITMM_RECORDS_ONLY"  # set to 1: read records, train nothing
 
 
 @dataclass
 class Runs:
-    """Finished runs (one row each, `frame`), their full records, and notes on what was skipped."""
+    """Finished runs (one row each, `frame`), their full records, their specs, the datasets they
+    ran on (by name), and notes on what was skipped."""
 
     frame: pd.DataFrame
     records: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    specs: list[RunSpec] = field(default_factory=list)
+    data: dict[str, Interactions] = field(default_factory=dict)
 
     def __add__(self, other: Runs) -> Runs:
-        return Runs(pd.concat([self.frame, other.frame], ignore_index=True),
-                    self.records + other.records, list(dict.fromkeys(self.notes + other.notes)))
+        return Runs(pd.concat([self.frame, other.frame], ignore_index=True), self.records + other.records,
+                    list(dict.fromkeys(self.notes + other.notes)), self.specs + other.specs, {**self.data, **other.data})
+
+
+@dataclass(frozen=True)
+class Training:
+    """One planned run as an executor task (`fitmm.executor`): picklable, rebuilds its data where it runs."""
+
+    spec: RunSpec
+    results_dir: str
+
+    def path(self) -> Path:
+        return run_dir(self.spec.data.load(), self.spec.config(), self.results_dir)
+
+    def finished(self) -> bool:
+        return (self.path() / "record.json").exists()
+
+    def __call__(self) -> str:
+        train(self.spec.data.load(), self.spec.config(), results_dir=self.results_dir, progress=False)
+        return str(self.path())
+
+    def __str__(self) -> str:
+        return str(self.spec)
 
 
 def split_models(models: list[str]) -> tuple[list[str], list[str]]:
@@ -47,7 +76,7 @@ def split_models(models: list[str]) -> tuple[list[str], list[str]]:
 
 
 def load_datasets(names: list[str], data_dir: str | Path | None) -> dict[str, Interactions]:
-    return {name: get_dataset(name, data_dir) for name in names}
+    return {name: DataSpec(name, None if data_dir is None else str(data_dir)).load() for name in names}
 
 
 def record_row(record: dict, path: Path, variant: str) -> dict:
@@ -62,38 +91,38 @@ def record_row(record: dict, path: Path, variant: str) -> dict:
     return row
 
 
-def run_all(
-    datasets: dict[str, Interactions] | list[Interactions],
-    models: list[str],
-    seeds: list[int],
-    results_dir: str | Path,
-    overrides: dict | None = None,
-    variants: dict[str, dict] | None = None,
-) -> Runs:
-    """Every (dataset, model, variant, seed) run, trained only if its record is missing.
+def run_specs(specs: list[RunSpec], results_dir: str | Path, data: dict[str, Interactions] | None = None) -> Runs:
+    """Each planned run, trained only if its record is missing (read only under `FITMM_RECORDS_ONLY=1`).
 
-    `overrides` apply to every run (profile budgets); `variants` maps a label to extra
-    config overrides (ablations; default: one unlabelled variant). A variant with a key
-    the model's config does not know is skipped with a note.
+    `data` supplies datasets already in memory by name (`DataSpec.label`); the others are built
+    from their spec. A run whose config does not load (a variant key the model does not know),
+    whose model is not registered, or that fails, is skipped with a note.
     """
-    data_list = list(datasets.values()) if isinstance(datasets, dict) else list(datasets)
-    present, missing = split_models(models)
+    _, missing = split_models(list(dict.fromkeys(s.model for s in specs)))
     notes = [f"{m}: not in fitmm.models.MODELS yet, skipped" for m in missing]
-    rows, records = [], []
-    for data in data_list:
-        for model in present:
-            for label, extra in (variants or {"": {}}).items():
-                for seed in seeds:
-                    what = f"{model}{f' [{label}]' if label else ''} on {data.name}, seed {seed}"
-                    try:
-                        config = load_config(model, {**(overrides or {}), **extra, "seed": seed})
-                        record = train(data, config, results_dir=results_dir, progress=False)
-                    except Exception as err:  # noqa: BLE001 — reported in the notebook, the others go on
-                        notes.append(f"{what}: {type(err).__name__}: {err}")
-                        continue
-                    records.append(record)
-                    rows.append(record_row(record, run_dir(data, config, results_dir), label))
-    return Runs(pd.DataFrame(rows), records, list(dict.fromkeys(notes)))
+    records_only = os.environ.get(RECORDS_ONLY) == "1"
+    built = dict(data or {})
+    rows, records, kept, used = [], [], [], {}
+    for spec in specs:
+        if spec.model not in MODELS:
+            continue
+        try:
+            if spec.data.label not in built:
+                built[spec.data.label] = spec.data.load()
+            d, config = built[spec.data.label], spec.config()
+            path = run_dir(d, config, results_dir)
+            if records_only and not (path / "record.json").exists():
+                notes.append(f"{spec}: no record; its run failed in the batch before the notebooks (see its log)")
+                continue
+            record = train(d, config, results_dir=results_dir, progress=False)
+        except Exception as err:  # noqa: BLE001 — reported in the notebook, the others go on
+            notes.append(f"{spec}: {type(err).__name__}: {err}")
+            continue
+        records.append(record)
+        rows.append(record_row(record, path, spec.variant))
+        kept.append(spec)
+        used[d.name] = d
+    return Runs(pd.DataFrame(rows), records, list(dict.fromkeys(notes)), kept, used)
 
 
 def per_user(path: str | Path) -> dict[str, np.ndarray]:

@@ -1,0 +1,170 @@
+"""The runs a profile needs: one small, picklable `RunSpec` per training run, planned per chapter.
+
+Each `*_runs` function takes the notebook parameters of the same name (`profiles.yaml`) and
+returns its chapter's runs; the notebooks train-or-read exactly these (`runs.run_specs`), and
+`plan(profile)` calls the same functions with the profile's values, so `fitmm reproduce` can
+execute every run up front (`fitmm.executor`) and the notebooks then only read records.
+
+    DataSpec   how to build a dataset in any process: a named set, with train edges dropped
+               (sparsification chapter) or a synthetic graph of a given size (cost chapter)
+    RunSpec    DataSpec + model + seed + config overrides (+ the ablation label it belongs to)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from fitmm.config import Config, load_config
+from fitmm.data import get_dataset, synthetic_dataset
+from fitmm.data.dataset import Interactions
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A dataset by recipe: `name` from `data_dir` (or the embedded synthetic set), then either
+    `drop` > 0 of its train edges dropped with `seed` (`groups.sparsify`), or, with `size`
+    = (users, items), a synthetic graph of that size generated with `seed` instead."""
+
+    name: str
+    data_dir: str | None = None
+    drop: float = 0.0
+    size: tuple[int, int] | None = None
+    seed: int = 0
+
+    @property
+    def label(self) -> str:
+        """The built dataset's name (what its run folders are filed under)."""
+        if self.size is not None:
+            return f"{self.name}-u{self.size[0]}-i{self.size[1]}"
+        return f"{self.name}-drop{round(100 * self.drop)}-s{self.seed}" if self.drop else self.name
+
+    def load(self) -> Interactions:
+        return _load(self)
+
+
+@functools.lru_cache(maxsize=16)
+def _load(spec: DataSpec) -> Interactions:
+    """Build a dataset once per process: a grid runs every model and seed of a dataset in a row, and a
+    sparsified copy re-reads its (still cached) base."""
+    from fitmm.experiments.groups import sparsify  # groups imports runs, which imports this module
+
+    if spec.size is not None:
+        return dataclasses.replace(synthetic_dataset(*spec.size, spec.seed), name=spec.label)
+    if spec.drop:
+        return sparsify(_load(dataclasses.replace(spec, drop=0.0, seed=0)), spec.drop, spec.seed)
+    return get_dataset(spec.name, spec.data_dir)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run: `config()` is what `fitmm.trainer.train` gets, `data.load()` its data."""
+
+    data: DataSpec
+    model: str
+    seed: int
+    overrides: dict[str, Any] = field(default_factory=dict, hash=False)
+    variant: str = ""
+
+    def config(self) -> Config:
+        return load_config(self.model, {**self.overrides, "seed": self.seed})
+
+    def key(self) -> str:
+        """What makes two specs the same run (the variant label is only a name)."""
+        return json.dumps([dataclasses.asdict(self.data), self.model, self.seed, self.overrides], sort_keys=True)
+
+    def __str__(self) -> str:
+        return f"{self.model}{f' [{self.variant}]' if self.variant else ''} on {self.data.label}, seed {self.seed}"
+
+
+def grid(data: Sequence[DataSpec], models: Sequence[str], seeds: Sequence[int], overrides: dict | None = None,
+         variants: dict[str, dict] | None = None) -> list[RunSpec]:
+    """Every (dataset, model, variant, seed), in that nesting order; `overrides` apply to every run,
+    `variants` maps a label to extra overrides (default: one unlabelled variant)."""
+    return [RunSpec(d, model, seed, {**(overrides or {}), **extra}, label)
+            for d in data for model in models for label, extra in (variants or {"": {}}).items() for seed in seeds]
+
+
+def named(datasets: Sequence[str], data_dir: str | None) -> list[DataSpec]:
+    return [DataSpec(name, data_dir) for name in datasets]
+
+
+def main_runs(datasets: list[str], data_dir: str | None, models: list[str], seeds: list[int], budget: dict) -> list[RunSpec]:
+    """Every model on every dataset and seed (main results, user groups, cost tables)."""
+    return grid(named(datasets, data_dir), models, seeds, budget)
+
+
+def pair_runs(datasets: list[str], data_dir: str | None, targets: list[str], seeds: list[int], budget: dict) -> list[RunSpec]:
+    """The models under study, head to head."""
+    return grid(named(datasets, data_dir), targets, seeds, budget)
+
+
+def sparsity_runs(datasets: list[str], data_dir: str | None, sparsity_models: list[str], sparsity_fractions: list[float],
+                  sparsity_seed: int, secondary_seeds: list[int], budget: dict) -> list[RunSpec]:
+    """The sparsity models on each dataset with 0 and each fraction of its train edges dropped."""
+    reduced = [DataSpec(name, data_dir, fraction, seed=sparsity_seed if fraction else 0)
+               for fraction in [0.0, *sparsity_fractions] for name in datasets]
+    return grid(reduced, sparsity_models, secondary_seeds, budget)
+
+
+def theory_runs(theory_dataset: str, band_datasets: list[str], data_dir: str | None, seeds: list[int],
+                budget: dict) -> list[RunSpec]:
+    """FITMM and SSR on the planted-truth dataset and the real ones whose trained bands are checked (first seed)."""
+    return grid(named([theory_dataset, *band_datasets], data_dir), ["fitmm", "ssr"], seeds[:1], budget)
+
+
+def ablation_runs(datasets: list[str], data_dir: str | None, ablations: dict[str, dict[str, dict]],
+                  secondary_seeds: list[int], budget: dict) -> list[RunSpec]:
+    """Each model's labelled variants (model -> label -> overrides)."""
+    return [spec for model, table in ablations.items()
+            for spec in grid(named(datasets, data_dir), [model], secondary_seeds, budget, table)]
+
+
+def growth_runs(cost_models: list[str], cost_sizes: list[list[int]], cost_budget: dict, seed: int = 0) -> list[RunSpec]:
+    """The cost models on synthetic graphs of each (users, items) size (before the 5-core filter)."""
+    return grid([DataSpec("synthetic", size=(int(u), int(i)), seed=seed) for u, i in cost_sizes], cost_models, [seed],
+                cost_budget)
+
+
+def explore_runs(explore_dataset: str, data_dir: str | None, models: list[str], seeds: list[int], budget: dict,
+                 explore_model: str, explore_overrides: dict) -> list[RunSpec]:
+    """The Explore chapter: the main runs on one dataset, and one model's variant (label: its overrides)."""
+    label = f"{explore_model} ({', '.join(f'{k}={v}' for k, v in explore_overrides.items())})"
+    return (main_runs([explore_dataset], data_dir, models, seeds, budget)
+            + grid(named([explore_dataset], data_dir), [explore_model], seeds, budget, {label: explore_overrides}))
+
+
+# Which planner functions each chapter's notebook calls (tests/test_plan.py checks the notebooks).
+CHAPTERS: dict[str, list[Callable[..., list[RunSpec]]]] = {
+    "01_main_results": [main_runs],
+    "02_fitmm_vs_ssr": [pair_runs],
+    "03_sparsity_cold_start": [main_runs, sparsity_runs],
+    "04_spectral_theory": [theory_runs],
+    "05_ablations": [ablation_runs],
+    "06_cost": [main_runs, growth_runs],
+    "08_explore": [explore_runs],
+}
+
+
+def call(fn: Callable[..., list[RunSpec]], profile: dict) -> list[RunSpec]:
+    """`fn` with the profile's values for its parameters (those with a default keep it)."""
+    names = [p.name for p in inspect.signature(fn).parameters.values() if p.default is inspect.Parameter.empty]
+    unset = [name for name in names if name not in profile]
+    if unset:
+        raise KeyError(f"profile {profile.get('profile')!r} does not set {', '.join(unset)} (plan.{fn.__name__} needs it)")
+    return fn(**{name: profile[name] for name in names})
+
+
+def plan(profile: dict, chapters: Sequence[str] | None = None) -> list[RunSpec]:
+    """Every run the (selected) chapters need under `profile`, each once, in chapter order."""
+    specs = {}
+    for chapter, functions in CHAPTERS.items():
+        if chapters is None or chapter in chapters:
+            for fn in functions:
+                for spec in call(fn, profile):
+                    specs.setdefault(spec.key(), spec)
+    return list(specs.values())

@@ -1,0 +1,115 @@
+"""The planner and the notebooks agree: each chapter trains exactly what `plan.plan` executes first."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import pickle
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from fitmm import reproduce
+from fitmm.cli import main
+from fitmm.errors import DataError
+from fitmm.experiments import plan
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = {p.stem: p for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))}
+PROFILES = reproduce.profiles()
+
+
+def planner_calls(path: Path) -> tuple[list[ast.Call], set[str]]:
+    """The notebook's `plan.<fn>(...)` calls and its parameters cell's names."""
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    declared = {t.id for node in ast.parse(code[0].source).body for t in node.targets}
+    calls = [node for c in code for node in ast.walk(ast.parse(c.source.replace("%matplotlib inline", "")))
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+             and isinstance(node.func.value, ast.Name) and node.func.value.id == "plan"]
+    return calls, declared
+
+
+@pytest.mark.parametrize("stem", NOTEBOOKS)
+def test_notebook_plans_its_runs_with_its_own_parameters(stem):
+    """Each chapter calls its planner functions (`plan.CHAPTERS`) with its parameters of the same names,
+    and trains nothing another way."""
+    calls, declared = planner_calls(NOTEBOOKS[stem])
+    assert sorted(c.func.attr for c in calls) == sorted(fn.__name__ for fn in plan.CHAPTERS.get(stem, []))
+    for call in calls:
+        fn = getattr(plan, call.func.attr)
+        required = [p.name for p in inspect.signature(fn).parameters.values() if p.default is inspect.Parameter.empty]
+        assert [a.id for a in call.args] == required and not call.keywords, f"{stem}: {ast.unparse(call)}"
+        assert set(required) <= declared, f"{stem}: {set(required) - declared} not in the parameters cell"
+    source = NOTEBOOKS[stem].read_text()
+    assert "run_all(" not in source
+    # The Explore chapter shows `fitmm.train` on a scratch dataset of the reader's own, outside the results folder.
+    assert "train(" not in source or stem == "08_explore"
+
+
+def test_planned_datasets_build_under_their_label(tmp_path, monkeypatch):
+    monkeypatch.setenv("FITMM_CACHE", str(tmp_path))
+    base = plan.DataSpec("synthetic", size=(300, 200), seed=1)
+    dropped = plan.DataSpec("synthetic", drop=0.4, seed=3)
+    for spec in (base, dropped):
+        assert spec.load().name == spec.label
+    assert base.label == "synthetic-u300-i200" and dropped.label == "synthetic-drop40-s3"
+    full = plan.DataSpec("synthetic").load()
+    assert len(dropped.load().train) == len(full.train) - round(0.4 * len(full.train))
+    spec = plan.RunSpec(dropped, "bpr", 5, {"epochs": 1})
+    assert pickle.loads(pickle.dumps(spec)) == spec and spec.config().seed == 5 and spec.config().epochs == 1
+
+
+def test_smoke_plan_covers_every_chapter_once():
+    specs = plan.plan(PROFILES["smoke"])
+    keys = [s.key() for s in specs]
+    assert len(keys) == len(set(keys))
+    labels = {s.data.label for s in specs}
+    assert {"synthetic", "synthetic-drop40-s0", "synthetic-drop80-s0", "synthetic-u1200-i800"} <= labels
+    main = plan.call(plan.main_runs, PROFILES["smoke"])
+    assert [s.key() for s in specs[: len(main)]] == [s.key() for s in main]  # the main grid, then the others
+    # the ablation's reference variant (no overrides) is the main run itself, planned once; the other two are
+    # the ablations' variants, the fourth the Explore chapter's (lambda_ib=0.0)
+    fitmm_runs = [s.variant for s in specs if s.model == "fitmm" and s.data.label == "synthetic"]
+    assert len(fitmm_runs) == 4 and "fitmm (lambda_ib=0.0)" in fitmm_runs
+    only = plan.plan(PROFILES["smoke"], ["05_ablations"])
+    assert {s.variant for s in only} == {label for table in PROFILES["smoke"]["ablations"].values() for label in table}
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_every_profile_plans(name):
+    profile = PROFILES[name]
+    specs = plan.plan(profile)
+    per_chapter = sum(len(plan.call(fn, profile)) for fns in plan.CHAPTERS.values() for fn in fns)
+    assert 0 < len(specs) <= per_chapter
+    assert reproduce.slurm_options(profile, {}).time > 0
+    with pytest.raises(KeyError, match=f"profile '{name}' does not set seeds"):
+        plan.call(plan.main_runs, {k: v for k, v in profile.items() if k != "seeds"})
+
+
+def test_slurm_options_from_profile_and_flags():
+    profile = {"profile": "p", "slurm": {"time": 30, "cpus_per_task": 2, "mem": "8G"}}
+    options = reproduce.slurm_options(profile, {"time": 5, "partition": "debug", "gpus": None})
+    assert (options.time, options.cpus_per_task, options.mem, options.partition, options.gpus) == (5, 2, "8G", "debug", 0)
+    with pytest.raises(DataError, match="profiles.yaml: profile 'p', slurm: unknown key.*cpus"):
+        reproduce.slurm_options({"profile": "p", "slurm": {"cpus": 2}}, {})
+
+
+@pytest.mark.slow
+def test_reproduce_runs_only_executes_the_plan_then_reuses_it(tmp_path, monkeypatch, capsys):
+    """`fitmm reproduce --runs-only` trains a chapter's planned runs in 2 processes; a rerun reuses them."""
+    monkeypatch.setenv("FITMM_CACHE", str(tmp_path / "cache"))
+    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
+    tiny = {**PROFILES["smoke"], "models": ["bpr"], "cost_models": ["bpr"], "cost_sizes": [[300, 200]],
+            "budget": {"epochs": 1, "batch_size": 4096}, "cost_budget": {"epochs": 1, "batch_size": 4096}}
+    monkeypatch.setattr(reproduce, "profiles", lambda: {"smoke": tiny})
+    argv = ["reproduce", "--profile", "smoke", "--only", "06", "--runs-only", "--jobs", "2", "--root", str(tmp_path),
+            "--results-dir", str(tmp_path / "out")]
+    assert main(argv) == 0
+    assert "runs (smoke): 2 done, 0 reused, 0 failed" in capsys.readouterr().out
+    assert len(list((tmp_path / "out" / "runs").glob("*/bpr/*/record.json"))) == 2
+    assert len(list((tmp_path / "out" / "logs").glob("*.0.log"))) == 2
+    assert main(argv) == 0
+    assert "runs (smoke): 0 done, 2 reused, 0 failed" in capsys.readouterr().out
