@@ -18,6 +18,7 @@ finished record back and resumes an interrupted run from its last checkpoint.
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import os
 import re
@@ -31,7 +32,7 @@ from typing import Callable, Iterable
 from tqdm.auto import tqdm
 
 import fitmm
-from fitmm.errors import TrainingError
+from fitmm.errors import DataError, TrainingError
 
 EXECUTORS = ("local", "slurm")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -204,3 +205,36 @@ def execute(tasks: Iterable[Callable[[], object]], executor: str = "local", jobs
                     summary.failed.append(Failure(str(t), log, error))
         pending = [t for t, (error, _) in zip(pending, outcome) if error is not None]
     return summary
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text}")
+    return value
+
+
+def add_arguments(cmd: argparse.ArgumentParser, unit: str) -> None:
+    """`--executor`, `--jobs` and the SLURM resources of each `unit` (a run, a tuning worker)."""
+    cmd.add_argument("--executor", choices=EXECUTORS, default="local",
+                     help=f"where each {unit} executes: processes here, or a SLURM job array (submitit)")
+    cmd.add_argument("--jobs", type=positive, default=1,
+                     help=f"local executor: {unit}s at once (each gets cores // jobs threads)")
+    slurm = cmd.add_argument_group("slurm executor")
+    slurm.add_argument("--partition", help="SLURM partition")
+    slurm.add_argument("--time", type=positive, metavar="MINUTES", help=f"time limit of each {unit}")
+    slurm.add_argument("--cpus-per-task", type=positive, help=f"CPUs (and threads) of each {unit}")
+    slurm.add_argument("--gpus", type=int, help=f"GPUs of each {unit}")
+    slurm.add_argument("--mem", help=f"memory of each {unit}, e.g. 16G")
+
+
+def slurm_options(args: argparse.Namespace, section: dict | None = None, where: str = "") -> SlurmOptions:
+    """`section` (e.g. a profile's `slurm:` in profiles.yaml), each flag given overriding its key."""
+    flags = {"partition": args.partition, "time": args.time, "cpus_per_task": args.cpus_per_task,
+             "gpus": args.gpus, "mem": args.mem}
+    merged = {**(section or {}), **{k: v for k, v in flags.items() if v is not None}}
+    known = set(SlurmOptions.__dataclass_fields__)
+    unknown = sorted(set(merged) - known)
+    if unknown:
+        raise DataError(f"{where}slurm: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
+    return SlurmOptions(**merged)

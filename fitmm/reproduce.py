@@ -46,8 +46,8 @@ import yaml
 from tqdm.auto import tqdm
 
 from fitmm import settings
-from fitmm.errors import DataError
-from fitmm.executor import EXECUTORS, SlurmOptions, Summary, execute as execute_tasks
+from fitmm.executor import SlurmOptions, Summary, add_arguments as add_executor_arguments, slurm_options
+from fitmm.executor import execute as execute_tasks
 
 NOTEBOOKS = Path("notebooks")
 EXECUTED = Path("book/notebooks")
@@ -177,17 +177,6 @@ def reproduce(profile_name: str, root: Path, only: list[str] | None = None, forc
     return outcome
 
 
-def slurm_options(profile: dict, flags: dict) -> SlurmOptions:
-    """The profile's `slurm:` section (profiles.yaml), each flag given (not None) overriding its key."""
-    section = {**profile.get("slurm", {}), **{k: v for k, v in flags.items() if v is not None}}
-    known = set(SlurmOptions.__dataclass_fields__)
-    unknown = sorted(set(section) - known)
-    if unknown:
-        raise DataError(f"fitmm/experiments/profiles.yaml: profile {profile['profile']!r}, slurm: unknown key(s) "
-                        f"{', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
-    return SlurmOptions(**section)
-
-
 def run_batch(profile_name: str, root: Path, only: list[str] | None = None, executor: str = "local", jobs: int = 1,
               slurm: SlurmOptions | None = None, results_dir: str | Path | None = None,
               data_dir: str | Path | None = None) -> Summary:
@@ -259,9 +248,8 @@ def _reproduce(args: argparse.Namespace) -> int:
         return 2
     t0 = time.perf_counter()
     try:
-        slurm = slurm_options(profiles()[args.profile], {"partition": args.partition, "time": args.time,
-                                                         "cpus_per_task": args.cpus_per_task, "gpus": args.gpus,
-                                                         "mem": args.mem})
+        profile = profiles()[args.profile]
+        slurm = slurm_options(args, profile.get("slurm"), f"fitmm/experiments/profiles.yaml: profile {args.profile!r}, ")
         batch = run_batch(args.profile, root, args.only, args.executor, args.jobs, slurm, args.results_dir,
                           args.data_dir)
     except KeyError as err:  # an --only name, or a parameter the profile does not set
@@ -301,13 +289,6 @@ def _reproduce(args: argparse.Namespace) -> int:
     return code
 
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `reproduce` command."""
     cmd = subparsers.add_parser("reproduce", help="execute the book's notebooks under a profile, then build the book")
@@ -322,14 +303,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                         "else the profile's data_dir under the project root)")
     cmd.add_argument("--root", default=settings.project_root() or Path.cwd(),
                      help="the source checkout holding notebooks/ and book/ (default: the one fitmm is imported from)")
-    cmd.add_argument("--executor", choices=EXECUTORS, default="local",
-                     help="where the planned runs execute first: processes here, or a SLURM job array (submitit)")
-    cmd.add_argument("--jobs", type=positive, default=1, help="local executor: runs at once (each gets cores // jobs threads)")
     cmd.add_argument("--runs-only", action="store_true", help="stop after the runs (no notebooks, no book)")
-    slurm = cmd.add_argument_group("slurm executor (default: the profile's slurm: section in profiles.yaml)")
-    slurm.add_argument("--partition", help="SLURM partition")
-    slurm.add_argument("--time", type=positive, metavar="MINUTES", help="time limit of each run")
-    slurm.add_argument("--cpus-per-task", type=positive, help="CPUs (and threads) of each run")
-    slurm.add_argument("--gpus", type=int, help="GPUs of each run")
-    slurm.add_argument("--mem", help="memory of each run, e.g. 16G")
+    add_executor_arguments(cmd, "run")  # SLURM resources default to the profile's slurm: section
     cmd.set_defaults(func=_reproduce)

@@ -21,9 +21,10 @@ import argparse
 import contextlib
 import fcntl
 import json
-import os
 import itertools
+import os
 import socket
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator
@@ -37,6 +38,8 @@ from tqdm.auto import tqdm
 from fitmm.config import load_config, parse_overrides
 from fitmm.data.dataset import Interactions
 from fitmm.errors import TrainingError
+from fitmm.executor import add_arguments as add_executor_arguments, execute, slurm_options
+from fitmm.settings import results_dir as default_results_dir
 from fitmm.store import NON_SEMANTIC_KEYS
 from fitmm.trainer import train
 
@@ -266,13 +269,49 @@ def best_overrides(model: str, dataset: str, results_dir: str | Path = "results"
     return {**grids()[model]["fixed"], **best.user_attrs["overrides"]}
 
 
+@dataclass(frozen=True)
+class Worker:
+    """One search worker, picklable for `fitmm.executor`: it claims grid points from the shared journal
+    and trains them until the budget is held, as `tune` does in this process."""
+
+    model: str
+    dataset: str
+    data_dir: str | None
+    trials: int
+    seed: int | None
+    overrides: dict
+    results_dir: str
+    index: int
+
+    def __call__(self) -> None:
+        from fitmm.data import get_dataset
+
+        tune(get_dataset(self.dataset, self.data_dir), self.model, self.trials, self.seed, self.overrides,
+             self.results_dir, progress=False)
+
+    def __str__(self) -> str:
+        return f"tune {self.model} on {self.dataset}, worker {self.index}"
+
+
 def _tune(args: argparse.Namespace) -> int:
     from fitmm.data import get_dataset
 
     overrides = parse_overrides(args.set or [])
     check(args.model, {**overrides, **({"seed": args.seed} if args.seed is not None else {})}, args.trials)
+    slurm = slurm_options(args)
     data = get_dataset(args.dataset, args.data_dir)
-    study = tune(data, args.model, args.trials, args.seed, overrides, args.results_dir, progress=not args.quiet)
+    if args.executor == "local" and args.jobs == 1:
+        study = tune(data, args.model, args.trials, args.seed, overrides, args.results_dir, progress=not args.quiet)
+    else:  # workers share the journal: processes here, or the tasks of a SLURM job array
+        data_dir = None if args.data_dir is None else str(Path(args.data_dir).resolve())
+        workers = [Worker(args.model, args.dataset, data_dir, args.trials, args.seed, overrides,
+                          str(Path(args.results_dir).resolve()), i) for i in range(args.jobs)]
+        summary = execute(workers, args.executor, args.jobs, slurm,
+                          journal_path(args.results_dir, data.name, args.model).parent / "logs", retries=0)
+        print(f"tune workers: {summary}")
+        if summary.failed:
+            return 1
+        study = open_study(journal_path(args.results_dir, data.name, args.model), args.model, data.name)
     frame = trials_frame(study)
     print(f"{args.model} on {data.name}: {len(frame)} finished trial(s), "
           f"journal {journal_path(args.results_dir, data.name, args.model)}")
@@ -293,6 +332,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help=f"trial budget, the same for every model (default {DEFAULT_TRIALS}; a smaller grid runs in full)")
     cmd.add_argument("--seed", type=int, default=None, help="the one training seed, also the grid order's (default: config's)")
     cmd.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a non-searched config key (repeatable)")
-    cmd.add_argument("--results-dir", default="results", help="runs and results/tuning/ go here (default: results)")
+    cmd.add_argument("--results-dir", default=default_results_dir(),
+                     help="runs and tuning/ go here (default: $FITMM_RESULTS, else the project's results/)")
     cmd.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_executor_arguments(cmd, "search worker")  # --jobs N: N workers share one search
     cmd.set_defaults(func=_tune)

@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from fitmm import executor
+from fitmm.cli import main
 from fitmm.errors import TrainingError
 from fitmm.experiments import plan
 from fitmm.experiments.runs import Training
+from fitmm.tune import load_trials
 
 
 class Threads:
@@ -134,3 +136,21 @@ def test_slurm_job_array_trains_a_tiny_grid(tmp_path, monkeypatch, capsys):
     with capsys.disabled():  # the CI log shows what ran
         print(f"\n{out.strip()}\nslurm: {summary}; records written:")
         print("\n".join(f"  {p.relative_to(tmp_path)}" for p in records))
+
+
+def test_slurm_tuning_workers_share_one_search(tmp_path, monkeypatch, capsys):
+    """`fitmm tune --executor slurm --jobs 2`: an array of two search workers on one journal."""
+    reason = slurm_up()
+    if reason is not None:
+        if os.environ.get("FITMM_REQUIRE_SLURM") == "1":
+            pytest.fail(f"FITMM_REQUIRE_SLURM=1 but SLURM is not up: {reason}")
+        pytest.skip(reason)
+    monkeypatch.setenv("FITMM_CACHE", str(tmp_path / "cache"))
+    argv = ["tune", "--model", "bpr", "--trials", "3", "--set", "epochs=1", "--set", "batch_size=4096", "--quiet",
+            "--results-dir", str(tmp_path / "results"), "--executor", "slurm", "--jobs", "2", "--time", "10",
+            "--mem", "1G"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "(2 tasks)" in out and "tune workers: 2 done, 0 reused, 0 failed" in out
+    trials = load_trials(tmp_path / "results")
+    assert len(trials) == 3 and trials.params.is_unique

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
 import inspect
 import pickle
@@ -14,6 +15,7 @@ import pytest
 from fitmm import reproduce
 from fitmm.cli import main
 from fitmm.errors import DataError
+from fitmm.executor import slurm_options
 from fitmm.experiments import plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,17 +86,22 @@ def test_every_profile_plans(name):
     specs = plan.plan(profile)
     per_chapter = sum(len(plan.call(fn, profile)) for fns in plan.CHAPTERS.values() for fn in fns)
     assert 0 < len(specs) <= per_chapter
-    assert reproduce.slurm_options(profile, {}).time > 0
+    assert slurm_options(flags(), profile.get("slurm")).time > 0
     with pytest.raises(KeyError, match=f"profile '{name}' does not set seeds"):
         plan.call(plan.main_runs, {k: v for k, v in profile.items() if k != "seeds"})
 
 
+def flags(**given) -> argparse.Namespace:
+    return argparse.Namespace(**{"partition": None, "time": None, "cpus_per_task": None, "gpus": None, "mem": None,
+                                 **given})
+
+
 def test_slurm_options_from_profile_and_flags():
-    profile = {"profile": "p", "slurm": {"time": 30, "cpus_per_task": 2, "mem": "8G"}}
-    options = reproduce.slurm_options(profile, {"time": 5, "partition": "debug", "gpus": None})
+    section = {"time": 30, "cpus_per_task": 2, "mem": "8G"}
+    options = slurm_options(flags(time=5, partition="debug"), section)
     assert (options.time, options.cpus_per_task, options.mem, options.partition, options.gpus) == (5, 2, "8G", "debug", 0)
     with pytest.raises(DataError, match="profiles.yaml: profile 'p', slurm: unknown key.*cpus"):
-        reproduce.slurm_options({"profile": "p", "slurm": {"cpus": 2}}, {})
+        slurm_options(flags(), {"cpus": 2}, "fitmm/experiments/profiles.yaml: profile 'p', ")
 
 
 @pytest.mark.slow

@@ -198,3 +198,15 @@ def test_a_different_setting_on_the_same_journal_exits_2(capsys, monkeypatch, tm
                  "--results-dir", str(tmp_path), "--quiet"]) == 2
     assert "made with" in capsys.readouterr().err
     assert len(trials_frame(open_study(journal_path(tmp_path, "synthetic", "bpr"), "bpr", "synthetic"))) == 1
+
+
+def test_cli_workers_share_one_search_through_the_executor(tmp_path, capsys, monkeypatch):
+    """`fitmm tune --jobs 2`: two worker processes on one journal train the 3-point budget once."""
+    monkeypatch.setenv("FITMM_CACHE", str(tmp_path / "cache"))
+    argv = ["tune", "--model", "bpr", "--trials", "3", "--set", "epochs=1", "--set", "batch_size=4096",
+            "--results-dir", str(tmp_path / "results"), "--quiet", "--jobs", "2"]
+    assert main(argv) == 0
+    assert "tune workers: 2 done, 0 reused, 0 failed" in capsys.readouterr().out
+    trials = load_trials(tmp_path / "results")
+    assert len(trials) == 3 and trials.params.is_unique
+    assert len(list((tmp_path / "results" / "runs" / "synthetic" / "bpr").glob("*/record.json"))) == 3
