@@ -95,25 +95,33 @@ def test_local_runs_in_parallel_with_threads_logs_and_one_retry(tmp_path):
         executor.execute([], jobs=0)
 
 
+UP = {"idle", "mix", "alloc", "comp"}  # node states that take (or will take, once free) a job
+
+
 def slurm_up() -> str | None:
-    """None when a SLURM cluster answers with an idle node, else why not."""
+    """None when a SLURM cluster answers with a node that is up, else why not."""
     if shutil.which("sbatch") is None:
         return "no `sbatch` on PATH (run .ci/slurm as root to start a one-node cluster)"
     try:
         states = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as err:
         return f"`sinfo` failed: {err}"
-    if states.returncode != 0 or not {"idle", "mix"} & set(states.stdout.split()):
-        return f"`sinfo` shows no idle node: {(states.stdout + states.stderr).strip() or 'no output'}"
+    if states.returncode != 0 or not UP & {state.rstrip("*~#") for state in states.stdout.split()}:
+        return f"`sinfo` shows no node up: {(states.stdout + states.stderr).strip() or 'no output'}"
     return None
 
 
-def test_slurm_job_array_trains_a_tiny_grid(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def slurm():
+    """Skip where no SLURM cluster answers; fail instead under FITMM_REQUIRE_SLURM=1 (CI)."""
     reason = slurm_up()
     if reason is not None:
         if os.environ.get("FITMM_REQUIRE_SLURM") == "1":
             pytest.fail(f"FITMM_REQUIRE_SLURM=1 but SLURM is not up: {reason}")
         pytest.skip(reason)
+
+
+def test_slurm_job_array_trains_a_tiny_grid(slurm, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FITMM_CACHE", str(tmp_path / "cache"))  # the jobs inherit the environment
     specs = plan.grid([plan.DataSpec("synthetic")], ["bpr", "lightgcn"], [0, 1], {"epochs": 1, "batch_size": 4096})
     tasks = [Training(s, str(tmp_path / "results")) for s in specs]
@@ -138,13 +146,8 @@ def test_slurm_job_array_trains_a_tiny_grid(tmp_path, monkeypatch, capsys):
         print("\n".join(f"  {p.relative_to(tmp_path)}" for p in records))
 
 
-def test_slurm_tuning_workers_share_one_search(tmp_path, monkeypatch, capsys):
+def test_slurm_tuning_workers_share_one_search(slurm, tmp_path, monkeypatch, capsys):
     """`fitmm tune --executor slurm --jobs 2`: an array of two search workers on one journal."""
-    reason = slurm_up()
-    if reason is not None:
-        if os.environ.get("FITMM_REQUIRE_SLURM") == "1":
-            pytest.fail(f"FITMM_REQUIRE_SLURM=1 but SLURM is not up: {reason}")
-        pytest.skip(reason)
     monkeypatch.setenv("FITMM_CACHE", str(tmp_path / "cache"))
     argv = ["tune", "--model", "bpr", "--trials", "3", "--set", "epochs=1", "--set", "batch_size=4096", "--quiet",
             "--results-dir", str(tmp_path / "results"), "--executor", "slurm", "--jobs", "2", "--time", "10",
