@@ -142,6 +142,9 @@ def format_table(frame: pd.DataFrame, caption: str, rerun: str, percent: Iterabl
     renamed = dict(zip(frame.columns, shown.columns))
     styler = shown.style.format({renamed[c]: FORMATS[k] for c, k in kinds.items() if k in FORMATS}, na_rep="–")
     styler = styler.format_index(_index_words, axis=1)
+    prose = [renamed[c] for c, k in kinds.items() if k == "other" and frame[c].astype(str).str.len().max() > 40]
+    if prose:  # long text wraps; numbers never do
+        styler = styler.set_properties(subset=prose, **{"white-space": "normal", "min-width": "18em"})
     styler = styler.hide(axis="index") if isinstance(frame.index, pd.RangeIndex) else styler.format_index(_index_words, axis=0)
     text = (f"{html.escape(caption)}<br><span class=\"fitmm-rerun\">Rerun: <code>{html.escape(rerun)}</code></span>")
     table = styler.set_caption(text).to_html()
