@@ -23,8 +23,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run", "--hide-scrollbars", "--window-size=1280,2000",
-         "--virtual-time-budget=10000"]
+         "--disable-sync", "--no-first-run", "--hide-scrollbars", "--virtual-time-budget=10000"]
+WIDTH, MAX_HEIGHT = 1280, 16000  # px: the page is laid out 1280 wide; the screenshot holds the whole page
 SKIP = {"genindex.html", "search.html"}
 
 # Runs in the page once it has loaded (MathJax typeset, layout done) and appends its findings as JSON.
@@ -71,7 +71,7 @@ window.addEventListener("load", () => setTimeout(() => {
   }
   const out = document.createElement("pre");
   out.id = "fitmm-check";
-  out.textContent = JSON.stringify({problems, column: column.width});
+  out.textContent = JSON.stringify({problems, column: column.width, height: document.documentElement.scrollHeight});
   document.body.appendChild(out);
 }, 500));
 </script>
@@ -116,21 +116,22 @@ def broken_links(page: Path, root: Path, cache: dict) -> list[str]:
     return problems
 
 
-def probe(chromium: str, page: Path) -> list[str]:
-    """Load a copy of `page` holding the probe script; return what it found."""
+def probe(chromium: str, page: Path) -> tuple[list[str], int]:
+    """Load a copy of `page` holding the probe script; return what it found and the page's height (px)."""
     copy = page.with_name(f".check-{page.name}")
     text = page.read_text(errors="replace")
     copy.write_text(text.replace("</body>", PROBE + "</body>") if "</body>" in text else text + PROBE)
     try:
-        done = subprocess.run([chromium, *FLAGS, "--dump-dom", copy.as_uri()], capture_output=True, text=True,
-                              timeout=120)
+        done = subprocess.run([chromium, *FLAGS, f"--window-size={WIDTH},2000", "--dump-dom", copy.as_uri()],
+                              capture_output=True, text=True, timeout=120)
     finally:
         copy.unlink()
     found = re.search(r'<pre id="fitmm-check">(.*?)</pre>', done.stdout, re.S)
     if not found:
-        return [f"the probe did not run (chromium exit {done.returncode})"]
-    return json.loads(found.group(1).replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">")
-                      .replace("&amp;", "&"))["problems"]
+        return [f"the probe did not run (chromium exit {done.returncode})"], 2000
+    result = json.loads(found.group(1).replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">")
+                        .replace("&amp;", "&"))
+    return result["problems"], min(int(result["height"]), MAX_HEIGHT)
 
 
 def check(chromium: str, html: Path, shots: Path | None) -> dict[str, list[str]]:
@@ -140,11 +141,20 @@ def check(chromium: str, html: Path, shots: Path | None) -> dict[str, list[str]]
     cache, report = {}, {}
     for page in pages:
         name = str(page.relative_to(html))
-        problems = broken_links(page, html, cache) + probe(chromium, page)
+        redirect = re.search(r'http-equiv="refresh" content="\d+;\s*url=([^"]+)"', page.read_text(), re.I)
+        if redirect:  # index.html: a redirect to the root page, checked as a link
+            missing = not (page.parent / redirect.group(1)).exists()
+            print(f"{'FAIL' if missing else 'ok  '} {name} (redirect to {redirect.group(1)})")
+            if missing:
+                report[name] = [f"broken redirect: {redirect.group(1)}"]
+            continue
+        found, height = probe(chromium, page)
+        problems = broken_links(page, html, cache) + found
         if shots is not None:
             shots.mkdir(parents=True, exist_ok=True)
             shot = shots / (name.replace("/", "__").removesuffix(".html") + ".png")
-            subprocess.run([chromium, *FLAGS, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
+            subprocess.run([chromium, *FLAGS, f"--window-size={WIDTH},{height}", f"--screenshot={shot}", page.as_uri()],
+                           capture_output=True, timeout=120)
             if not shot.exists():
                 problems.append("no screenshot")
         print(f"{'FAIL' if problems else 'ok  '} {name}")
@@ -185,7 +195,7 @@ def main(argv: list[str]) -> int:
     chromium = argv[0]
     if argv[1:] == ["--self-test"]:
         return self_test(chromium)
-    html, shots = Path(argv[1]), Path(argv[2])
+    html, shots = Path(argv[1]).resolve(), Path(argv[2]).resolve()
     shutil.rmtree(shots, ignore_errors=True)
     report = check(chromium, html, shots)
     for page, problems in report.items():

@@ -89,8 +89,11 @@ def test_toc_lists_every_notebook_and_page():
     files = [toc["root"]] + [c["file"] for part in toc["parts"] for c in part["chapters"]]
     assert [f for f in files if f.startswith("notebooks/")] == [f"notebooks/{nb.stem}" for nb in NOTEBOOKS]
     for f in files:
+        if f == "status":  # the execution-status page, written by reproduce.stage
+            continue
         if not f.startswith("notebooks/"):
             assert (ROOT / "book" / f"{f}.md").exists()
+    assert files[-1] == "status"
 
 
 def test_config_never_executes_and_serves_mathjax_locally():
@@ -102,7 +105,9 @@ def test_config_never_executes_and_serves_mathjax_locally():
     assert [f"{dest.parent.name}"] == extra and dest.parent.parent == reproduce.BOOK
     # Sphinx prefixes mathjax_path with _static/: ../ climbs back to the site root, where html_extra_path copies to
     assert sphinx["mathjax_path"] == f"../{dest.name}/{reproduce.MATHJAX['entry']}"
-    assert not (ROOT / "book" / "_static").exists()  # jupyter-book would inject every .js under static paths
+    assert not list((ROOT / "book" / "_static").rglob("*.js"))  # jupyter-book would inject every .js under static paths
+    assert [(ROOT / "book" / "_static" / f).is_file() for f in sphinx["html_css_files"]] == [True]  # tables scroll
+    assert sphinx["html_theme_options"]["use_download_button"]  # each chapter's .ipynb
 
 
 def test_select_by_name_or_prefix(tmp_path):
