@@ -155,7 +155,7 @@ def execute(src: Path, out: Path, profile: dict, parameters: dict, key: str, roo
         if error:
             nb = placeholder(src, profile["profile"], "This chapter failed",
                              f"This chapter failed under profile `{profile['profile']}` on {started[:16]} UTC, after "
-                             f"{seconds:.0f} s: `{error}`. Its results are not shown.", "error")
+                             f"{seconds:.0f} s: `{error.rstrip('.')}`. Its results are not shown.", "error")
         else:
             nb = nbformat.read(tmp_out, as_version=4)
             for cell in nb.cells:  # the defaults cell is shadowed by papermill's injected one
@@ -304,6 +304,7 @@ def build_book(root: Path) -> int:
     """`jupyter-book build book --all -W` (warnings are errors) on what book/notebooks/ holds; returns its exit
     code. Nothing is executed (`execute_notebooks: off`)."""
     fetch_mathjax(root)
+    shutil.rmtree(root / BOOK / "_build" / ".doctrees", ignore_errors=True)  # no glue data left from an older build
     cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()",
            "build", str(root / BOOK), "--all", "-W", "--keep-going"]
     return subprocess.run(cmd, cwd=root).returncode
