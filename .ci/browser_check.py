@@ -122,11 +122,14 @@ def probe(chromium: str, page: Path) -> tuple[list[str], int]:
     text = page.read_text(errors="replace")
     copy.write_text(text.replace("</body>", PROBE + "</body>") if "</body>" in text else text + PROBE)
     try:
-        done = subprocess.run([chromium, *FLAGS, f"--window-size={WIDTH},2000", "--dump-dom", copy.as_uri()],
-                              capture_output=True, text=True, timeout=120)
+        for _ in range(3):  # on a loaded machine the DOM is sometimes dumped before the page's load event
+            done = subprocess.run([chromium, *FLAGS, f"--window-size={WIDTH},2000", "--dump-dom", copy.as_uri()],
+                                  capture_output=True, text=True, timeout=120)
+            found = re.search(r'<pre id="fitmm-check">(.*?)</pre>', done.stdout, re.S)
+            if found:
+                break
     finally:
         copy.unlink()
-    found = re.search(r'<pre id="fitmm-check">(.*?)</pre>', done.stdout, re.S)
     if not found:
         return [f"the probe did not run (chromium exit {done.returncode})"], 2000
     result = json.loads(found.group(1).replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">")

@@ -416,7 +416,8 @@ def test_format_table_prints_like_a_paper():
     headers = re.findall(r'class="col_heading level0 col\d+" >([^<]*)<', html)
     assert headers == ["users", "seeds", "Recall@20", "mean difference", "Wilcoxon p", "share", "flag"]
     assert "A caption." in html and "<code>fitmm reproduce --profile smoke --only 01</code>" in html
-    assert html.startswith('<div class="fitmm-table">')
+    assert html.startswith('<div class="fitmm-table"><p class="fitmm-caption">A caption.')
+    assert '<div class="fitmm-scroll"><style' in html  # the table scrolls inside the column, its caption does not
     assert report.quantity_words("user/modality_agreement/image-audio") == "modality agreement (cosine), image–audio, users"
 
 

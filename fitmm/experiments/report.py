@@ -3,8 +3,9 @@
 caption and the command that reruns them) and figures with a caption; and what the report chapter
 needs to know about the build: which chapters ran to the end and when, and which runs they used.
 
-Tables and figures are HTML outputs: a table sits in a `fitmm-table` box that scrolls sideways when it
-is wider than the column (`book/_static/fitmm.css`), a figure is a `<figure>` with its `<figcaption>`.
+Tables and figures are HTML outputs: a table sits under its caption in a `fitmm-scroll` box that scrolls
+sideways when it is wider than the column (`book/_static/fitmm.css`), a figure is a `<figure>` with its
+`<figcaption>`.
 """
 
 from __future__ import annotations
@@ -146,9 +147,9 @@ def format_table(frame: pd.DataFrame, caption: str, rerun: str, percent: Iterabl
     if prose:  # long text wraps; numbers never do
         styler = styler.set_properties(subset=prose, **{"white-space": "normal", "min-width": "18em"})
     styler = styler.hide(axis="index") if isinstance(frame.index, pd.RangeIndex) else styler.format_index(_index_words, axis=0)
-    text = (f"{html.escape(caption)}<br><span class=\"fitmm-rerun\">Rerun: <code>{html.escape(rerun)}</code></span>")
-    table = styler.set_caption(text).to_html()
-    return HTML(f'<div class="fitmm-table">{table}</div>')
+    head = (f'<p class="fitmm-caption">{html.escape(caption)}<br>'
+            f'<span class="fitmm-rerun">Rerun: <code>{html.escape(rerun)}</code></span></p>')
+    return HTML(f'<div class="fitmm-table">{head}<div class="fitmm-scroll">{styler.to_html()}</div></div>')
 
 
 def show_table(frame: pd.DataFrame, caption: str, rerun: str, **kwargs) -> None:
