@@ -1,9 +1,15 @@
 """`fitmm reproduce`: execute every planned run, then every notebook under a profile with papermill,
-then build the book.
+then build the book; `fitmm book`: build the book from a profile's executed notebooks, executing nothing.
 
     profile --plan.plan--> RunSpecs --fitmm.executor (local processes | SLURM array)--> results_dir/runs
-    notebooks/NN_name.ipynb --papermill(profile parameters)--> book/notebooks/NN_name.ipynb
+    notebooks/NN_name.ipynb --papermill(profile parameters)--> <results_dir>/notebooks/NN_name.ipynb
+    <results_dir>/notebooks/ --stage--> book/notebooks/ (+ book/status.md, the execution-status page)
     book/ (markdown pages + executed notebooks) --jupyter-book build --all -W--> book/_build/html
+
+A profile's executed notebooks are results, kept with its run records: the published profile's
+(`cpu`, results_dir `results`) in `results/notebooks/`, committed, so that `fitmm book` renders the
+study on a fresh clone in minutes; the smoke profile's in the ignored `results/smoke/notebooks/`.
+book/notebooks/ and book/status.md are build inputs, written by `stage` and ignored by git.
 
 Paths in a profile (`results_dir`, `data_dir`) are relative to the project root; `--results-dir`,
 `--data-dir` or FITMM_RESULTS / FITMM_DATA replace them (`fitmm.settings`). The folders so resolved
@@ -14,12 +20,14 @@ resources, which flags override); their logs go to `results_dir/logs/`. The note
 with `FITMM_RECORDS_ONLY=1` and only read records: a run that failed in the batch (twice) is a
 note in its chapter, not a third attempt. The book never executes anything itself (`execute_notebooks: off`): every output comes
 from the papermill run, whose parameters are injected into each executed notebook.
-An executed notebook records in its metadata a digest of its source and parameters and
-whether it ran to the end; a rerun skips notebooks whose digest matches and that ran
-to the end, and the report (which gathers the other chapters' verdicts) reruns whenever
-another notebook's output changed. A failing notebook is reported and written out with
-its error; the others still run. Its text then cites numbers it never computed, so the
-`-W` build fails too, but `--keep-going` still writes the site for inspection.
+An executed notebook records in its metadata a digest of its source and parameters, whether
+it ran to the end, its run time and when it ran; a rerun skips notebooks whose digest matches
+and that ran to the end, and the report (which gathers the other chapters' verdicts) reruns
+whenever another notebook's output changed. A chapter that fails (an exception, a dead kernel,
+a cell timeout) is written out as its title and a "this chapter failed" note with the error;
+the others still run, the book is still built, and the command exits 1. `--only` executes
+some chapters and builds the book with the others' last outputs (a "not executed yet" page
+for a chapter that has none).
 
 Math renders offline: MathJax 3 is fetched once with `npm pack` into the gitignored
 `book/_mathjax/` (checked against the registry's sha1) and copied into the site by
@@ -89,38 +97,81 @@ def executed_state(path: Path) -> dict | None:
     return json.loads(path.read_text()).get("metadata", {}).get("fitmm")
 
 
-def profile_banner(profile: dict, seconds: float) -> str:
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+
+
+def profile_banner(profile: dict, seconds: float, stamp: str) -> str:
     """The note an executed chapter opens with: which profile produced it, what that profile is, when."""
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return (f"```{{admonition}} Profile: {profile['profile']}\n:class: tip\n"
             f"{' '.join(profile['about'].split())} Executed by `fitmm reproduce --profile {profile['profile']}` "
-            f"on {stamp} in {seconds:.0f} s.\n```")
+            f"on {stamp[:16]} UTC in {seconds:.0f} s.\n```")
 
 
-def execute(src: Path, out: Path, profile: dict, parameters: dict, key: str, root: Path) -> tuple[bool, float, str]:
-    """Run one notebook with `parameters` (from `profile`); write it (also when it fails) to `out`, with the
-    profile's banner after its title. Returns (ok, seconds, error)."""
+def title_cell(src: Path):
+    """The first line of a source notebook's first markdown cell (its `# Title`), as a markdown cell."""
+    import nbformat
+
+    nb = nbformat.read(src, as_version=4)
+    first = next((c.source for c in nb.cells if c.cell_type == "markdown"), f"# {src.stem}")
+    return nbformat.v4.new_markdown_cell(first.strip().splitlines()[0])
+
+
+def placeholder(src: Path, profile: str, title: str, text: str, kind: str):
+    """A chapter that shows no results: its title and an admonition (`kind`: error, warning) saying why and the
+    command that makes it."""
+    import nbformat
+
+    command = f"fitmm reproduce --profile {profile} --only {src.stem}"
+    note = (f"```{{admonition}} {title}\n:class: {kind}\n{text} To make it: `{command}` (runs that finished are "
+            f"read back, not retrained).\n```")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [title_cell(src), nbformat.v4.new_markdown_cell(note)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return nb
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """An error message for a MyST admonition: its first line, no backticks, at most `limit` characters."""
+    line = (text.strip().splitlines() or [""])[0].replace("`", "'")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def execute(src: Path, out: Path, profile: dict, parameters: dict, key: str, root: Path,
+            timeout: int | None = None) -> tuple[bool, float, str]:
+    """Run one notebook with `parameters` (from `profile`) and write it to `out` with the profile's banner after its
+    title. Any failure (an exception in a cell, a dead kernel, a cell over `timeout` seconds) is caught: `out` then
+    holds the chapter's title and a "this chapter failed" note with the error, no traceback, and the batch goes
+    on. Returns (ok, seconds, error)."""
     import nbformat
     import papermill
 
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), utc_now()
     error = ""
     with tempfile.TemporaryDirectory() as tmp:
         tmp_out = Path(tmp) / out.name
         try:
             papermill.execute_notebook(str(src), str(tmp_out), parameters=parameters, cwd=str(root),
-                                       progress_bar=False, kernel_name="python3")
+                                       progress_bar=False, kernel_name="python3", execution_timeout=timeout)
         except papermill.PapermillExecutionError as err:
-            error = f"{err.ename}: {err.evalue}"
+            error = f"{err.ename}: {one_line(err.evalue)}"
+        except Exception as err:  # noqa: BLE001 — a dead kernel or a timeout fails this chapter, not the batch
+            error = f"{type(err).__name__}: {one_line(str(err))}"
         seconds = time.perf_counter() - t0
-        nb = nbformat.read(tmp_out, as_version=4)
-        for cell in nb.cells:  # the defaults cell is shadowed by papermill's injected one
-            if "parameters" in cell.metadata.get("tags", []):
-                cell.metadata["tags"] = [*cell.metadata["tags"], "remove-cell"]
-        after_title = 1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0
-        nb.cells.insert(after_title, nbformat.v4.new_markdown_cell(profile_banner(profile, seconds)))
+        if error:
+            nb = placeholder(src, profile["profile"], "This chapter failed",
+                             f"This chapter failed under profile `{profile['profile']}` on {started[:16]} UTC, after "
+                             f"{seconds:.0f} s: `{error.rstrip('.')}`. Its results are not shown.", "error")
+        else:
+            nb = nbformat.read(tmp_out, as_version=4)
+            for cell in nb.cells:  # the defaults cell is shadowed by papermill's injected one
+                if "parameters" in cell.metadata.get("tags", []):
+                    cell.metadata["tags"] = [*cell.metadata["tags"], "remove-cell"]
+            after_title = 1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0
+            nb.cells.insert(after_title, nbformat.v4.new_markdown_cell(profile_banner(profile, seconds, started)))
         nb.metadata["fitmm"] = {"digest": key, "profile": profile["profile"], "status": "failed" if error else "ok",
-                                "error": error, "seconds": round(seconds, 1)}
+                                "error": error, "seconds": round(seconds, 1), "executed": started,
+                                "finished": utc_now()}
         out.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, tmp_out)
         os.replace(tmp_out, out)
@@ -145,33 +196,47 @@ def select(notebooks: list[Path], only: list[str] | None) -> list[Path]:
     return chosen
 
 
-def reproduce(profile_name: str, root: Path, only: list[str] | None = None, force: bool = False,
-              results_dir: str | Path | None = None, data_dir: str | Path | None = None) -> dict[str, str]:
-    """Execute the (selected) notebooks under a profile; return {notebook: 'ok' | 'up to date' | 'failed: ...'}.
+def executed_dir(results: Path) -> Path:
+    """Where a profile's executed notebooks are kept: with its run records, `<results_dir>/notebooks/`. The
+    published profile's are committed there (results/notebooks/); the smoke profile's stay in the ignored
+    results/smoke/notebooks/. `stage` copies them into book/notebooks/ for the build."""
+    return Path(results) / "notebooks"
 
-    `results_dir` / `data_dir` replace the profile's folders (as `fitmm.settings` resolves them)."""
+
+def reproduce(profile_name: str, root: Path, only: list[str] | None = None, force: bool = False,
+              results_dir: str | Path | None = None, data_dir: str | Path | None = None,
+              timeout: int | None = None) -> dict[str, str]:
+    """Execute the (selected) notebooks under a profile into `executed_dir`; return {notebook: 'ok' | 'up to date'
+    | 'failed: ...'}. A failing notebook does not stop the others (`execute`).
+
+    `results_dir` / `data_dir` replace the profile's folders (as `fitmm.settings` resolves them); `timeout`
+    bounds each cell (seconds)."""
     profile = profiles()[profile_name]
     where = locations(profile, results_dir, data_dir)
     where_key = json.dumps({k: os.path.relpath(v, root) for k, v in where.items()})
     notebooks = sorted((root / NOTEBOOKS).glob("[0-9][0-9]_*.ipynb"), key=lambda nb: (nb.stem == REPORT, nb.stem))
+    executed = executed_dir(where[settings.ENV["results"]])
     # The kernel ("python3", started as `python`) must be this interpreter.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     outcome = {}
-    bar = tqdm(select(notebooks, only), desc=f"reproduce ({profile_name})", unit="notebook")
+    chosen = select(notebooks, only)
+    if chosen[-1].stem != REPORT:  # the report gathers the verdicts of the chapters in this build
+        chosen.append(notebooks[-1])
+    bar = tqdm(chosen, desc=f"reproduce ({profile_name})", unit="notebook")
     for src in bar:
         bar.set_postfix_str(src.stem)
-        out = root / EXECUTED / src.name
+        out = executed / src.name
         parameters = notebook_parameters(src, profile)
         extra = ""
         if src.stem == REPORT:  # rerun when any other chapter's output changed
-            extra = json.dumps([executed_state(root / EXECUTED / nb.name) for nb in notebooks if nb.stem != REPORT])
+            extra = json.dumps([executed_state(executed / nb.name) for nb in notebooks if nb.stem != REPORT])
         key = digest(src, parameters, extra + where_key)
         state = executed_state(out)
         if not force and state and state["digest"] == key and state["status"] == "ok":
             outcome[src.stem] = "up to date"
             continue
         with mock.patch.dict(os.environ, {k: str(v) for k, v in where.items()}):  # the kernel's environment
-            ok, seconds, error = execute(src, out, profile, parameters, key, root)
+            ok, seconds, error = execute(src, out, profile, parameters, key, root, timeout)
         outcome[src.stem] = f"ok ({seconds:.0f} s)" if ok else f"failed: {error}"
         tqdm.write(f"{src.stem}: {outcome[src.stem]}")
     return outcome
@@ -232,19 +297,83 @@ def fetch_mathjax(root: Path) -> Path:
     return dest
 
 
+def stage(root: Path, executed: Path, profile: str) -> list[dict]:
+    """Put a profile's executed notebooks (`executed`) into book/notebooks/ (replacing what is there), a "not
+    executed yet" page for each chapter that has none, and write the execution-status page book/status.md.
+    Returns each chapter's state (name, title, status, profile, seconds, executed)."""
+    import nbformat
+
+    book = root / EXECUTED
+    shutil.rmtree(book, ignore_errors=True)
+    book.mkdir(parents=True)
+    rows = []
+    for src in sorted((root / NOTEBOOKS).glob("[0-9][0-9]_*.ipynb")):
+        title = title_cell(src).source.lstrip("# ").strip()
+        state = executed_state(executed / src.name)
+        if state is None:
+            nb = placeholder(src, profile, "Not executed yet",
+                             f"This chapter has not been executed under profile `{profile}` ({executed} holds no "
+                             f"{src.name}).", "warning")
+            nbformat.write(nb, book / src.name)
+            state = {"status": "not executed", "profile": profile, "seconds": None, "executed": None}
+        else:
+            shutil.copyfile(executed / src.name, book / src.name)
+        rows.append({"name": src.stem, "title": title, **state})
+    lines = ["# Execution status", "",
+             f"Each chapter of this build: the profile it was executed under, whether it ran to the end, its run time "
+             f"and when (UTC). The executed notebooks come from `{os.path.relpath(executed, root)}/`; "
+             "`fitmm book` renders them without executing anything.", "",
+             "| chapter | profile | status | run time (s) | executed (UTC) |", "|---|---|---|---:|---|"]
+    for r in rows:
+        seconds = "–" if r["seconds"] is None else f"{r['seconds']:.0f}"
+        lines.append(f"| [{r['title']}](notebooks/{r['name']}.ipynb) | {r['profile']} | {r['status']} | {seconds} | "
+                     f"{(r['executed'] or '–')[:16]} |")
+    (root / BOOK / "status.md").write_text("\n".join(lines) + "\n")
+    return rows
+
+
 def build_book(root: Path) -> int:
-    """`jupyter-book build book --all -W` (warnings are errors); returns its exit code."""
+    """`jupyter-book build book --all -W` (warnings are errors) on what book/notebooks/ holds; returns its exit
+    code. Nothing is executed (`execute_notebooks: off`)."""
     fetch_mathjax(root)
+    shutil.rmtree(root / BOOK / "_build" / ".doctrees", ignore_errors=True)  # no glue data left from an older build
     cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()",
            "build", str(root / BOOK), "--all", "-W", "--keep-going"]
     return subprocess.run(cmd, cwd=root).returncode
 
 
-def _reproduce(args: argparse.Namespace) -> int:
+def publish(root: Path, profile: str, results_dir: str | Path | None = None) -> tuple[int, list[str]]:
+    """Stage the profile's executed notebooks and build the book; print what it holds and where it is.
+    Returns the build's exit code (2: MathJax could not be fetched) and the chapters without results."""
+    results = locations(profiles()[profile], results_dir)[settings.ENV["results"]]
+    rows = stage(root, executed_dir(results), profile)
+    for r in rows:
+        print(f"  {r['name']:28s} {r['status']}" + (f" ({r['executed'][:16]} UTC)" if r["executed"] else ""))
+    try:
+        built = build_book(root)
+    except RuntimeError as err:
+        print(f"fitmm: error: {err}", file=sys.stderr)
+        built = 2
+    print(f"book: {root / BOOK / '_build' / 'html' / 'index.html'}" if built == 0
+          else "book: the build failed (warnings count as errors), see above")
+    incomplete = [r["name"] for r in rows if r["status"] != "ok"]
+    if incomplete:
+        print(f"chapters without results: {', '.join(incomplete)}")
+    return built, incomplete
+
+
+def _root(args: argparse.Namespace) -> Path | None:
     root = Path(args.root).resolve()
     if not (root / NOTEBOOKS).is_dir():
         print(f"fitmm: error: {root / NOTEBOOKS}: not found; pass --root (the source checkout holding notebooks/)",
               file=sys.stderr)
+        return None
+    return root
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    root = _root(args)
+    if root is None:
         return 2
     t0 = time.perf_counter()
     try:
@@ -262,47 +391,61 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     os.environ[RECORDS_ONLY] = "1"  # the kernels inherit it: the notebooks read, they do not train
     try:
-        outcome = reproduce(args.profile, root, args.only, args.force, args.results_dir, args.data_dir)
+        outcome = reproduce(args.profile, root, args.only, args.force, args.results_dir, args.data_dir,
+                            args.cell_timeout)
     except KeyError as err:  # a parameter the profile does not set
         print(f"fitmm: error: {err.args[0]}", file=sys.stderr)
         return 2
     failed = [name for name, status in outcome.items() if status.startswith("failed")]
     for name, status in outcome.items():
         print(f"  {name:28s} {status}")
-    missing = [nb.stem for nb in sorted((root / NOTEBOOKS).glob("[0-9][0-9]_*.ipynb"))
-               if not (root / EXECUTED / nb.name).exists()]
     code = 1 if failed or batch.failed else 0
-    if not args.no_book and missing:
-        print(f"book not built: no executed output yet for {', '.join(missing)} (run without --only)")
-    elif not args.no_book:
-        try:
-            built = build_book(root)
-        except RuntimeError as err:
-            print(f"fitmm: error: {err}", file=sys.stderr)
-            return 2
+    if not args.no_book:
+        built, _ = publish(root, args.profile, args.results_dir)
         code = code or built
-        print(f"book: {root / BOOK / '_build' / 'html' / 'index.html'}" if built == 0
-              else "book: the build failed (warnings count as errors), see above")
     print(f"run records: {locations(profiles()[args.profile], args.results_dir)[settings.ENV['results']]}")
     print(f"reproduce ({args.profile}): {len(outcome)} notebook(s), {len(failed)} failed, "
           f"{time.perf_counter() - t0:.0f} s")
     return code
 
 
+def _book(args: argparse.Namespace) -> int:
+    root = _root(args)
+    if root is None:
+        return 2
+    t0 = time.perf_counter()
+    built, incomplete = publish(root, args.profile, args.results_dir)
+    print(f"book ({args.profile}): {time.perf_counter() - t0:.0f} s, nothing executed")
+    return built or (1 if incomplete else 0)
+
+
+def _common(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--results-dir", help="where run records and executed notebooks are read and written (default: "
+                                           "$FITMM_RESULTS, else the profile's results_dir under the project root)")
+    cmd.add_argument("--root", default=settings.project_root() or Path.cwd(),
+                     help="the source checkout holding notebooks/ and book/ (default: the one fitmm is imported from)")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `reproduce` command."""
+    """Add the `reproduce` and `book` commands."""
     cmd = subparsers.add_parser("reproduce", help="execute the book's notebooks under a profile, then build the book")
     cmd.add_argument("--profile", required=True, choices=sorted(profiles()),
                      help="smoke: synthetic, minutes; cpu: the data on hand on this machine; gpu: the full protocol")
-    cmd.add_argument("--only", nargs="+", metavar="NAME", help="only these notebooks (name or prefix, e.g. 01 04)")
+    cmd.add_argument("--only", nargs="+", metavar="NAME",
+                     help="only these notebooks (name or prefix, e.g. 01 04); the book keeps the others' last outputs")
     cmd.add_argument("--force", action="store_true", help="re-execute notebooks even when their output is up to date")
     cmd.add_argument("--no-book", action="store_true", help="execute the notebooks but do not build the book")
-    cmd.add_argument("--results-dir", help="where run records are read and written (default: $FITMM_RESULTS, "
-                                           "else the profile's results_dir under the project root)")
+    cmd.add_argument("--cell-timeout", type=int, metavar="SECONDS",
+                     help="fail a chapter whose cell runs longer than this (default: no limit)")
     cmd.add_argument("--data-dir", help="folder holding the profile's datasets (default: $FITMM_DATA, "
                                         "else the profile's data_dir under the project root)")
-    cmd.add_argument("--root", default=settings.project_root() or Path.cwd(),
-                     help="the source checkout holding notebooks/ and book/ (default: the one fitmm is imported from)")
+    _common(cmd)
     cmd.add_argument("--runs-only", action="store_true", help="stop after the runs (no notebooks, no book)")
     add_executor_arguments(cmd, "run")  # SLURM resources default to the profile's slurm: section
     cmd.set_defaults(func=_reproduce)
+    book = subparsers.add_parser("book", help="build the book from a profile's executed notebooks, executing nothing")
+    book.add_argument("--profile", default="cpu", choices=sorted(profiles()),
+                      help="whose executed notebooks (<results_dir>/notebooks/) to render (default: cpu, the "
+                           "published study)")
+    _common(book)
+    book.set_defaults(func=_book)

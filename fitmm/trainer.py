@@ -1,8 +1,8 @@
 """One trainer for every model: MMRec's sampling, early stopping, checkpoints and run records.
 
 A run's folder (`fitmm.store`: `results_dir/runs/<dataset>/<model>/<run_id>/`) holds
-`record.json` and `per_user.npz` once it has finished, and `checkpoints/` (last and best
-state) while it runs, so an interrupted run resumes where it stopped. Randomness is
+`record.json`, `per_user.npz` and `analysis.json` (what the book's chapters use from the trained
+model, `Recommender.analysis`) once it has finished, and `checkpoints/` (last and best state) while it runs, so an interrupted run resumes where it stopped. Randomness is
 drawn per epoch from (seed, epoch), which makes a resumed run identical to an
 uninterrupted one. One process at a time trains a run (a lock on its folder).
 """
@@ -180,6 +180,7 @@ def _run(data: Interactions, config: Config, out: Path | None, progress: bool) -
         diagnostics=model.diagnostics(),
     )
     if out is not None:
+        write_json(out / "analysis.json", model.analysis(data))
         with atomic_path(out / "per_user.npz") as tmp:
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, **per_user)

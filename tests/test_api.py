@@ -110,4 +110,4 @@ def test_chapter_run_from_another_folder_writes_only_into_the_results_folder(scr
     assert [p.relative_to(scratch_env / "results").parts[1:3] for p in records] == [("synthetic", "bpr"),
                                                                                       ("synthetic", "lightgcn")]
     assert sorted(p.name for p in (scratch_env / "results" / "claims" / "smoke").iterdir()) == [
-        "fitmm-beats-baselines.json", "ssr-beats-baselines.json"]
+        "fitmm-beats-baselines.json", "runs-01_main_results.json", "ssr-beats-baselines.json"]

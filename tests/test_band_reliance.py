@@ -1,5 +1,8 @@
 """The band interface of FITMM and SSR (bands, gates, dropping one band); band reliance and gates per user group."""
 
+import json
+
+import pandas as pd
 import pytest
 import torch
 
@@ -92,3 +95,19 @@ def test_gates_by_user_group(synthetic, model_name, low, high, off):
     assert table["gate"].between(low, high).all()  # FITMM: g = 1 + s·σ(·), s = 0.5; SSR: a = 1 + 0.1·tanh(·)
     ungated = build(synthetic, model_name, **off)
     assert ungated.user_gates() is None and gates_by_user_group(ungated, synthetic).empty
+
+
+@pytest.mark.parametrize("model_name", ["fitmm", "ssr"])
+def test_analysis_holds_what_the_chapters_use(synthetic, model_name):
+    model = build(synthetic, model_name)
+    stored = json.loads(json.dumps(model.analysis(synthetic)))  # JSON as the run stores it
+    expected = {"item_groups", "unseen_items", "gates_by_user_group", "band_reliance", "graph_band_energy"}
+    assert set(stored) == expected | ({"feature_bands"} if model_name == "fitmm" else set())
+    direct = band_reliance(model, synthetic)
+    pd.testing.assert_frame_equal(pd.DataFrame(stored["band_reliance"])[direct.columns], direct, check_exact=False,
+                                  atol=1e-8)
+    assert set(stored["graph_band_energy"]) == {"chebyshev", "scalable", "exact"}  # a small graph: the exact path too
+    for shares in stored["graph_band_energy"].values():
+        assert sum(shares) == pytest.approx(1, abs=0.05)
+    assert {r["group"] for r in stored["item_groups"]} == {"tail", "mid", "head"}
+    assert set(build(synthetic, "fitmm", spectral=False).analysis(synthetic)) == {"item_groups", "unseen_items"}

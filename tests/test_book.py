@@ -89,8 +89,11 @@ def test_toc_lists_every_notebook_and_page():
     files = [toc["root"]] + [c["file"] for part in toc["parts"] for c in part["chapters"]]
     assert [f for f in files if f.startswith("notebooks/")] == [f"notebooks/{nb.stem}" for nb in NOTEBOOKS]
     for f in files:
+        if f == "status":  # the execution-status page, written by reproduce.stage
+            continue
         if not f.startswith("notebooks/"):
             assert (ROOT / "book" / f"{f}.md").exists()
+    assert files[-1] == "status"
 
 
 def test_config_never_executes_and_serves_mathjax_locally():
@@ -102,7 +105,9 @@ def test_config_never_executes_and_serves_mathjax_locally():
     assert [f"{dest.parent.name}"] == extra and dest.parent.parent == reproduce.BOOK
     # Sphinx prefixes mathjax_path with _static/: ../ climbs back to the site root, where html_extra_path copies to
     assert sphinx["mathjax_path"] == f"../{dest.name}/{reproduce.MATHJAX['entry']}"
-    assert not (ROOT / "book" / "_static").exists()  # jupyter-book would inject every .js under static paths
+    assert not list((ROOT / "book" / "_static").rglob("*.js"))  # jupyter-book would inject every .js under static paths
+    assert [(ROOT / "book" / "_static" / f).is_file() for f in sphinx["html_css_files"]] == [True]  # tables scroll
+    assert sphinx["html_theme_options"]["use_download_button"]  # each chapter's .ipynb
 
 
 def test_select_by_name_or_prefix(tmp_path):
@@ -126,22 +131,40 @@ def test_reproduce_resumes_and_reports_failures(tmp_path):
     (tmp_path / "notebooks").mkdir()
     write_notebook(tmp_path / "notebooks" / "00_ok.ipynb", "print(profile)")
     write_notebook(tmp_path / "notebooks" / "01_bad.ipynb", "raise ValueError('boom')")
+    write_notebook(tmp_path / "notebooks" / "02_dead.ipynb", "import os\nos._exit(1)")  # the kernel dies
     write_notebook(tmp_path / "notebooks" / f"{reproduce.REPORT}.ipynb", "1")
-    first = reproduce.reproduce("smoke", tmp_path)
+    results = tmp_path / "results"
+    first = reproduce.reproduce("smoke", tmp_path, results_dir=results)
     assert first["00_ok"].startswith("ok") and first["01_bad"] == "failed: ValueError: boom"
-    assert first[reproduce.REPORT].startswith("ok")  # a failure does not stop the others
-    out = tmp_path / reproduce.EXECUTED
-    assert reproduce.executed_state(out / "01_bad.ipynb")["status"] == "failed"
+    assert first["02_dead"].startswith("failed: DeadKernelError")
+    assert first[reproduce.REPORT].startswith("ok")  # failures do not stop the others
+    out = reproduce.executed_dir(results)
+    for name in ("01_bad", "02_dead"):
+        failed = nbformat.read(out / f"{name}.ipynb", as_version=4)
+        assert reproduce.executed_state(out / f"{name}.ipynb")["status"] == "failed"
+        text = "".join(c.source for c in failed.cells)
+        assert "This chapter failed" in text and "Traceback" not in text and len(failed.cells) == 2
+    assert "`ValueError: boom`" in nbformat.read(out / "01_bad.ipynb", as_version=4).cells[1].source
     executed = nbformat.read(out / "00_ok.ipynb", as_version=4)
     assert "smoke" in "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
     assert executed.cells[0].cell_type == "markdown" and "Profile: smoke" in executed.cells[0].source  # the banner
     defaults = next(c for c in executed.cells if "parameters" in c.metadata.get("tags", []))
     assert "remove-cell" in defaults.metadata["tags"]  # defaults hidden behind the injected cell
 
-    second = reproduce.reproduce("smoke", tmp_path, only=["00", reproduce.REPORT])
+    second = reproduce.reproduce("smoke", tmp_path, only=["00"], results_dir=results)  # the report comes along
     assert second == {"00_ok": "up to date", reproduce.REPORT: "up to date"}
     write_notebook(tmp_path / "notebooks" / "00_ok.ipynb", "print(profile, 2)")
-    third = reproduce.reproduce("smoke", tmp_path, only=["00", reproduce.REPORT])
+    third = reproduce.reproduce("smoke", tmp_path, only=["00"], results_dir=results)
     assert third["00_ok"].startswith("ok") and third[reproduce.REPORT].startswith("ok")  # the report follows
     assert json.loads((out / "00_ok.ipynb").read_text())["metadata"]["papermill"]["parameters"] == {"profile": "smoke"}
     assert papermill.inspect_notebook(str(out / "00_ok.ipynb"))  # still a parameterised notebook
+
+    write_notebook(tmp_path / "notebooks" / "03_new.ipynb", "1")  # never executed
+    rows = {r["name"]: r for r in reproduce.stage(tmp_path, out, "smoke")}
+    assert [rows[n]["status"] for n in ("00_ok", "01_bad", "03_new")] == ["ok", "failed", "not executed"]
+    staged = tmp_path / reproduce.EXECUTED
+    assert sorted(p.stem for p in staged.glob("*.ipynb")) == sorted(rows)
+    assert "Not executed yet" in nbformat.read(staged / "03_new.ipynb", as_version=4).cells[1].source
+    status = (tmp_path / reproduce.BOOK / "status.md").read_text()
+    assert "| [# 00_ok](notebooks/00_ok.ipynb) | smoke | ok |" not in status  # titles without the '#'
+    assert "[00_ok](notebooks/00_ok.ipynb) | smoke | ok |" in status and "| not executed | – |" in status

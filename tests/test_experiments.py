@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,7 +14,8 @@ import scipy.stats
 import torch
 
 from fitmm.data.dataset import Interactions
-from fitmm.experiments import claims, cost, datacheck, groups, notes, plan, runs, significance, spectral_checks, tables
+from fitmm.experiments import (claims, cost, datacheck, groups, notes, plan, report, runs, significance,
+                               spectral_checks, tables)
 from fitmm.metrics import evaluate
 
 
@@ -387,3 +391,67 @@ def test_run_specs_reuses_skips_and_rebuilds(tmp_path, monkeypatch):
     assert runs.per_user(row.path)["users"].tolist() == list(range(data.n_users))
     assert runs.history_frame(out.records).epoch.tolist() == [0]
     assert runs.collect_records(tmp_path).run_id.tolist() == [row.run_id]
+
+
+def run_grid(data, models, seeds, results_dir, budget):
+    """Every model and seed on an in-memory dataset, through the planner's grid."""
+    return runs.run_specs(plan.grid([plan.DataSpec(data.name)], models, seeds, budget), results_dir, {data.name: data})
+
+
+def test_item_groups_come_from_the_stored_analysis(tmp_path):
+    data = tiny(n_items=60)
+    budget = {"epochs": 1, "batch_size": 16, "embedding_dim": 8, "device": "cpu"}
+    row = run_grid(data, ["bpr"], [0], tmp_path, budget).frame.iloc[0]
+    stored = runs.analysis(row.path)
+    model = runs.trained_model(data, row.path)
+    labels = groups.item_popularity_groups(data.item_degree)
+    direct = groups.item_group_metrics(model.scorer(), data, labels, ["recall@20", "ndcg@20"])
+    table, missing = groups.item_group_frame(pd.DataFrame([row]))
+    assert not missing and table.set_index("group")["recall@20"].to_dict() == pytest.approx(direct["recall@20"].to_dict())
+    assert stored["item_groups"] == groups.json_rows(direct.reset_index())
+    path = Path(row.path)
+    (path / "analysis.json").unlink()
+    run_grid(data, ["bpr"], [0], tmp_path, budget)  # made again from the local checkpoint
+    assert runs.analysis(row.path) == stored
+    (path / "analysis.json").unlink()
+    shutil.rmtree(path / "checkpoints")  # a record from elsewhere: nothing to compute it from
+    run_grid(data, ["bpr"], [0], tmp_path, budget)
+    table, missing = groups.item_group_frame(pd.DataFrame([row]))
+    assert table.empty and missing == [f"bpr on tiny (seed 0): {runs.NO_ANALYSIS}"]
+
+
+def test_format_table_prints_like_a_paper():
+    frame = pd.DataFrame({"users": [12.0], "seeds": [3], "recall@20": [0.123456], "mean_diff": [0.01],
+                          "wilcoxon_p": [1.234e-5], "share": [0.5], "flag": [True]})
+    html = report.format_table(frame, "A caption.", "fitmm reproduce --profile smoke --only 01", percent=["share"]).data
+    cells = re.findall(r'class="data row0 col\d+" >([^<]*)<', html)
+    assert cells == ["12", "3", "0.1235", "+0.0100", "1.23e-05", "50.0%", "yes"]
+    headers = re.findall(r'class="col_heading level0 col\d+" >([^<]*)<', html)
+    assert headers == ["users", "seeds", "Recall@20", "mean difference", "Wilcoxon p", "share", "flag"]
+    assert "A caption." in html and "<code>fitmm reproduce --profile smoke --only 01</code>" in html
+    assert html.startswith('<div class="fitmm-table"><p class="fitmm-caption">A caption.')
+    assert '<div class="fitmm-scroll"><style' in html  # the table scrolls inside the column, its caption does not
+    assert report.quantity_words("user/modality_agreement/image-audio") == "modality agreement (cosine), image–audio, users"
+
+
+def test_report_counts_only_this_builds_verdicts(tmp_path):
+    states = {"01_main_results": {"status": "ok", "executed": "2025-01-02 10:00:00 UTC",
+                                  "finished": "2025-01-02 10:05:00 UTC"},
+              "03_sparsity_cold_start": {"status": "failed", "executed": "2025-01-02 10:06:00 UTC",
+                                         "finished": "2025-01-02 10:07:00 UTC"}}
+    assert report.freshness("2025-01-02 10:01:00 UTC", "01_main_results", states) == "this build"
+    assert report.freshness("2025-01-01 09:00:00 UTC", "01_main_results", states) == (
+        "stale (saved 2025-01-01; not from the chapter's last execution)")
+    assert report.freshness("2025-01-02 10:06:30 UTC", "03_sparsity_cold_start", states) == (
+        "stale (saved 2025-01-02; chapter failed)")
+    assert report.freshness(None, "05_ablations", states) == "stale (date unknown; chapter not executed)"
+    data = tiny(n_items=60)
+    budget = {"epochs": 1, "batch_size": 16, "embedding_dim": 8, "device": "cpu"}
+    frame = run_grid(data, ["bpr", "lightgcn"], [0], tmp_path, budget).frame
+    chapter = report.Chapter("01_main_results", "smoke", tmp_path)
+    chapter.used(frame[frame.model == "bpr"])
+    states = {"01_main_results": {"status": "ok", "executed": "2000-01-01 00:00:00 UTC", "finished": report.utc_now()}}
+    used = report.used_runs(tmp_path, "smoke", states)
+    assert used.model.tolist() == ["bpr"] and used.chapters.tolist() == ["01"]
+    assert used.commit.iloc[0] == "–" or len(used.commit.iloc[0].removesuffix("+dirty")) == 12
+    assert report.used_runs(tmp_path, "smoke", {}).empty  # the chapter is not in this build

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,7 +119,8 @@ def save(results_dir: str | Path, profile: str, claim_id: str, verdict: str, evi
     if verdict not in VERDICTS:
         raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
     write_json(Path(results_dir) / "claims" / profile / f"{claim_id}.json",
-               {"claim": claim_id, "verdict": verdict, "evidence": evidence})
+               {"claim": claim_id, "verdict": verdict, "evidence": evidence,
+                "saved": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
 
 
 def save_finding(results_dir: str | Path, profile: str, discrepancy_id: str, finding: str) -> None:
@@ -240,19 +242,21 @@ def band_count_verdict(best: pd.Series, runs: pd.DataFrame | None = None) -> str
 
 
 def claims_table(results_dir: str | Path, profile: str) -> pd.DataFrame:
-    """One row per claim: paper, claim, verdict, evidence, chapter."""
+    """One row per claim: paper, claim, verdict, evidence, chapter, saved (when its chapter saved the verdict)."""
     folder = Path(results_dir) / "claims" / profile
     rows = []
     for c in CLAIMS:
         path = folder / f"{c.id}.json"
+        saved = None
         if c.not_testable:
             verdict, evidence = "not testable here", c.not_testable
         elif path.exists():
-            saved = json.loads(path.read_text())
-            verdict, evidence = saved["verdict"], saved["evidence"]
+            stored = json.loads(path.read_text())
+            verdict, evidence, saved = stored["verdict"], stored["evidence"], stored.get("saved")
         else:
             verdict, evidence = "pending", "no verdict saved yet by its chapter"
-        rows.append({"paper": c.paper, "claim": c.text, "verdict": verdict, "evidence": evidence, "chapter": c.chapter})
+        rows.append({"paper": c.paper, "claim": c.text, "verdict": verdict, "evidence": evidence, "chapter": c.chapter,
+                     "saved": saved})
     return pd.DataFrame(rows, index=[c.id for c in CLAIMS])
 
 

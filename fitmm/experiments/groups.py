@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Callable, Sequence
 
 import numpy as np
@@ -19,7 +20,7 @@ import pandas as pd
 import torch
 
 from fitmm.data.dataset import Interactions
-from fitmm.experiments.runs import per_user, trained_model
+from fitmm.experiments.runs import NO_ANALYSIS, analysis, per_user
 from fitmm.metrics import evaluate
 
 USER_GROUPS = ("cold", "warm", "hot")
@@ -97,6 +98,21 @@ def item_group_metrics(
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("group")
 
 
+def json_rows(frame: pd.DataFrame) -> list[dict]:
+    """A frame as JSON-ready rows (numpy scalars become Python numbers)."""
+    return json.loads(frame.to_json(orient="records"))
+
+
+def item_analysis(model, data: Interactions, metrics: Sequence[str] = ("recall@20", "ndcg@20")) -> dict:
+    """Test metrics of a trained model per item popularity group (`item_popularity_groups`) and on the items without
+    train interactions ('unseen', e.g. after `sparsify`), as stored in its run's `analysis.json`."""
+    scorer = model.scorer()
+    unseen = np.where(data.item_degree == 0, "unseen", "seen")
+    return {"item_groups": json_rows(item_group_metrics(scorer, data, item_popularity_groups(data.item_degree),
+                                                        metrics).reset_index()),
+            "unseen_items": json_rows(item_group_metrics(scorer, data, unseen, metrics).reset_index())}
+
+
 def sparsify(data: Interactions, fraction: float, seed: int = 0) -> Interactions:
     """Drop round(fraction·|train|) train edges uniformly at random (valid and test kept); fraction 0 is `data`."""
     if not 0.0 <= fraction < 1.0:
@@ -122,22 +138,14 @@ def user_group_frame(frame: pd.DataFrame, datasets: dict[str, Interactions], gro
     return pd.concat(out, ignore_index=True)
 
 
-def item_group_frame(frame: pd.DataFrame, datasets: dict[str, Interactions], labels: dict[str, np.ndarray],
-                     metrics: Sequence[str] = ("recall@20", "ndcg@20")) -> tuple[pd.DataFrame, list[str]]:
-    """Per run and item group (labels: dataset -> label per item): metrics with only the group's items relevant.
-
-    Rebuilds each run's model from its best checkpoint (or refits it); runs that cannot be
-    rebuilt are listed in the returned notes.
-    """
+def item_group_frame(frame: pd.DataFrame, key: str = "item_groups") -> tuple[pd.DataFrame, list[str]]:
+    """Per run (rows of `Runs.frame`) and item group: metrics with only the group's items relevant, read from the
+    run's stored analysis (`key`: 'item_groups' by popularity, or 'unseen_items'); runs without one are noted."""
     out, notes = [], []
     for row in frame.itertuples():
-        data = datasets[row.dataset]
-        try:
-            model = trained_model(data, row.path)
-        except Exception as err:  # noqa: BLE001 — reported in the notebook, the others go on
-            notes.append(f"{row.model} on {row.dataset} (seed {row.seed}): cannot rebuild the model: {err}")
+        stored = analysis(row.path)
+        if stored is None:
+            notes.append(f"{row.model} on {row.dataset} (seed {row.seed}): {NO_ANALYSIS}")
             continue
-        with torch.no_grad():
-            table = item_group_metrics(model.scorer(), data, labels[row.dataset], metrics)
-        out.append(table.reset_index().assign(dataset=row.dataset, model=row.model, seed=row.seed))
+        out.append(pd.DataFrame(stored[key]).assign(dataset=row.dataset, model=row.model, seed=row.seed))
     return (pd.concat(out, ignore_index=True) if out else pd.DataFrame()), notes

@@ -23,11 +23,14 @@ import torch
 from fitmm.config import load_config
 from fitmm.data.dataset import Interactions
 from fitmm.experiments.plan import DataSpec, RunSpec
+from fitmm.io import write_json
 from fitmm.models import MODELS
 from fitmm.models.base import Recommender
 from fitmm.store import read_record, run_dir
 from fitmm.trainer import build_model, train
 
+NO_ANALYSIS = ("its run has no stored analysis (analysis.json: made before runs stored one, and no local checkpoint "
+               "to compute it from); rerun it to make one")
 HEADLINE = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 COST_FIELDS = ("best_epoch", "epochs", "seconds_per_epoch", "eval_seconds", "wall_seconds", "peak_memory_mb")
 RECORDS_ONLY = "FITMM_RECORDS_ONLY"  # set to 1: read records, train nothing
@@ -115,6 +118,7 @@ def run_specs(specs: list[RunSpec], results_dir: str | Path, data: dict[str, Int
                 notes.append(f"{spec}: no record; its run failed in the batch before the notebooks (see its log)")
                 continue
             record = train(d, config, results_dir=results_dir, progress=False)
+            ensure_analysis(d, path)
         except Exception as err:  # noqa: BLE001 — reported in the notebook, the others go on
             notes.append(f"{spec}: {type(err).__name__}: {err}")
             continue
@@ -129,6 +133,23 @@ def per_user(path: str | Path) -> dict[str, np.ndarray]:
     """The per-user test metrics of a run folder (`users` plus one array per metric)."""
     with np.load(Path(path) / "per_user.npz") as npz:
         return {k: npz[k] for k in npz.files}
+
+
+def analysis(path: str | Path) -> dict | None:
+    """The stored analysis of a run folder (`Recommender.analysis`, written when the run finished), or None."""
+    path = Path(path) / "analysis.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def ensure_analysis(data: Interactions, path: Path) -> None:
+    """Compute and store the analysis of a finished run made before runs stored one, when its best checkpoint
+    (or, for a closed-form model, a refit) is at hand here; otherwise leave it missing (`NO_ANALYSIS`)."""
+    if (path / "analysis.json").exists():
+        return
+    record = read_record(path / "record.json")
+    if MODELS[record["model"]].trainable and not (path / "checkpoints" / "best.pt").exists():
+        return
+    write_json(path / "analysis.json", trained_model(data, path).analysis(data))
 
 
 def trained_model(data: Interactions, path: str | Path, device: str = "cpu") -> Recommender:

@@ -13,21 +13,25 @@ arXiv 2601.22498; SSR's equal-energy bands, arXiv 2512.01372; book/methods.md, "
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
+from fitmm.cache import fingerprint
 from fitmm.data.dataset import Interactions
 from fitmm.errors import TrainingError
-from fitmm.experiments.groups import user_group_selections
+from fitmm.experiments.groups import json_rows, user_group_selections
 from fitmm.graphs import normalized_adjacency
+from fitmm.io import write_json
 from fitmm.metrics import evaluate
 from fitmm.models.backbone import Backbone
 from fitmm.models.base import BandedRecommender
 from fitmm.spectral.feature_bands import feature_bands, group_sizes
-from fitmm.spectral.graph_bands import check_dense_eigh, chebyshev_responses, laplacian_eigh, make_graph_bands
+from fitmm.spectral.graph_bands import (AUTO_EXACT_MAX_NODES, check_dense_eigh, chebyshev_responses, laplacian_eigh,
+                                        make_graph_bands)
 from fitmm.theory import (band_energy_fractions, band_orthogonality, chebyshev_band_energy_by_third,
                           off_block_energy_share, wiener_gain)
 
@@ -154,6 +158,43 @@ def gates_by_user_group(model: BandedRecommender, data: Interactions) -> pd.Data
     gates = gates.cpu().numpy()
     return pd.DataFrame([{"group": group, "band": band + 1, "users": int(sel.sum()), "gate": float(gates[sel, band].mean())}
                          for group, sel in user_group_selections(data.user_degree).items() for band in range(gates.shape[1])])
+
+
+@torch.no_grad()
+def band_analysis(model: BandedRecommender, data: Interactions) -> dict:
+    """What the chapters use from a trained FITMM or SSR (`BandedRecommender.analysis`): mean gate per user group
+    and band, band reliance per user group, and the energy share of each graph band of the trained backbone signal
+    under the released Chebyshev split, the scalable path and, on graphs the released code splits exactly
+    (N ≤ 5000 nodes), the exact path."""
+    paths = ["chebyshev", "scalable"]
+    if data.n_users + data.n_items <= AUTO_EXACT_MAX_NODES:
+        paths.append("exact")
+    signal = graph_signal(backbone_views(model))
+    energy = graph_band_energy(data, {"trained backbone": signal}, paths=paths).droplevel("signal")
+    return {"gates_by_user_group": json_rows(gates_by_user_group(model, data)),
+            "band_reliance": json_rows(band_reliance(model, data)),
+            "graph_band_energy": {path: row.tolist() for path, row in energy.iterrows()}}
+
+
+def graph_statistics(data: Interactions, results_dir: str | Path, n_bands: int = 3) -> dict:
+    """The equal-energy band statistics of a dataset's user-item graph, stored as a result under
+    `results_dir/spectral/<dataset>-<fingerprint>.json` and read back from there: the share of each band's energy
+    for a random Gaussian signal (64 columns, seed 0) under each band path, and the white-signal energy of the
+    Chebyshev bands by third of the spectrum. Both need a dense eigendecomposition (`dense_spectrum_refusal`);
+    on a graph too large for it, the stored result holds the refusal instead."""
+    path = Path(results_dir) / "spectral" / f"{data.name}-{fingerprint(data)}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    refusal = dense_spectrum_refusal(data)
+    if refusal is not None:
+        stats = {"refusal": refusal}
+    else:
+        random = torch.randn(data.n_users + data.n_items, 64, generator=torch.Generator().manual_seed(0))
+        energy = graph_band_energy(data, {"random": random}, n_bands).droplevel("signal")
+        stats = {"random_signal_energy": {p: row.tolist() for p, row in energy.iterrows()},
+                 "white_signal_by_third": spectral_energy_by_third(data).to_dict(orient="index")}
+    write_json(path, stats)
+    return stats
 
 
 @torch.no_grad()

@@ -70,6 +70,15 @@ class Recommender(nn.Module):
         """Optional model-specific values recorded with each run (band weights, ...)."""
         return {}
 
+    @torch.no_grad()
+    def analysis(self, data: Interactions) -> dict:
+        """What the book's chapters use from the trained model, computed once when its run finishes and stored
+        beside the record (`analysis.json`), so that no chapter needs a checkpoint: test metrics per item
+        popularity group and on items without train interactions (`fitmm.experiments.groups.item_analysis`)."""
+        from fitmm.experiments.groups import item_analysis  # the experiments build on the models
+
+        return item_analysis(self.eval(), data)
+
 
 def require_modalities(model: str, data: Interactions, n: int = 1, hint: str = "") -> None:
     """ConfigError unless `data` has at least `n` item feature files (`<modality>_feat.npy`)."""
@@ -99,6 +108,18 @@ class BandedRecommender(Recommender):
     def user_gates(self) -> torch.Tensor | None:
         """(n_users, M) per-user band gates, or None when the model has no gate."""
         raise NotImplementedError
+
+    @torch.no_grad()
+    def analysis(self, data: Interactions) -> dict:
+        """`Recommender.analysis`, plus with a band module: mean gate per user group and band, band reliance
+        (Δ test Recall@20 per user group when one band is zeroed) and the energy share of each graph band of the
+        trained backbone signal (`fitmm.experiments.spectral_checks.band_analysis`)."""
+        from fitmm.experiments.spectral_checks import band_analysis  # the experiments build on the models
+
+        out = super().analysis(data)
+        if self.spectral:
+            out.update(band_analysis(self, data))
+        return out
 
     @contextlib.contextmanager
     def without_band(self, band: int) -> Iterator[None]:

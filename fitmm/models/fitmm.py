@@ -25,6 +25,7 @@ gates, IB or consistency); `gate: false` drops the gate and with it the IB term;
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import torch
@@ -248,6 +249,18 @@ class FITMM(BandedRecommender):
     def user_gates(self) -> torch.Tensor | None:
         """(n_users, M) band gates g of every user, or None (no spectral module or no gate)."""
         return self._encode()[2]["user"] if self.spectral and self.gated else None
+
+    @torch.no_grad()
+    def analysis(self, data: Interactions) -> dict:
+        """`BandedRecommender.analysis`, plus per backbone view (R_u, R_i, H_u, H_i): the largest |cos| between two
+        bands, each band's energy share and its cross-modal covariance share (`feature_band_checks`)."""
+        from fitmm.experiments.spectral_checks import backbone_views, feature_band_checks  # built on the models
+
+        out = super().analysis(data)
+        if self.spectral:
+            checks = feature_band_checks(backbone_views(self), self.n_bands, self.band_borders)
+            out["feature_bands"] = json.loads(checks.to_json(orient="index"))
+        return out
 
     @torch.no_grad()
     def diagnostics(self) -> dict:
