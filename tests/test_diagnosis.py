@@ -1,0 +1,134 @@
+"""The diagnosis switches of FITMM (detach_bands, train_features, lambda_emb), the per-epoch gradient norms,
+band weights and gate scale in the history, the valid trace, and the chapter's analysis and claim rule."""
+
+import numpy as np
+import pytest
+import torch
+
+from fitmm.config import load_config
+from fitmm.metrics import evaluate
+import fitmm.models.fitmm as fitmm_module
+from fitmm.models.fitmm import FITMM
+from fitmm.spectral.feature_bands import band_projectors
+from fitmm.trace import DRIFT_REFERENCE_EPOCH
+from fitmm.trainer import train
+from tests.test_fitmm import batch, build, config, tiny
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def backbone_grads(model, data) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    sum(model.loss_terms(*batch(data)).values()).backward()
+    return {name: p.grad.clone() for name, p in model.backbone.named_parameters() if p.grad is not None}
+
+
+def test_detach_bands_keeps_the_values_and_stops_the_gradient_through_the_projectors(monkeypatch):
+    data = tiny()
+    released, detached = build(data), build(data, detach_bands=True)
+    detached.load_state_dict(released.state_dict())
+    terms_r, terms_d = released.loss_terms(*batch(data)), detached.loss_terms(*batch(data))
+    for name in terms_r:
+        torch.testing.assert_close(terms_r[name], terms_d[name])
+    assert all(not p.requires_grad for p in detached._encode()[1].values())
+    grads_r, grads_d = backbone_grads(released, data), backbone_grads(detached, data)
+    assert any(not torch.allclose(grads_r[n], grads_d[n]) for n in grads_r)  # the projector path carried gradient
+    # the detached model's gradient is the released one's with the projectors taken as constants
+    monkeypatch.setattr(fitmm_module, "band_projectors", lambda *a, **k: band_projectors(*a, **k).detach())
+    grads_const = backbone_grads(released, data)
+    for name in grads_d:
+        torch.testing.assert_close(grads_d[name], grads_const[name])
+
+
+def test_frozen_feature_tables_get_no_gradient():
+    data = tiny()
+    model = build(data, train_features=False)
+    assert all(not p.requires_grad for p in model.backbone.features.values())
+    grads = backbone_grads(model, data)
+    assert not any(name.startswith("features.") for name in grads)
+    assert "encoders.image.0.weight" in grads  # the MLP over the frozen table still trains
+    assert all(p.requires_grad for p in build(data).backbone.features.values())  # released: trained
+    record = train(data, config(train_features=False, epochs=2, topk=[5, 20]), progress=False)
+    assert record["history"][-1]["grad_norms"]["features"] == 0.0
+
+
+def test_lambda_emb_adds_dragons_l2_term():
+    data = tiny()
+    model = build(data, lambda_emb=1e-3)
+    users, pos, neg = batch(data)
+    terms = model.loss_terms(users, pos, neg)
+    b = model.backbone
+    # DRAGON: Σ over blocks of mean over the batch (duplicates included) of P², plus mean w²
+    p = b.preference[users].view(len(users), b.n_blocks, model.dim)
+    expected = 1e-3 * (sum(p[:, m].square().mean() for m in range(b.n_blocks)) + b.block_weights.square().mean())
+    torch.testing.assert_close(terms["emb"], expected)
+    assert "emb" not in build(data).loss_terms(users, pos, neg)  # released: no such term
+    assert "emb" in build(data, spectral=False, lambda_emb=1e-3).loss_terms(users, pos, neg)
+
+
+def test_parameter_groups_partition_the_trainable_parameters():
+    data = tiny()
+    for overrides in ({}, {"spectral": False}, {"gate": False}):
+        model = build(data, **overrides)
+        groups = model.parameter_groups()
+        ids = [id(p) for params in groups.values() for p in params]
+        assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in model.parameters()}
+    assert set(build(data).parameter_groups()) == {"item_id", "features", "encoders", "preference", "block_weights",
+                                                   "band_weights", "gate"}
+
+
+def test_history_records_gradient_norms_band_weights_and_gate_scale():
+    data = tiny()
+    record = train(data, config(epochs=2, topk=[5, 20]), progress=False)
+    h = record["history"][-1]
+    assert set(h["grad_norms"]) == set(build(data).parameter_groups())
+    assert all(v > 0 for k, v in h["grad_norms"].items())
+    assert len(h["diagnostics"]["band_weights"]["user"]) == 3 and set(h["diagnostics"]["gate_scale"]) == {"user", "item"}
+    assert set(h["losses"]) == {"bce", "ib", "consistency"}
+
+
+def test_gradient_norm_is_the_rms_over_batches_of_each_groups_norm(monkeypatch):
+    """With one batch per epoch and lr 0, the recorded norm is the gradient norm at the initial parameters."""
+    data = tiny()
+    cfg = config(epochs=1, batch_size=10_000, lr=1e-30, topk=[5, 20])
+    record = train(data, cfg, progress=False)
+    torch.manual_seed(cfg.seed)
+    model = FITMM(data, cfg)
+    from fitmm.trainer import NegativeSampler
+    rng = np.random.default_rng([cfg.seed, 0])
+    torch.manual_seed(cfg.seed * 100_003)
+    (users, pos, neg), = list(NegativeSampler(data, cfg.batch_size).epoch(rng))
+    model.train()
+    sum(model.loss_terms(users, pos, neg).values()).backward()
+    for name, params in model.parameter_groups().items():
+        direct = torch.sqrt(sum(p.grad.square().sum() for p in params if p.grad is not None))
+        assert record["history"][0]["grad_norms"][name] == pytest.approx(direct.item(), rel=1e-4)
+
+
+def test_item_hits_count_each_hit_once():
+    data = tiny()
+    model = build(data)
+    summary, per_user = evaluate(model.scorer(), data, "valid", (5, 20), 64, "cpu", item_hits_at=20)
+    valid = data.matrix("valid")
+    n_rel = np.diff(valid.indptr)[per_user["users"]]
+    assert per_user["item_hits"].sum() == pytest.approx((per_user["recall@20"] * n_rel).sum())
+    assert "item_hits" not in evaluate(model.scorer(), data, "valid", (5, 20), 64, "cpu")[1]
+
+
+def test_trace_is_written_and_resumes(tmp_path):
+    data = tiny()
+    cfg = config(epochs=DRIFT_REFERENCE_EPOCH + 2, patience=50, topk=[5, 20])
+    train(data, cfg, tmp_path, progress=False, trace=True)
+    (path,) = tmp_path.glob("runs/*/fitmm/*/trace.npz")
+    trace = np.load(path)
+    assert list(trace["epochs"]) == list(range(cfg.epochs))
+    assert trace["recall"].shape == (cfg.epochs, len(trace["users"]))
+    assert trace["item_hits"].shape == trace["drift"].shape == (cfg.epochs, data.n_items)
+    assert np.isnan(trace["drift"][:DRIFT_REFERENCE_EPOCH]).all() and (trace["drift"][DRIFT_REFERENCE_EPOCH] == 0).all()
+    assert (trace["drift"][-1] > 0).any()
