@@ -2,10 +2,11 @@
 band weights and gate scale in the history, the valid trace, and the chapter's analysis and claim rule."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from fitmm.config import load_config
+from fitmm.experiments import claims, diagnosis
 from fitmm.metrics import evaluate
 import fitmm.models.fitmm as fitmm_module
 from fitmm.models.fitmm import FITMM
@@ -93,7 +94,7 @@ def test_history_records_gradient_norms_band_weights_and_gate_scale():
     assert set(h["losses"]) == {"bce", "ib", "consistency"}
 
 
-def test_gradient_norm_is_the_rms_over_batches_of_each_groups_norm(monkeypatch):
+def test_gradient_norm_is_the_rms_over_batches_of_each_groups_norm():
     """With one batch per epoch and lr 0, the recorded norm is the gradient norm at the initial parameters."""
     data = tiny()
     cfg = config(epochs=1, batch_size=10_000, lr=1e-30, topk=[5, 20])
@@ -132,3 +133,65 @@ def test_trace_is_written_and_resumes(tmp_path):
     assert trace["item_hits"].shape == trace["drift"].shape == (cfg.epochs, data.n_items)
     assert np.isnan(trace["drift"][:DRIFT_REFERENCE_EPOCH]).all() and (trace["drift"][DRIFT_REFERENCE_EPOCH] == 0).all()
     assert (trace["drift"][-1] > 0).any()
+
+
+def record(seed=999, valid=(0.05, 0.08, 0.07, 0.06), loss=(0.7, 0.6, 0.5, 0.4), epochs=None, stopped_early=True,
+           test=0.07, omega=0.75, scale=0.45):
+    best = int(np.argmax(valid))
+    history = [{"epoch": e, "valid": {"recall@20": v}, "losses": {"bce": l * 0.6, "ib": l * 0.4},
+                "grad_norms": {"gate": 2.0, "preference": 0.1},
+                "diagnostics": {"band_weights": {"user": [omega] * 3, "item": [omega - 0.01] * 3},
+                                "gate_scale": {"user": scale, "item": scale}}}
+               for e, (v, l) in enumerate(zip(valid, loss))]
+    return {"seed": seed, "history": history, "best_epoch": best, "epochs": epochs or len(valid),
+            "stopped_early": stopped_early, "test": {"recall@20": test}}
+
+
+def test_early_peak_rule_on_constructed_records():
+    early = claims.early_peak(record())
+    assert early["early_peak"] and early["decline"] == pytest.approx(0.25)
+    late = record(valid=[0.01 * e for e in range(1, claims.EARLY_PEAK_MAX_EPOCH + 4)] + [0.0],
+                  loss=np.linspace(1, 0.1, claims.EARLY_PEAK_MAX_EPOCH + 4))
+    flat = record(valid=(0.05, 0.08, 0.079, 0.0795))  # a decline under EARLY_PEAK_DECLINE
+    loss_up = record(loss=(0.7, 0.6, 0.65, 0.7))       # the loss does not keep falling
+    frame = lambda *rs: pd.DataFrame([claims.early_peak(r) for r in rs])
+    assert claims.early_peak_verdict(frame(record(), record(seed=1))) == "reproduced"
+    assert claims.early_peak_verdict(frame(record(), late)) == "partly"
+    assert claims.early_peak_verdict(frame(flat, loss_up)) == "not reproduced"
+    assert claims.early_peak_verdict(pd.DataFrame()) == "pending"
+    cut = record(valid=(0.05, 0.06, 0.07, 0.08), stopped_early=False)  # still improving at its cap
+    assert claims.early_peak_verdict(frame(record(), cut)) == claims.INCONCLUSIVE
+
+
+def test_ablation_table_and_best_variant_on_constructed_records():
+    runs = {"released": [(record(test=0.07), None), (record(seed=1, test=0.06), None)],
+            "gate false": [(record(test=0.08, scale=0.5), None)]}
+    table = diagnosis.ablation_table(runs).set_index("variant")
+    assert table.loc["released", "test recall@20"] == f"{0.065:.4f} ± {np.std([0.07, 0.06], ddof=1):.4f}"
+    assert table.loc["released", "best epoch"] == "1, 1"
+    assert table.loc["released", "ω at best (user / item)"] == "0.750 / 0.740"
+    assert table.loc["gate false", "gate scale at best (user / item)"] == "0.500 / 0.500"
+    assert diagnosis.best_variant(table.reset_index()) == "gate false"
+    frame = diagnosis.curves(runs)
+    assert len(frame) == 12 and frame["omega user"].eq(0.75).all() and set(frame.filter(like="grad ")) == {"grad gate", "grad preference"}
+
+
+def test_group_curves_split_hits_by_item_group_and_recall_by_user_group(tmp_path):
+    data = tiny()
+    valid = data.pairs("valid")
+    users = np.unique(valid[:, 0]).astype(np.int32)
+    labels = diagnosis.item_groups(data)
+    popularity = np.bincount(data.train[:, 1], minlength=data.n_items)
+    assert (labels == "untrained").sum() == (popularity == 0).sum()
+    hits = np.bincount(valid[:, 1], minlength=data.n_items)  # every valid pair a hit at epoch 1, none at epoch 0
+    recall = np.stack([np.zeros(len(users)), np.ones(len(users))]).astype(np.float16)
+    drift = np.stack([np.full(data.n_items, np.nan), np.full(data.n_items, 0.5)]).astype(np.float16)
+    np.savez(tmp_path / "trace.npz", epochs=np.array([0, 1]), users=users, recall=recall,
+             item_hits=np.stack([np.zeros_like(hits), hits]).astype(np.uint16), drift=drift)
+    groups = diagnosis.group_curves(tmp_path / "trace.npz", data)
+    assert (groups[groups.epoch == 0].recall == 0).all() and np.allclose(groups[groups.epoch == 1].recall, 1)
+    items = groups[(groups.kind == "item") & (groups.epoch == 1)]
+    assert items.n.sum() == len(valid) and np.allclose(items.drift, 0.5)
+    assert groups[(groups.kind == "user") & (groups.epoch == 0)].n.sum() == len(users)
+    d = diagnosis.decline(groups)
+    assert (d["peak epoch"] == 1).all() and np.allclose(d["change"], 0)
