@@ -144,7 +144,7 @@ def record(seed=999, valid=(0.05, 0.08, 0.07, 0.06), loss=(0.7, 0.6, 0.5, 0.4), 
                                 "gate_scale": {"user": scale, "item": scale}}}
                for e, (v, l) in enumerate(zip(valid, loss))]
     return {"seed": seed, "history": history, "best_epoch": best, "epochs": epochs or len(valid),
-            "stopped_early": stopped_early, "test": {"recall@20": test}}
+            "stopped_early": stopped_early, "test": {"recall@20": test}, "best_valid": {"recall@20": max(valid)}}
 
 
 def test_early_peak_rule_on_constructed_records():
@@ -195,3 +195,35 @@ def test_group_curves_split_hits_by_item_group_and_recall_by_user_group(tmp_path
     assert groups[(groups.kind == "user") & (groups.epoch == 0)].n.sum() == len(users)
     d = diagnosis.decline(groups)
     assert (d["peak epoch"] == 1).all() and np.allclose(d["change"], 0)
+
+
+def test_term_gradients_are_each_terms_gradient_norm_per_group():
+    data = tiny()
+    model = build(data)
+    table = diagnosis.term_gradients(model, data, n_batches=1)
+    assert list(table.index) == ["bce", "ib", "consistency", "all terms"]
+    from fitmm.trainer import NegativeSampler
+    (users, pos, neg), *_ = NegativeSampler(data, model.config.batch_size).epoch(np.random.default_rng([0, 0]))
+    terms = model.loss_terms(users, pos, neg)
+    for name, value in [*terms.items(), ("all terms", sum(terms.values()))]:
+        model.zero_grad()
+        value.backward(retain_graph=True)
+        for group, params in model.parameter_groups().items():
+            direct = sum(float(p.grad.square().sum()) for p in params if p.grad is not None) ** 0.5
+            assert table.loc[name, group] == pytest.approx(direct, rel=1e-4, abs=1e-9)
+    assert (table.loc["ib", ["band_weights", "item_id"]] >= 0).all() and table.loc["ib", "band_weights"] == 0
+
+
+def test_drift_table_compares_variants_at_their_last_common_epoch(tmp_path):
+    runs = {}
+    for name, n, d in (("released", 6, 0.6), ("lambda_ib 0", 8, 0.2)):
+        folder = tmp_path / name
+        folder.mkdir()
+        drift = np.full((n, 5), d)
+        drift[:DRIFT_REFERENCE_EPOCH] = np.nan
+        np.savez(folder / "trace.npz", epochs=np.arange(n), drift=drift.astype(np.float16))
+        runs[name] = [(record(valid=[0.01 * (e + 1) for e in range(n)], loss=np.linspace(1, 0.5, n)), folder)]
+    table = diagnosis.drift_table(runs).set_index("variant")
+    assert (table.epoch == 5).all()
+    assert table.loc["released", "mean item drift"] == pytest.approx(0.6, rel=1e-3)
+    assert table.loc["lambda_ib 0", "valid recall@20"] == pytest.approx(0.06)

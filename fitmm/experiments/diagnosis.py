@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from fitmm.config import load_config
 from fitmm.data.dataset import Interactions
 from fitmm.experiments.groups import ITEM_GROUPS, USER_GROUPS, item_popularity_groups, user_degree_groups
-from fitmm.store import run_dir
-from fitmm.trainer import train
+from fitmm.store import read_record, run_dir
+from fitmm.trainer import NegativeSampler, build_model, train
 
 DRAGON_REG_WEIGHT = 1e-3  # DRAGON's reg_weight on Baby and Sports (hongyurain/DRAGON README)
 BACKBONE_EPOCHS = 50      # the backbone keeps improving for tens of epochs: its run is capped here
@@ -184,36 +185,110 @@ def _at(frame: pd.DataFrame, variant: str, epoch: int, column: str) -> float:
     return float(rows[column].mean()) if column in rows and len(rows) else float("nan")
 
 
-def explanation(table: pd.DataFrame, frame: pd.DataFrame, groups: pd.DataFrame, metric: str = "recall@20") -> str:
-    """The chapter's closing paragraph, in plain words, every statement computed from the runs."""
+def explanation(table: pd.DataFrame, frame: pd.DataFrame, groups: pd.DataFrame, terms: pd.DataFrame | None = None,
+                metric: str = "recall@20") -> str:
+    """The chapter's closing paragraph, in plain words, every statement computed from the runs (`terms`:
+    `term_gradients_by_stage` of the released run, or None)."""
     t = table.set_index("variant")
     col = f"test {metric} mean"
-    released = t.loc["released"]
-    best_epoch = int(str(released["best epoch"]).split(",")[0])
-    r = frame[(frame.variant == "released") & (frame.seed == frame[frame.variant == "released"].seed.iloc[0])]
-    last = r.epoch.max()
-    valid_best, valid_last = _at(r, "released", best_epoch, f"valid {metric}"), _at(r, "released", last, f"valid {metric}")
-    loss_best, loss_last = _at(r, "released", best_epoch, "loss"), _at(r, "released", last, "loss")
-    lines = [f"- **Released FITMM** peaks at epoch {best_epoch}; by epoch {last} its valid {metric} is "
-             f"{valid_last / valid_best - 1:+.1%} from the peak while its training loss goes {loss_best:.4f} → {loss_last:.4f}."]
-    terms = [c for c in r if c.startswith("loss ") and c != "loss"]
-    if terms:
-        shares = {c.removeprefix("loss "): _at(r, "released", best_epoch, c) / loss_best for c in terms}
-        lines.append("- At the best epoch the loss is made of " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()) + ".")
-    grads = {c.removeprefix("grad "): _at(r, "released", best_epoch, c) for c in r if c.startswith("grad ")}
-    if grads:
-        top = max(grads, key=grads.get)
-        lines.append(f"- The largest gradient at the best epoch is the {top} group's ({grads[top]:.3g}); the band "
-                     f"weights get {grads.get('band_weights', float('nan')):.3g}, the preferences "
-                     f"{grads.get('preference', float('nan')):.3g}.")
-    lines.append(f"- ω and s at the best epoch (user / item): {released['ω at best (user / item)']} and "
-                 f"{released['gate scale at best (user / item)']} (initial 0.731 and 0.500).")
-    ranked = t[col].sort_values(ascending=False)
-    lines.append("- Test " + metric + " by variant: " + ", ".join(f"{v} {x:.4f} (best epoch {t.loc[v, 'best epoch']})"
-                                                               for v, x in ranked.items()) + ".")
+    r = frame[(frame.variant == "released")]
+    r = r[r.seed == r.seed.iloc[0]]
+    best_epoch = int(str(t.loc["released", "best epoch"]).split(",")[0])
+    last = int(r.epoch.max())
+    at = lambda column, epoch: _at(r, "released", epoch, column)  # noqa: E731
+    valid_best, valid_last = at(f"valid {metric}", best_epoch), at(f"valid {metric}", last)
+    lines = [f"- **When.** Released FITMM peaks at epoch {best_epoch}; by epoch {last} its valid {metric} is "
+             f"{valid_last / valid_best - 1:+.1%} from the peak while its training loss falls "
+             f"{at('loss', best_epoch):.4f} → {at('loss', last):.4f}."]
+    if "loss ib" in r:
+        lines.append(f"- **What the loss is made of.** At the best epoch the IB term is "
+                     f"{at('loss ib', best_epoch) / at('loss', best_epoch):.0%} of the loss; it falls "
+                     f"{at('loss ib', best_epoch):.3f} → {at('loss ib', last):.3f} while the ranking loss (BCE) falls only "
+                     f"{at('loss bce', best_epoch):.3f} → {at('loss bce', last):.3f}.")
+    if terms is not None and "ib" in terms.index.get_level_values("term"):
+        for stage in terms.index.get_level_values("stage").unique():
+            s = terms.loc[stage]
+            a, b, c = s.loc["bce", "encoders"], s.loc["ib", "encoders"], s.loc["all terms", "encoders"]
+            cos = (c * c - a * a - b * b) / (2 * a * b) if a * b else float("nan")
+            lines.append(f"- **Tug of war ({stage}).** On the modality MLPs the BCE gradient has norm {a:.3g}, the "
+                         f"IB gradient {b:.3g}, their sum {c:.3g} (cosine ≈ {cos:+.2f}).")
+    if "omega user" in r:
+        lines.append(f"- **The spectral module barely moves.** ω goes {at('omega user', 0):.3f} → "
+                     f"{at('omega user', last):.3f} and the gate scale s {at('gate scale user', 0):.3f} → "
+                     f"{at('gate scale user', last):.3f} (user side) over {last + 1} epochs: at lr 1e-4 Adam moves a "
+                     "parameter by about 1e-4 per step.")
     if not groups.empty:
-        d = decline(groups)
-        worst = d.sort_values("change").iloc[0]
-        lines.append(f"- The steepest decline from its own peak is in the {worst['kind']} group '{worst['group']}' "
-                     f"({worst['change']:+.1%}, peak at epoch {worst['peak epoch']}).")
+        d = decline(groups).dropna(subset=["change"])
+        big = d.sort_values("n", ascending=False).groupby("kind").head(1)
+        lines.append("- **Where.** " + "; ".join(
+            f"the largest {k} group ('{g}', n = {n}) goes {c:+.1%} from its peak at epoch {e}"
+            for k, g, n, c, e in zip(big.kind, big.group, big.n, big.change, big["peak epoch"]))
+                     + (f"; the item embeddings drift by {d['drift at last epoch'].mean():.0%} of their norm from epoch 3."
+                        if d["drift at last epoch"].notna().any() else "."))
+    ranked = t[col].sort_values(ascending=False)
+    lines.append(f"- **Variants (test {metric}).** " + ", ".join(
+        f"{v} {x:.4f} (best epoch {t.loc[v, 'best epoch']})" for v, x in ranked.items()) + ".")
     return "\n".join(lines)
+
+
+def drift_table(runs: dict[str, list[tuple[dict, Path]]]) -> pd.DataFrame:
+    """Per variant (first seed with a trace): mean relative item drift from the reference epoch
+    (`fitmm.trace.DRIFT_REFERENCE_EPOCH`) at the last epoch that every traced variant reached, and the valid
+    metric there beside the variant's best."""
+    traces = {}
+    for name, pairs in runs.items():
+        for record, path in pairs:
+            if path is not None and (Path(path) / "trace.npz").exists():
+                with np.load(Path(path) / "trace.npz") as t:
+                    traces[name] = (record, t["epochs"], t["drift"].astype(float))
+                break
+    if not traces:
+        return pd.DataFrame()
+    common = min(int(epochs[-1]) for _, epochs, _ in traces.values())
+    rows = []
+    for name, (record, epochs, drift) in traces.items():
+        at = int(np.flatnonzero(epochs == common)[0])
+        valid = next(h["valid"]["recall@20"] for h in record["history"] if h["epoch"] == common)
+        rows.append({"variant": name, "epoch": common, "mean item drift": float(np.nanmean(drift[at])),
+                     "valid recall@20": valid, "best valid recall@20": record["best_valid"]["recall@20"]})
+    return pd.DataFrame(rows)
+
+
+def term_gradients(model, data: Interactions, n_batches: int = 4, seed: int = 0) -> pd.DataFrame:
+    """Which loss term drives which parameters: on the first `n_batches` training batches of epoch 0 of `seed`'s
+    sampling, the gradient norm of each loss term alone and of their sum ('all terms') with respect to each
+    parameter group (RMS over batches; rows: term, columns: group). A sum far below its parts: the terms cancel."""
+    config = model.config
+    sampler = NegativeSampler(data, config.batch_size, config.negative_items)
+    groups = {g: [p for p in params if p.requires_grad] for g, params in model.parameter_groups().items()}
+    params = [p for ps in groups.values() for p in ps]
+    owner = [g for g, ps in groups.items() for _ in ps]
+    model.train()
+    sq: dict[str, dict[str, float]] = {}
+    for (users, pos, neg), _ in zip(sampler.epoch(np.random.default_rng([seed, 0])), range(n_batches)):
+        terms = model.loss_terms(users, pos, neg)
+        terms["all terms"] = sum(terms.values())
+        for name, value in terms.items():
+            row = sq.setdefault(name, dict.fromkeys(groups, 0.0))
+            for group, g in zip(owner, torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)):
+                if g is not None:
+                    row[group] += float(g.square().sum()) / n_batches
+    return pd.DataFrame(sq).T.pow(0.5)
+
+
+def term_gradients_by_stage(data: Interactions, path: str | Path, n_batches: int = 2) -> pd.DataFrame | None:
+    """`term_gradients` of a finished run at initialisation, at its best epoch and at its last epoch (its
+    checkpoints), stacked with a `stage` column; None when the run's checkpoints are not on this machine."""
+    path = Path(path)
+    if not (path / "checkpoints" / "last.pt").exists():
+        return None
+    record = read_record(path / "record.json")
+    config = load_config("fitmm", {**record["config"], "device": "cpu"})
+    model = build_model(data, config, torch.device("cpu"))
+    frames = {"init (epoch 0 start)": term_gradients(model, data, n_batches)}
+    model.load_state_dict(torch.load(path / "checkpoints" / "best.pt", map_location="cpu", weights_only=False))
+    frames[f"best (epoch {record['best_epoch']})"] = term_gradients(model, data, n_batches)
+    last = torch.load(path / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["model"]
+    model.load_state_dict(last)
+    frames[f"last (epoch {record['epochs'] - 1})"] = term_gradients(model, data, n_batches)
+    return pd.concat(frames, names=["stage", "term"])
