@@ -225,6 +225,12 @@ def explanation(table: pd.DataFrame, frame: pd.DataFrame, groups: pd.DataFrame, 
             for k, g, n, c, e in zip(big.kind, big.group, big.n, big.change, big["peak epoch"]))
                      + (f"; the item embeddings drift by {d['drift at last epoch'].mean():.0%} of their norm from epoch 3."
                         if d["drift at last epoch"].notna().any() else "."))
+    best = best_variant(table, metric)
+    if best != "released":
+        versus = f" and {t.loc['backbone', col]:.4f} for the backbone alone" if "backbone" in t.index else ""
+        lines.append(f"- **The best variant** is '{best}': best epoch {t.loc[best, 'best epoch']}, test {metric} "
+                     f"{t.loc[best, col]:.4f} against {t.loc['released', col]:.4f} released "
+                     f"({t.loc[best, col] / t.loc['released', col] - 1:+.0%}){versus}.")
     ranked = t[col].sort_values(ascending=False)
     lines.append(f"- **Variants (test {metric}).** " + ", ".join(
         f"{v} {x:.4f} (best epoch {t.loc[v, 'best epoch']})" for v, x in ranked.items()) + ".")
