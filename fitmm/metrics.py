@@ -55,11 +55,13 @@ def evaluate(
     topk: Sequence[int] = (5, 10, 20, 50),
     batch_users: int = 4096,
     device: torch.device | str = "cpu",
+    item_hits_at: int | None = None,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Rank all items for every user with a `split` item; return mean metrics and per-user values.
 
     Train items are masked for valid and test alike; valid items are not masked at test time.
-    The per-user dict holds `users` (ids) and one float32 array per metric, aligned with it.
+    The per-user dict holds `users` (ids) and one float32 array per metric, aligned with it;
+    with `item_hits_at` = K (in `topk`) also `item_hits`, (n_items,) int64: how often each item is a hit in a top K.
     """
     device = torch.device(device)
     relevant = data.matrix(split)
@@ -71,6 +73,7 @@ def evaluate(
     max_k = max(topk)
     train = data.train_matrix
     per_user: dict[str, list[torch.Tensor]] = {}
+    item_hits = torch.zeros(data.n_items, dtype=torch.long, device=device)
     for start in range(0, len(users), batch_users):
         batch = users[start : start + batch_users]
         batch_t = torch.from_numpy(batch).to(device)
@@ -81,10 +84,15 @@ def evaluate(
         ranked_keys = batch_t[:, None].long() * data.n_items + top
         pos = torch.searchsorted(keys, ranked_keys).clamp(max=len(keys) - 1)
         hits = (keys[pos] == ranked_keys).double()
+        if item_hits_at is not None:
+            hit_at_k = hits[:, :item_hits_at].bool()
+            item_hits = item_hits + torch.bincount(top[:, :item_hits_at][hit_at_k], minlength=data.n_items)
         n_rel = torch.from_numpy(n_relevant[batch]).double().to(device)
         for name, values in rank_metrics(hits, n_rel, topk).items():
             per_user.setdefault(name, []).append(values.cpu())
     result = {name: torch.cat(v).numpy().astype(np.float32) for name, v in per_user.items()}
     summary = {name: float(torch.cat(per_user[name]).mean()) for name in per_user}
     result["users"] = users.astype(np.int32)
+    if item_hits_at is not None:
+        result["item_hits"] = item_hits.cpu().numpy()
     return summary, result

@@ -2,7 +2,8 @@
 
 A run's folder (`fitmm.store`: `results_dir/runs/<dataset>/<model>/<run_id>/`) holds
 `record.json`, `per_user.npz` and `analysis.json` (what the book's chapters use from the trained
-model, `Recommender.analysis`) once it has finished, and `checkpoints/` (last and best state) while it runs, so an interrupted run resumes where it stopped. Randomness is
+model, `Recommender.analysis`) once it has finished (and `trace.npz` when traced, `fitmm.trace`), and
+`checkpoints/` (last and best state) while it runs, so an interrupted run resumes where it stopped. Randomness is
 drawn per epoch from (seed, epoch), which makes a resumed run identical to an
 uninterrupted one. One process at a time trains a run (a lock on its folder).
 """
@@ -31,6 +32,7 @@ from fitmm.metrics import evaluate
 from fitmm.models import MODELS
 from fitmm.models.base import Recommender
 from fitmm.settings import cache_dir
+from fitmm.trace import add_epoch, new_trace, save_trace
 from fitmm.store import (RecordError, RunLock, behaviour_version, check_writable, config_changes, read_record,
                          remove_stale_temporaries, run_dir, run_id, warn_stale)
 
@@ -120,11 +122,19 @@ def peak_memory_mb(device: torch.device) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _evaluate(model: Recommender, data: Interactions, split: str, config: Config, device: torch.device):
+def _evaluate(model: Recommender, data: Interactions, split: str, config: Config, device: torch.device,
+              item_hits: bool = False):
     model.eval()
     with torch.no_grad():
         scorer = model.scorer()
-        return evaluate(scorer, data, split, config.topk, config.eval_batch_users, device)
+        k = int(config.valid_metric.partition("@")[2]) if item_hits else None
+        return evaluate(scorer, data, split, config.topk, config.eval_batch_users, device, item_hits_at=k)
+
+
+def _squared_norms(groups: list[list[torch.Tensor]], device: torch.device) -> torch.Tensor:
+    """(groups,) squared gradient norm of each parameter group, on the device (no sync)."""
+    zero = torch.zeros((), device=device)
+    return torch.stack([sum((p.grad.square().sum() for p in params if p.grad is not None), zero) for params in groups])
 
 
 def preflight(results_dir: str | Path | None) -> None:
@@ -134,15 +144,17 @@ def preflight(results_dir: str | Path | None) -> None:
     check_writable(cache_dir(), "cache directory (FITMM_CACHE)")
 
 
-def train(data: Interactions, config: Config, results_dir: str | Path | None = None, progress: bool = True) -> dict:
+def train(data: Interactions, config: Config, results_dir: str | Path | None = None, progress: bool = True,
+          trace: bool = False) -> dict:
     """Train (or fit) `config.model` on `data`; return the run record.
 
     With `results_dir`, a finished run is read back instead of retrained, an
     unfinished one resumes from its last checkpoint, and the record is written there.
+    With `trace` (trainable models), the run folder also gets `trace.npz` (`fitmm.trace`).
     """
     MODELS[config.model].check_data(config, data)
     if results_dir is None:
-        return _run(data, config, None, progress)
+        return _run(data, config, None, progress, trace)
     preflight(results_dir)
     out = run_dir(data, config, results_dir)
     if (out / "record.json").exists():
@@ -152,14 +164,14 @@ def train(data: Interactions, config: Config, results_dir: str | Path | None = N
         if (out / "record.json").exists():  # finished by the process that held the lock before us
             return read_record(out / "record.json")
         remove_stale_temporaries(out)
-        return _run(data, config, out, progress)
+        return _run(data, config, out, progress, trace)
 
 
-def _run(data: Interactions, config: Config, out: Path | None, progress: bool) -> dict:
+def _run(data: Interactions, config: Config, out: Path | None, progress: bool, trace: bool = False) -> dict:
     device = resolve_device(config.device)
     reset_peak_memory(device)
     if MODELS[config.model].trainable:
-        model, record = _train_sgd(data, config, device, out, progress)
+        model, record = _train_sgd(data, config, device, out, progress, trace)
     else:
         model, record = _fit_closed_form(data, config, device, progress)
     t0 = time.perf_counter()
@@ -221,12 +233,15 @@ def _load_checkpoint(path: Path) -> dict:
                           f"{path.parent} to restart this run from its first epoch") from None
 
 
-def _train_sgd(data: Interactions, config: Config, device: torch.device, out: Path | None, progress: bool):
+def _train_sgd(data: Interactions, config: Config, device: torch.device, out: Path | None, progress: bool,
+               trace: bool = False):
     sampler = NegativeSampler(data, config.batch_size, config.negative_items)
     model = build_model(data, config, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     metric = config.valid_metric
-    state = {"epoch": 0, "history": [], "best_valid": None, "best_epoch": None, "since_best": 0, "wall_seconds": 0.0}
+    state = {"epoch": 0, "history": [], "best_valid": None, "best_epoch": None, "since_best": 0, "wall_seconds": 0.0,
+             "trace": new_trace() if trace else None}
+    group_names, groups = zip(*model.parameter_groups().items())
     best_state = copy.deepcopy(model.state_dict())
     ckpt = out / "checkpoints" if out is not None else None
     if ckpt is not None and (ckpt / "last.pt").exists():
@@ -239,6 +254,8 @@ def _train_sgd(data: Interactions, config: Config, device: torch.device, out: Pa
         except (KeyError, TypeError, RuntimeError, ValueError) as err:
             raise RecordError(f"{ckpt / 'last.pt'}: checkpoint does not match this run ({err}); delete the folder "
                               f"{ckpt} to restart this run from its first epoch") from None
+    if trace and state.get("trace") is None:  # resumed from a run started untraced: trace from here on
+        state["trace"] = new_trace()
     resumed_at = state["epoch"]
     bar = tqdm(range(state["epoch"], config.epochs), desc=f"{config.model} on {data.name}",
                initial=state["epoch"], total=config.epochs, disable=not progress)
@@ -253,6 +270,7 @@ def _train_sgd(data: Interactions, config: Config, device: torch.device, out: Pa
         model.on_epoch_start(epoch)
         model.train()
         sums: dict[str, float] = {}
+        grad_sq = torch.zeros(len(groups), device=device)  # Σ over batches of each group's ‖grad‖²
         for users, pos, neg in sampler.epoch(rng):
             terms = model.loss_terms(users.to(device), pos.to(device), neg.to(device))
             loss = sum(terms.values())
@@ -262,14 +280,20 @@ def _train_sgd(data: Interactions, config: Config, device: torch.device, out: Pa
                 sums[name] = sums.get(name, 0.0) + value.item()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            grad_sq += _squared_norms(groups, device)
             optimizer.step()
         train_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
-        valid, _ = _evaluate(model, data, "valid", config, device)
+        valid, valid_per_user = _evaluate(model, data, "valid", config, device, item_hits=trace)
         eval_seconds = time.perf_counter() - t0
         losses = {k: v / len(sampler) for k, v in sums.items()}
-        state["history"].append({"epoch": epoch, "losses": losses, "valid": valid,
+        grad_norms = dict(zip(group_names, (grad_sq / len(sampler)).sqrt().tolist()))  # RMS over the batches
+        state["history"].append({"epoch": epoch, "losses": losses, "valid": valid, "grad_norms": grad_norms,
+                                 "diagnostics": model.epoch_diagnostics(),
                                  "train_seconds": train_seconds, "eval_seconds": eval_seconds})
+        if trace:
+            with torch.no_grad():
+                add_epoch(state["trace"], epoch, valid_per_user, config.valid_metric, model.embeddings()[1])
         if state["best_valid"] is None or valid[metric] > state["best_valid"][metric]:
             state.update(best_valid=valid, best_epoch=epoch, since_best=0)
             best_state = copy.deepcopy(model.state_dict())
@@ -286,6 +310,8 @@ def _train_sgd(data: Interactions, config: Config, device: torch.device, out: Pa
     bar.close()
     model.load_state_dict(best_state)
     history = state["history"]
+    if trace and out is not None and state["trace"]["epochs"]:
+        save_trace(state["trace"], out / "trace.npz")
     record = {
         "history": history,
         "best_epoch": state["best_epoch"],

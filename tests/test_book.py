@@ -39,8 +39,8 @@ def glued_in_markdown(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def test_there_are_the_nine_chapters():
-    assert [nb.stem[:2] for nb in NOTEBOOKS] == [f"{i:02d}" for i in range(9)]
+def test_there_are_the_ten_chapters():
+    assert [nb.stem[:2] for nb in NOTEBOOKS] == [f"{i:02d}" for i in range(10)]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -76,7 +76,7 @@ def test_stops_when_epochs_since_best_exceed_patience(monkeypatch):
     """MMRec's rule: with patience 3 and the best at epoch 1, epochs 2-5 pass without a gain and epoch 6 is not run."""
     scripted = iter([0.1, 0.2] + [0.1] * 20)
 
-    def fake_evaluate(model, data, split, config, device):
+    def fake_evaluate(model, data, split, config, device, item_hits=False):
         return {"recall@20": next(scripted) if split == "valid" else 0.0}, {}
 
     monkeypatch.setattr(trainer, "_evaluate", fake_evaluate)

@@ -43,6 +43,9 @@ EQUAL_ENERGY_TOLERANCE = 0.05   # largest deviation of a band's energy share fro
 SNR_RHO_REPRODUCED = 0.99       # Spearman ρ of learned band weights vs planted optimal gains (worse side)
 SNR_RHO_PARTLY = 0.0
 BEST_BAND_COUNTS = (3, 4)       # SSR: three to four bands work best
+EARLY_PEAK_MAX_EPOCH = 5        # fitmm-early-peak: the best valid epoch (0-based) is at most this ...
+EARLY_PEAK_DECLINE = 0.05       # ... the last valid metric lies at least 5 % below the best ...
+                                # ... and the training loss at the last epoch is below the one at the best epoch
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ CLAIMS = (
     Claim("fitmm-spectral-helps", "FITMM", "The frequency-aware module improves on the backbone alone.", "05_ablations"),
     Claim("ssr-spectral-helps", "SSR", "The spectral modules improve on the backbone alone.", "05_ablations"),
     Claim("ssr-bands-3-4", "SSR", "Three to four bands work best.", "05_ablations"),
+    Claim("fitmm-early-peak", "study", "FITMM as released peaks in its first epochs, then its valid metric declines "
+          "while its training loss keeps falling (this study's finding, not a paper's claim).", "09_fitmm_diagnosis"),
 )
 
 
@@ -270,3 +275,28 @@ def discrepancies_table(results_dir: str | Path, profile: str) -> pd.DataFrame:
         rows.append({"model": d.model, "paper": d.paper, "code": d.code, "switch": d.switch, "finding": finding,
                      "chapter": d.chapter})
     return pd.DataFrame(rows, index=[d.id for d in DISCREPANCIES])
+
+
+def early_peak(record: dict, metric: str = "recall@20") -> dict:
+    """One trained run's evidence for fitmm-early-peak: best epoch, relative decline of the valid `metric` from
+    the best to the last epoch, training loss (sum of terms) at both, and whether all three criteria hold."""
+    history = record["history"]
+    best = next(h for h in history if h["epoch"] == record["best_epoch"])
+    last = history[-1]
+    decline = 1 - last["valid"][metric] / best["valid"][metric]
+    loss_best, loss_last = sum(best["losses"].values()), sum(last["losses"].values())
+    return {"seed": record["seed"], "best_epoch": record["best_epoch"], "epochs": record["epochs"],
+            "stopped_early": record.get("stopped_early"), "decline": decline, "loss_at_best": loss_best,
+            "loss_at_last": loss_last,
+            "early_peak": record["best_epoch"] <= EARLY_PEAK_MAX_EPOCH and decline >= EARLY_PEAK_DECLINE
+            and loss_last < loss_best}
+
+
+def early_peak_verdict(evidence: pd.DataFrame) -> str:
+    """From `early_peak` rows of the released runs: every run peaks early and declines -> reproduced; some ->
+    partly; none -> not reproduced; no run -> pending (runs cut by their budget: `with_budget`)."""
+    if evidence.empty:
+        return "pending"
+    hits = evidence["early_peak"]
+    verdict = "reproduced" if hits.all() else "partly" if hits.any() else "not reproduced"
+    return with_budget(verdict, evidence)

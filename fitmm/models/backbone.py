@@ -3,7 +3,7 @@ arXiv 2301.12097; book/methods.md, "Shared backbone").
 
 Per block m ∈ {id} ∪ item modalities: an item input x^m (id: a free embedding;
 content: MLP d_m -> 4d -> d with LeakyReLU over the raw feature table, itself
-trainable) and a free user preference P^m. Each block propagates on the train graph
+trainable as in FITMM's released code unless `train_features=False`) and a free user preference P^m. Each block propagates on the train graph
 Â from the row-L2-normalised stack [P^m; x^m]:
 
     X̂^m = Σ_{l=0..L} Â^l normalize([P^m; x^m]).
@@ -41,7 +41,8 @@ class Backbone(nn.Module):
     """Multi-block graph encoder; `forward()` returns `Views` for all users and items."""
 
     def __init__(self, data: Interactions, dim: int = 64, n_layers: int = 2, graph: bool = True,
-                 item_graph_k: int = 10, item_graph_weights: dict[str, float] | None = None):
+                 item_graph_k: int = 10, item_graph_weights: dict[str, float] | None = None,
+                 train_features: bool = True):
         super().__init__()
         self.n_users, self.n_items = data.n_users, data.n_items
         self.dim, self.n_layers = dim, n_layers
@@ -50,7 +51,8 @@ class Backbone(nn.Module):
 
         self.item_id = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, dim)))
         self.features = nn.ParameterDict(
-            {m: nn.Parameter(torch.as_tensor(f, dtype=torch.float32).clone()) for m, f in data.features.items()})
+            {m: nn.Parameter(torch.as_tensor(f, dtype=torch.float32).clone(), requires_grad=train_features)
+             for m, f in data.features.items()})
         self.encoders = nn.ModuleDict({
             m: nn.Sequential(nn.Linear(f.shape[1], 4 * dim), nn.LeakyReLU(), nn.Linear(4 * dim, dim))
             for m, f in data.features.items()})
@@ -73,6 +75,12 @@ class Backbone(nn.Module):
     @property
     def n_blocks(self) -> int:
         return len(self.blocks)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The parameters by role: item id table, raw feature tables, MLP encoders, preferences P, block weights w_u."""
+        return {"item_id": [self.item_id], "features": list(self.features.values()),
+                "encoders": list(self.encoders.parameters()), "preference": [self.preference],
+                "block_weights": [self.block_weights]}
 
     def item_inputs(self) -> torch.Tensor:
         """[x^m]_m, (N_i, B·d)."""

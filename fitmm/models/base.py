@@ -79,6 +79,14 @@ class Recommender(nn.Module):
 
         return item_analysis(self.eval(), data)
 
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The parameters by role, for the per-epoch gradient norms the trainer records; one group by default."""
+        return {"all": list(self.parameters())}
+
+    def epoch_diagnostics(self) -> dict:
+        """Cheap model values recorded in each epoch's history entry (band weights, gate scale, ...)."""
+        return {}
+
 
 def require_modalities(model: str, data: Interactions, n: int = 1, hint: str = "") -> None:
     """ConfigError unless `data` has at least `n` item feature files (`<modality>_feat.npy`)."""

@@ -21,6 +21,10 @@ Loss: BCE + λ_IB·L_IB(g) + λ_c·L_consistency (two readings, `consistency: co
 Ablations (config): `spectral: false` gives e = R + H (the backbone alone; no bands,
 gates, IB or consistency); `gate: false` drops the gate and with it the IB term;
 `graph_branch: false` drops H (bands of R only).
+This study's diagnosis switches (book chapter "Why FITMM stops learning"; defaults = released code):
+`detach_bands: true` stops the gradient through the band projectors (the Gram eigenvectors),
+`train_features: false` freezes the raw feature tables, `lambda_emb > 0` adds DRAGON's L2 term
+λ_emb·(Σ_m mean_batch (P^m_u)² + mean w_u²) (DRAGON, arXiv 2301.12097, its `calculate_loss`).
 """
 
 from __future__ import annotations
@@ -141,6 +145,9 @@ class FITMMConfig(Config):
     lambda_c: float = option("weight of the consistency loss", ge=0)
     consistency: str = option("code: bands of a node pulled together | paper: modality blocks within a band aligned",
                               choices=("code", "paper"))
+    detach_bands: bool = option("true: no gradient through the band projectors (Gram eigenvectors); values unchanged")
+    train_features: bool = option("false: the raw item feature tables are frozen (no gradient)")
+    lambda_emb: float = option("weight of DRAGON's L2 term on the batch users' preferences and the block weights", ge=0)
 
     def check(self) -> None:
         super().check()
@@ -171,11 +178,13 @@ class FITMM(BandedRecommender):
         c = config
         self.spectral, self.graph_branch, self.gated = c.spectral, c.graph_branch, c.gate
         self.n_bands, self.band_borders, self.consistency = c.n_bands, c.band_borders, c.consistency
-        self.lambda_ib, self.lambda_c = c.lambda_ib, c.lambda_c
+        self.lambda_ib, self.lambda_c, self.lambda_emb = c.lambda_ib, c.lambda_c, c.lambda_emb
+        self.detach_bands = c.detach_bands
         self.ib_args = (c.ib_alpha, c.ib_mu, c.ib_phi)
         self.dim = c.embedding_dim
         self.backbone = Backbone(data, self.dim, c.n_layers, graph=self.graph_branch,
-                                 item_graph_k=c.item_graph_k, item_graph_weights=c.item_graph_weights)
+                                 item_graph_k=c.item_graph_k, item_graph_weights=c.item_graph_weights,
+                                 train_features=c.train_features)
         n_blocks = self.backbone.n_blocks
         if self.spectral:
             self.user_fusion = BandFusion(n_blocks * self.dim, self.n_bands, self.gated)
@@ -186,7 +195,8 @@ class FITMM(BandedRecommender):
         views = self.backbone()
         if not self.spectral:
             return views, {}, {}
-        projectors = {name: band_projectors(z, self.dim, self.n_bands, self.band_borders)
+        projectors = {name: band_projectors(z.detach() if self.detach_bands else z, self.dim, self.n_bands,
+                                            self.band_borders)
                       for name, z in views._asdict().items() if z is not None}
         gates = {"user": self.user_fusion.gates(views.r_u), "item": self.item_fusion.gates(views.r_i)}
         return views, projectors, gates
@@ -231,7 +241,37 @@ class FITMM(BandedRecommender):
             else:
                 loss = consistency_paper(*args, self.backbone.n_blocks)
             terms["consistency"] = self.lambda_c * loss
+        if self.lambda_emb > 0:
+            terms["emb"] = self.lambda_emb * self.embedding_penalty(users, user_counts)
         return terms
+
+    def embedding_penalty(self, users: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """DRAGON's L2 term (its `calculate_loss`, 'cat' construction) before its weight: Σ over blocks of the
+        batch mean of (P^m_u)² plus the mean of the block weights w_u²; `users` distinct, occurring `counts` times."""
+        b = self.backbone
+        per_user = b.preference[users].square().view(len(users), b.n_blocks, self.dim).mean(-1).sum(-1)
+        return _batch_mean(per_user, counts.to(per_user.dtype)) + b.block_weights.square().mean()
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The parameters by role: the backbone's groups, then the band weights ω (logits) and the gates (W, b, s)."""
+        groups = self.backbone.parameter_groups()
+        if self.spectral:
+            fusions = (self.user_fusion, self.item_fusion)
+            groups["band_weights"] = [f.band_logits for f in fusions]
+            if self.gated:
+                groups["gate"] = [p for f in fusions for p in (*f.gate.parameters(), f.gate_scale)]
+        return groups
+
+    @torch.no_grad()
+    def epoch_diagnostics(self) -> dict:
+        """Band weights ω and gate scale s per side (read off the parameters, no forward)."""
+        if not self.spectral:
+            return {}
+        fusions = {"user": self.user_fusion, "item": self.item_fusion}
+        out = {"band_weights": {s: f.band_weights().tolist() for s, f in fusions.items()}}
+        if self.gated:
+            out["gate_scale"] = {s: f.gate_scale.item() for s, f in fusions.items()}
+        return out
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         state = self._encode()
