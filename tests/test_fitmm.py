@@ -218,10 +218,19 @@ def test_consistency_on_distinct_rows_equals_the_batch_formula(n_bands):
     item_table = torch.randn(n_bands, 12, 24, generator=g, dtype=torch.float64)
     u, uc = users.unique(return_counts=True)
     i, ic = items.unique(return_counts=True)
-    distinct = (user_table[:, u], uc.double(), item_table[:, i], ic.double())
-    full = (user_table[:, users], item_table[:, items])
-    torch.testing.assert_close(consistency_code(*distinct), reference_code(*full))
-    torch.testing.assert_close(consistency_paper(*distinct, 3), reference_paper(*full, 3))
+    user_table.requires_grad_(), item_table.requires_grad_()
+    def distinct():
+        return user_table[:, u], uc.double(), item_table[:, i], ic.double()
+
+    def full():
+        return user_table[:, users], item_table[:, items]
+
+    for ours, reference in ((consistency_code(*distinct()), reference_code(*full())),
+                            (consistency_paper(*distinct(), 3), reference_paper(*full(), 3))):
+        torch.testing.assert_close(ours, reference)  # values, and gradients (the contrast's is hand-written)
+        for a, b in zip(torch.autograd.grad(ours, (user_table, item_table)),
+                        torch.autograd.grad(reference, (user_table, item_table))):
+            torch.testing.assert_close(a, b)
 
 
 # ---- the model ----------------------------------------------------------------------------------
