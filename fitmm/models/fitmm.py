@@ -36,7 +36,7 @@ from fitmm.data.dataset import Interactions
 from fitmm.errors import ConfigError
 from fitmm.models.backbone import Backbone, Views
 from fitmm.models.base import BandedRecommender, bce_loss, require_modalities
-from fitmm.spectral.feature_bands import apply_bands, band_projectors
+from fitmm.spectral.feature_bands import apply_bands, band_projectors, band_sum
 
 
 INITIAL_BAND_LOGIT = 1.0  # w_k at init, so every ω_k starts at σ(1) ≈ 0.731 (the released code)
@@ -222,9 +222,7 @@ class FITMM(BandedRecommender):
             r, h = r[rows], None if h is None else h[rows]
         if not self.spectral:
             return (r if h is None else r + h), None
-        bands = apply_bands(r, projectors[r_name])
-        if h is not None:
-            bands = bands + apply_bands(h, projectors[h_name])
+        bands = band_sum((r, projectors[r_name])) if h is None else band_sum((r, projectors[r_name]), (h, projectors[h_name]))
         bands = self.drop_band(bands)
         g = gates[side]
         if g is not None and rows is not None:
