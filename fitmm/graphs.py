@@ -21,17 +21,24 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta 
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
 
+def csr_mm(adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """adj @ x for a CSR `adj`, written straight into a fresh output: `torch.sparse.mm` zero-fills a buffer and
+    copies the product out of another (on CPU, 20-35 % of the product's time at 16k nodes); same values."""
+    out = x.new_empty(adj.shape[0], x.shape[1])
+    return torch.addmm(out, adj, x, beta=0, out=out)
+
+
 class _SparseDenseMM(torch.autograd.Function):
     """adj @ x whose backward multiplies by a precomputed adjᵀ (torch transposes CSR on every backward)."""
 
     @staticmethod
     def forward(ctx, adj: torch.Tensor, adj_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         ctx.adj_t = adj_t
-        return torch.sparse.mm(adj, x)
+        return csr_mm(adj, x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return None, None, torch.sparse.mm(ctx.adj_t, grad)
+        return None, None, csr_mm(ctx.adj_t, grad.contiguous())
 
 
 def spmm(adj: torch.Tensor, x: torch.Tensor, adj_t: torch.Tensor | None = None) -> torch.Tensor:

@@ -269,19 +269,22 @@ def _train_sgd(data: Interactions, config: Config, device: torch.device, out: Pa
             group["lr"] = learning_rate(config, epoch)
         model.on_epoch_start(epoch)
         model.train()
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}  # on the device: read back once per epoch, no sync per batch
         grad_sq = torch.zeros(len(groups), device=device)  # Σ over batches of each group's ‖grad‖²
         for users, pos, neg in sampler.epoch(rng):
-            terms = model.loss_terms(users.to(device), pos.to(device), neg.to(device))
+            terms = model.loss_terms(users.to(device, non_blocking=True), pos.to(device, non_blocking=True),
+                                     neg.to(device, non_blocking=True))
             loss = sum(terms.values())
             for name, value in terms.items():
-                if not torch.isfinite(value):
-                    raise TrainingError(f"non-finite loss term {name!r} = {value.item()} at epoch {epoch}; stopping the run")
-                sums[name] = sums.get(name, 0.0) + value.item()
+                sums[name] = sums[name] + value.detach() if name in sums else value.detach()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_sq += _squared_norms(groups, device)
             optimizer.step()
+        sums = dict(zip(sums, torch.stack(list(sums.values())).tolist())) if sums else {}
+        for name, value in sums.items():  # a non-finite term makes its epoch sum non-finite
+            if not math.isfinite(value):
+                raise TrainingError(f"non-finite loss term {name!r} (its sum over epoch {epoch} is {value}); stopping the run")
         train_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         valid, valid_per_user = _evaluate(model, data, "valid", config, device, item_hits=trace)

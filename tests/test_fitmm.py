@@ -8,9 +8,9 @@ from torch.nn import functional as F
 from fitmm.config import load_config
 from fitmm.data.dataset import Interactions
 from fitmm.errors import ConfigError
-from fitmm.models.backbone import Backbone
+from fitmm.models.backbone import Backbone, BlockNormalize
 from fitmm.models.fitmm import FITMM, FITMMConfig, BandFusion, consistency_code, consistency_paper, ib_penalty
-from fitmm.spectral.feature_bands import apply_bands, band_projectors, feature_bands, group_sizes
+from fitmm.spectral.feature_bands import apply_bands, band_projectors, band_sum, feature_bands, group_sizes
 
 
 @pytest.fixture(autouse=True)
@@ -82,6 +82,18 @@ def test_bands_sum_to_the_input_and_are_orthogonal_within_each_block(borders, n_
         for k in range(j + 1, n_bands):
             cross = torch.einsum("nbi,nbj->bij", blocks[j], blocks[k])
             assert cross.abs().max() < 1e-10 * scale
+
+
+def test_band_sum_is_the_sum_of_the_per_block_projections():
+    g = torch.Generator().manual_seed(0)
+    zs = [torch.randn(7, 3 * 8, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    ps = [torch.randn(3, 4, 8, 8, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    ours = band_sum(*zip(zs, ps))
+    reference = sum(torch.einsum("nbi,bmij->mnbj", z.view(7, 3, 8), p).reshape(4, 7, 24) for z, p in zip(zs, ps))
+    torch.testing.assert_close(ours, reference)
+    w = torch.randn(4, 7, 24, generator=g, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad((ours * w).sum(), zs + ps), torch.autograd.grad((reference * w).sum(), zs + ps)):
+        torch.testing.assert_close(a, b)
 
 
 def test_equal_bands_are_the_thin_svd_projections():
@@ -218,10 +230,19 @@ def test_consistency_on_distinct_rows_equals_the_batch_formula(n_bands):
     item_table = torch.randn(n_bands, 12, 24, generator=g, dtype=torch.float64)
     u, uc = users.unique(return_counts=True)
     i, ic = items.unique(return_counts=True)
-    distinct = (user_table[:, u], uc.double(), item_table[:, i], ic.double())
-    full = (user_table[:, users], item_table[:, items])
-    torch.testing.assert_close(consistency_code(*distinct), reference_code(*full))
-    torch.testing.assert_close(consistency_paper(*distinct, 3), reference_paper(*full, 3))
+    user_table.requires_grad_(), item_table.requires_grad_()
+    def distinct():
+        return user_table[:, u], uc.double(), item_table[:, i], ic.double()
+
+    def full():
+        return user_table[:, users], item_table[:, items]
+
+    for ours, reference in ((consistency_code(*distinct()), reference_code(*full())),
+                            (consistency_paper(*distinct(), 3), reference_paper(*full(), 3))):
+        torch.testing.assert_close(ours, reference)  # values, and gradients (the contrast's is hand-written)
+        for a, b in zip(torch.autograd.grad(ours, (user_table, item_table)),
+                        torch.autograd.grad(reference, (user_table, item_table))):
+            torch.testing.assert_close(a, b)
 
 
 # ---- the model ----------------------------------------------------------------------------------
@@ -362,3 +383,14 @@ def test_both_readings_learn_on_synthetic_data(tmp_path, reading):
         before, _ = evaluate(untrained.scorer(), data, "valid", [20], 256)
     record = train(data, cfg, progress=False)
     assert record["best_valid"]["recall@20"] > before["recall@20"] + 0.1
+
+
+def test_block_normalize_matches_autograd_through_the_formula():
+    x = torch.randn(6, 3, 5, dtype=torch.float64)
+    x[2, 1] = 0.0  # a zero row: the floor
+    x.requires_grad_()
+    w = torch.randn(6, 3, 5, dtype=torch.float64)
+    ours = BlockNormalize.apply(x)
+    reference = x * x.square().sum(-1, keepdim=True).clamp_min(1e-24).rsqrt()
+    torch.testing.assert_close(ours, reference)
+    torch.testing.assert_close(torch.autograd.grad((ours * w).sum(), x)[0], torch.autograd.grad((reference * w).sum(), x)[0])

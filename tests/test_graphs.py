@@ -6,8 +6,9 @@ import torch
 
 from fitmm.config import load_config
 from fitmm.errors import ConfigError
-from fitmm.graphs import knn_adjacency, resolve_item_graph_weights, spmm, transpose_csr, user_item_adjacency
+from fitmm.graphs import csr_mm, knn_adjacency, resolve_item_graph_weights, spmm, transpose_csr, user_item_adjacency
 from fitmm.models import MODELS
+from fitmm.models.base import propagate_mean
 from tests.test_fitmm import tiny
 
 
@@ -18,6 +19,13 @@ def test_spmm_gradient_uses_the_transpose():
     spmm(csr, x, transpose_csr(csr)).square().sum().backward()
     expected = torch.autograd.grad((a @ x).square().sum(), x)[0]
     torch.testing.assert_close(x.grad, expected)
+
+
+def test_csr_mm_equals_torch_sparse_mm_on_strided_inputs():
+    a = torch.rand(9, 6).where(torch.rand(9, 6) < 0.4, torch.tensor(0.0)).to_sparse_csr()
+    x = torch.randn(4, 6).T  # non-contiguous
+    assert torch.equal(csr_mm(a, x), torch.sparse.mm(a, x))
+    assert torch.equal(csr_mm(a, x[:, :1]), torch.sparse.mm(a, x[:, :1]))
 
 
 def test_user_item_adjacency_is_symmetric_normalised():
@@ -57,3 +65,15 @@ def test_text_and_genre_without_image_warn_and_record_the_weights(model):
     with pytest.warns(UserWarning, match="no item modality is called 'image'.*genre.*text"):
         built = MODELS[model](data, cfg)
     assert built.diagnostics()["item_graph_weights"] == {"genre": 0.5, "text": 0.5}
+
+
+def test_propagate_mean_equals_the_mean_of_the_stacked_layers():
+    a = torch.rand(8, 8).where(torch.rand(8, 8) < 0.4, torch.tensor(0.0))
+    a = (a + a.T).to_sparse_csr()  # symmetric, as Â
+    x = torch.randn(8, 5, requires_grad=True)
+    w = torch.randn(8, 5)
+    out = propagate_mean(a, x, 2)
+    layers = [x, torch.sparse.mm(a, x), torch.sparse.mm(a, torch.sparse.mm(a, x))]
+    expected = torch.stack(layers).mean(0)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(torch.autograd.grad((out * w).sum(), x)[0], torch.autograd.grad((expected * w).sum(), x)[0])

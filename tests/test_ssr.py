@@ -52,7 +52,13 @@ def test_sum_input_is_the_concat_bands_halves_added(data, bands):
     concat, summed = model(data, bands=bands, band_input="concat"), model(data, bands=bands, band_input="sum")
     torch.testing.assert_close(summed.backbone.preference, concat.backbone.preference)  # same seed, same backbone
     wide, _ = concat.encode()
-    torch.testing.assert_close(summed.encode()[0], wide[..., :192] + wide[..., 192:], atol=1e-5, rtol=1e-4)
+    ours = summed.encode()[0]
+    reference = wide[..., :192] + wide[..., 192:]
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-4)
+    w = torch.randn(ours.shape)  # and the gradients (the linear chebyshev split filters R + H, not [R | H])
+    for a, b in zip(torch.autograd.grad((ours * w).sum(), summed.backbone.preference),
+                    torch.autograd.grad((reference * w).sum(), concat.backbone.preference)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_without_operator_and_gate_sum_scores_add_the_cross_terms(data):

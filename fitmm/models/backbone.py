@@ -37,6 +37,25 @@ class Views(NamedTuple):
     h_i: torch.Tensor | None
 
 
+class BlockNormalize(torch.autograd.Function):
+    """Row-L2-normalise the last dim, y = x / max(‖x‖, 1e-12) (as F.normalize), with the backward
+    x̄ = (ȳ − y ⟨y, ȳ⟩) / ‖x‖ in three passes (where the floor holds, x̄ = ȳ / 1e-12)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        squared = x.square().sum(-1, keepdim=True)
+        inv = squared.clamp_min(1e-24).rsqrt_()
+        y = x * inv
+        ctx.save_for_backward(y, inv, squared > 1e-24)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        y, inv, above = ctx.saved_tensors
+        along = (y * grad).sum(-1, keepdim=True).mul_(above)
+        return (grad - y * along).mul_(inv)
+
+
 class Backbone(nn.Module):
     """Multi-block graph encoder; `forward()` returns `Views` for all users and items."""
 
@@ -88,8 +107,7 @@ class Backbone(nn.Module):
 
     def forward(self) -> Views:
         x = torch.cat([self.preference, self.item_inputs()])
-        blocks = x.view(-1, self.n_blocks, self.dim)  # row-L2-normalise each block (F.normalize, cheaper)
-        x = (blocks * blocks.square().sum(-1, keepdim=True).clamp_min(1e-24).rsqrt()).view(x.shape)
+        x = BlockNormalize.apply(x.view(-1, self.n_blocks, self.dim)).view(x.shape)
         x_hat = h = x
         for _ in range(self.n_layers):
             h = spmm(self.adj, h)

@@ -168,9 +168,11 @@ def emb_norm_loss(*embeddings: torch.Tensor) -> torch.Tensor:
     return sum(torch.linalg.norm(e) for e in embeddings) / embeddings[-1].shape[0]
 
 
-def propagate(adj: torch.Tensor, x: torch.Tensor, n_layers: int) -> list[torch.Tensor]:
-    """Layer outputs [x, Âx, Â²x, ...] of `n_layers` steps on a symmetric sparse graph Â."""
-    outputs = [x]
+def propagate_mean(adj: torch.Tensor, x: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """1/(L+1) Σ_{l=0..L} Â^l x on a symmetric sparse graph Â (LightGCN's layer mean), as a running sum:
+    no stacked copy of the L+1 layer outputs (the same value as stacking them and taking the mean)."""
+    out = h = x
     for _ in range(n_layers):
-        outputs.append(spmm(adj, outputs[-1]))
-    return outputs
+        h = spmm(adj, h)
+        out = out + h
+    return out / (n_layers + 1)

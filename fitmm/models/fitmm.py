@@ -41,7 +41,7 @@ from fitmm.data.dataset import Interactions
 from fitmm.errors import ConfigError
 from fitmm.models.backbone import Backbone, Views
 from fitmm.models.base import BandedRecommender, bce_loss, require_modalities
-from fitmm.spectral.feature_bands import apply_bands, band_projectors
+from fitmm.spectral.feature_bands import apply_bands, band_projectors, band_sum
 
 
 INITIAL_BAND_LOGIT = 1.0  # w_k at init, so every ω_k starts at σ(1) ≈ 0.731 (the released code)
@@ -88,14 +88,36 @@ def _batch_mean(values: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return (values * counts).sum(-1) / counts.sum()
 
 
+class GramLogSumExp(torch.autograd.Function):
+    """Σ_k Σ_a w_a logsumexp_b(x_ka·x_kb + log c_b) for bands X (K, n, D), row weights w (n,) and counts c (n,),
+    with its gradient formed in the forward: with P_k = softmax_b(X_k X_kᵀ + log c) and G_k = diag(w) P_k,
+    ∂/∂X_k = (G_k + G_kᵀ) X_k. One n×n product each way (autograd through the matmul takes two backward) and
+    only the (K, n, D) gradient is kept, not the (K, n, n) logits."""
+
+    @staticmethod
+    def forward(ctx, bands: torch.Tensor, weights: torch.Tensor, log_counts: torch.Tensor) -> torch.Tensor:
+        logits = torch.bmm(bands, bands.transpose(1, 2)).add_(log_counts)
+        top = logits.amax(-1, keepdim=True)
+        probs = logits.sub_(top).exp_()
+        total = probs.sum(-1, keepdim=True)
+        value = ((top + total.log()).squeeze(-1) @ weights).sum()
+        if ctx.needs_input_grad[0]:
+            g = probs.mul_(weights[:, None] / total)
+            ctx.save_for_backward(torch.bmm(g + g.transpose(1, 2), bands))
+        return value
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.saved_tensors[0], None, None
+
+
 def _in_batch_contrast(bands: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Σ over the upper half of the bands (k ≥ M//2) of −mean log_softmax(X_k X_kᵀ) over the batch
     (raw dot products, temperature 1), computed on distinct rows: with duplicates weighted by
     their counts c, −mean_ab log_softmax = mean_a logsumexp_b(S_ab + log c_b) − ‖mean_b x_b‖²."""
     upper = bands[bands.shape[0] // 2:]
-    logits = upper @ upper.transpose(1, 2) + counts.log()
     mean_row = _batch_mean(upper.transpose(1, 2), counts)
-    return (_batch_mean(logits.logsumexp(-1), counts) - mean_row.square().sum(-1)).sum()
+    return GramLogSumExp.apply(upper, counts / counts.sum(), counts.log()) - mean_row.square().sum()
 
 
 def consistency_code(user_bands: torch.Tensor, user_counts: torch.Tensor,
@@ -211,9 +233,7 @@ class FITMM(BandedRecommender):
             r, h = r[rows], None if h is None else h[rows]
         if not self.spectral:
             return (r if h is None else r + h), None
-        bands = apply_bands(r, projectors[r_name])
-        if h is not None:
-            bands = bands + apply_bands(h, projectors[h_name])
+        bands = band_sum((r, projectors[r_name])) if h is None else band_sum((r, projectors[r_name]), (h, projectors[h_name]))
         bands = self.drop_band(bands)
         g = gates[side]
         if g is not None and rows is not None:

@@ -27,7 +27,7 @@ from torch import nn
 from fitmm.config import Config, option
 from fitmm.data.dataset import Interactions
 from fitmm.graphs import item_graph, normalized_adjacency, resolve_item_graph_weights, spmm, transpose_csr
-from fitmm.models.base import Recommender, bpr_loss, propagate, require_modalities
+from fitmm.models.base import Recommender, bpr_loss, propagate_mean, require_modalities
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class FREEDOM(Recommender):
         h = self.item_emb
         for _ in range(self.n_mm_layers):
             h = spmm(self.item_adj, h, self.item_adj_t)
-        out = torch.stack(propagate(adj, torch.cat([self.user_emb, self.item_emb]), self.n_ui_layers)).mean(0)
+        out = propagate_mean(adj, torch.cat([self.user_emb, self.item_emb]), self.n_ui_layers)
         return out[: self.n_users], out[self.n_users :] + h
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,7 +17,7 @@ from torch import nn
 from fitmm.config import Config, option
 from fitmm.data.dataset import Interactions
 from fitmm.graphs import normalized_adjacency
-from fitmm.models.base import Recommender, bpr_loss, emb_norm_loss, propagate
+from fitmm.models.base import Recommender, bpr_loss, emb_norm_loss, propagate_mean
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class LightGCN(Recommender):
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         ego = torch.cat([self.user_emb, self.item_emb])
-        out = torch.stack(propagate(self.adj, ego, self.n_layers)).mean(0)
+        out = propagate_mean(self.adj, ego, self.n_layers)
         return out[: self.n_users], out[self.n_users :]
 
     def loss_terms(self, users, pos_items, neg_items):

@@ -33,7 +33,7 @@ from fitmm.cache import cached, fingerprint
 from fitmm.config import Config, option
 from fitmm.data.dataset import Interactions
 from fitmm.graphs import knn_adjacency, scipy_to_torch_csr, spmm, transpose_csr, user_item_adjacency
-from fitmm.models.base import Recommender, bpr_loss, propagate, require_modalities
+from fitmm.models.base import Recommender, bpr_loss, propagate_mean, require_modalities
 
 
 def weighted_knn_graph(data: Interactions, modality: str, k: int) -> torch.Tensor:
@@ -158,7 +158,7 @@ class SMORE(Recommender):
         batch computes it for its own nodes only.
         """
         conv, fused = self.spectrum()
-        behaviour = torch.stack(propagate(self.adj, torch.cat([self.user_emb, self.item_emb]), self.n_ui_layers)).mean(0)
+        behaviour = propagate_mean(self.adj, torch.cat([self.user_emb, self.item_emb]), self.n_ui_layers)
         fusion = self.item_view("fusion", self.item_emb * self.fusion_gate(fused))
         views = {m: self.item_view(m, self.item_emb * self.gates[m](c)) for m, c in conv.items()}
         if nodes is not None:

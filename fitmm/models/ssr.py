@@ -252,10 +252,13 @@ class SSR(BandedRecommender):
         The bands are cut from X = [R | H]; with `band_input: sum` each band's R half and H half are then added
         (D = B·d, as the released code does), with `concat` they stay side by side (D = 2·B·d)."""
         v = self.backbone()
-        context = torch.cat([v.r_u, v.r_i])
-        bands = self.bands(torch.cat([context, torch.cat([v.h_u, v.h_i])], dim=1), rows)
-        if self.band_input == "sum":
-            bands = bands[..., : context.shape[1]] + bands[..., context.shape[1] :]
+        context, graph = torch.cat([v.r_u, v.r_i]), torch.cat([v.h_u, v.h_i])
+        if self.band_input == "sum" and self.bands.linear:  # bands(R) + bands(H) = bands(R + H): half the width
+            bands = self.bands(context + graph, rows)
+        else:
+            bands = self.bands(torch.cat([context, graph], dim=1), rows)
+            if self.band_input == "sum":
+                bands = bands[..., : context.shape[1]] + bands[..., context.shape[1] :]
         bands = self.drop_band(bands)
         return bands, context if rows is None else context[rows]
 

@@ -136,10 +136,20 @@ def band_projectors(z: torch.Tensor, block_dim: int, n_bands: int, borders: Bord
 
 def apply_bands(z: torch.Tensor, projectors: torch.Tensor) -> torch.Tensor:
     """(M, n, B·d) bands of the rows z (n x B·d) under `projectors` (B, M, d, d)."""
-    n_blocks, n_bands, block_dim, _ = projectors.shape
-    blocks = z.reshape(z.shape[0], n_blocks, block_dim)
-    bands = torch.einsum("nbi,bmij->mnbj", blocks, projectors.to(z.dtype))
-    return bands.reshape(n_bands, z.shape[0], n_blocks * block_dim)
+    return band_sum((z, projectors))
+
+
+def band_sum(*pairs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """(M, n, B·d) Σ over `pairs` (z, P) of the bands of the rows z (n x B·d) under P (B, M, d, d), as one batched
+    product per block: the inputs side by side (n, S·d) times the projectors stacked (S·d, M·d)."""
+    n = pairs[0][0].shape[0]
+    n_blocks, n_bands, block_dim, _ = pairs[0][1].shape
+    dtype = pairs[0][0].dtype
+    blocks = torch.cat([z.reshape(n, n_blocks, block_dim) for z, _ in pairs], dim=-1).transpose(0, 1)
+    stacked = torch.cat([p.to(dtype) for _, p in pairs], dim=2)  # (B, M, S·d, d)
+    stacked = stacked.permute(0, 2, 1, 3).reshape(n_blocks, len(pairs) * block_dim, n_bands * block_dim)
+    bands = torch.bmm(blocks, stacked).view(n_blocks, n, n_bands, block_dim)
+    return bands.permute(2, 1, 0, 3).reshape(n_bands, n, n_blocks * block_dim)
 
 
 def feature_bands(z: torch.Tensor, block_dim: int, n_bands: int, borders: Borders = "equal") -> torch.Tensor:

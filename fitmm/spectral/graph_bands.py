@@ -80,11 +80,13 @@ class ChebyshevFilter(torch.autograd.Function):
         ctx.adj, ctx.coefficients = adj, coefficients.tolist()
         c = ctx.coefficients
         prev, cur = x, -torch.sparse.mm(adj, x)
-        out = torch.stack([c[f][0] * prev + c[f][1] * cur for f in range(len(c))])
-        for k in range(2, len(c[0])):
-            prev, cur = cur, next_term(adj, prev, cur, overwrite=prev is not x)
+        out = x.new_zeros(len(c), *x.shape)
+        for k in range(len(c[0])):
+            if k >= 2:
+                prev, cur = cur, next_term(adj, prev, cur, overwrite=prev is not x)
             for f in range(len(c)):
-                out[f].add_(cur, alpha=c[f][k])
+                if c[f][k]:  # a zero coefficient adds nothing: skip its N x D pass (the released split has five)
+                    out[f].add_(cur if k else prev, alpha=c[f][k])
         return out
 
     @staticmethod
@@ -93,7 +95,8 @@ class ChebyshevFilter(torch.autograd.Function):
 
         def h(k: int, into: torch.Tensor) -> torch.Tensor:
             for f in range(len(c)):
-                into.add_(grad[f], alpha=c[f][k])
+                if c[f][k]:
+                    into.add_(grad[f], alpha=c[f][k])
             return into
 
         b1, b2 = h(len(c[0]) - 1, torch.zeros_like(grad[0])), torch.zeros_like(grad[0])
@@ -112,6 +115,7 @@ class GraphBands(nn.Module):
     of the given rows only (M x len(rows) x D), which the exact path computes at a fraction of the cost."""
 
     n_bands: int
+    linear = False  # True where the split does not depend on X, so the bands of X + Y are those of X plus those of Y
 
     def __init__(self, adj: torch.Tensor, n_bands: int):
         super().__init__()
@@ -136,6 +140,8 @@ def chebyshev_responses(lam: torch.Tensor) -> torch.Tensor:
 
 class ChebyshevBands(GraphBands):
     """SSR's released split: low = x − 0.5 T_1x, mid = 0.8 T_2x + 0.3 T_3x, high = x − low − mid (M = 3)."""
+
+    linear = True
 
     def __init__(self, adj: torch.Tensor, n_bands: int = 3):
         if n_bands != 3:

@@ -1,0 +1,128 @@
+"""Estimated CPU-hours of the full study, from two measured epochs of every model on every dataset on hand.
+
+    python benchmarks/bench_study_cost.py --data-dir ../shared/data [--datasets tiktok baby] [--models fitmm ssr]
+
+The full study is 8 models x 4 datasets x 5 seeds, plus tuning: 12 trials per (model, dataset), each trial a
+full training run. For each (model, dataset) pair:
+
+    CPU-hours = 17 runs x E x (t_train + t_valid) / 3600        (17 = 5 seeds + 12 tuning trials)
+    closed-form models (EASE): 17 runs x t_fit / 3600             (its grid, refit, one valid evaluation each)
+
+t_train, t_valid: seconds per training epoch and per valid evaluation of epoch 1 (epoch 0 warms up), on one
+thread, as CPU time: the wall seconds of the record scaled by the run's CPU/wall ratio, so that other
+processes on a shared machine do not count. E: the epochs a run takes, by the first source that has it:
+(1) the mean `epochs` of this pair's finished full-protocol records in --results-dir (patience 20 and the
+model's own epoch cap), (2) the same model's mean over the other datasets' such records, (3) the cap.
+The test evaluation at the end of a run (one per run) is left out.
+
+Datasets: every folder of --data-dir holding `<name>.inter`. A model that needs item features runs only where
+`<modality>_feat.npy` files exist; where none do, its row is `extrapolated`: its TikTok epoch scaled by
+LightGCN's epoch on that dataset over LightGCN's on TikTok (every batch of every graph model propagates
+over the whole graph, so its epoch grows like LightGCN's). Pairs in --skip are left out of the table and the
+totals. Prints one row per pair and the total per dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from fitmm.config import load_config
+from fitmm.data import get_dataset
+from fitmm.errors import ConfigError
+from fitmm.models import MODELS
+from fitmm.trainer import train
+
+RUNS_PER_PAIR = 5 + 12  # seeds + tuning trials
+FULL_PATIENCE = 20
+
+
+def needed_epochs(results_dir: Path, model: str, dataset: str) -> tuple[float, str]:
+    """Epochs a full-protocol run of `model` takes on `dataset` and where the figure comes from."""
+    cap = load_config(model).epochs
+    found: dict[str, list[int]] = {}
+    for path in results_dir.glob(f"runs/*/{model}/*/record.json"):
+        record = json.loads(path.read_text())
+        config = record.get("config", {})
+        if config.get("patience") == FULL_PATIENCE and config.get("epochs") == cap and record.get("epochs"):
+            found.setdefault(path.parts[-4], []).append(record["epochs"])
+    if dataset in found:
+        return sum(found[dataset]) / len(found[dataset]), "record"
+    others = [e for d, es in found.items() for e in es]
+    if others:
+        return sum(others) / len(others), "other datasets"
+    return float(cap), "cap"
+
+
+def measure(data, model: str) -> dict:
+    """CPU seconds per training epoch and per valid evaluation (epoch 1), or per fit for closed-form models."""
+    config = load_config(model, {"epochs": 2, "patience": 100, "device": "cpu"})
+    wall, cpu = time.perf_counter(), time.process_time()
+    record = train(data, config, progress=False)
+    scale = (time.process_time() - cpu) / (time.perf_counter() - wall)
+    if not MODELS[model].trainable:
+        fit = sum(h["fit_seconds"] + h["eval_seconds"] for h in record["history"])
+        return {"fit_s": fit * scale, "cpu_per_wall": scale}
+    last = record["history"][-1]
+    return {"train_s": last["train_seconds"] * scale, "valid_s": last["eval_seconds"] * scale, "cpu_per_wall": scale}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", required=True, type=Path)
+    parser.add_argument("--results-dir", default="results", type=Path)
+    parser.add_argument("--datasets", nargs="*", help="default: every dataset in --data-dir")
+    parser.add_argument("--models", nargs="*", default=sorted(MODELS))
+    parser.add_argument("--skip", nargs="*", default=[], help="dataset:model pairs to leave out of the table")
+    parser.add_argument("--out", type=Path, help="also write the table as CSV here")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    names = args.datasets or sorted(p.name for p in args.data_dir.iterdir() if (p / f"{p.name}.inter").exists())
+    rows = []
+    for name in names:
+        data = get_dataset(name, args.data_dir)
+        print(f"{name}: {data.n_users} users, {data.n_items} items, modalities {data.modalities or 'none'}", flush=True)
+        for model in args.models:
+            if f"{name}:{model}" in args.skip:
+                continue
+            try:
+                MODELS[model].check_data(load_config(model), data)
+            except ConfigError:
+                rows.append({"dataset": name, "model": model, "measured": "extrapolated"})
+                continue
+            rows.append({"dataset": name, "model": model, "measured": "yes", **measure(data, model)})
+            print(f"  {model}: {json.dumps({k: round(v, 2) for k, v in rows[-1].items() if isinstance(v, float)})}",
+                  flush=True)
+    table = pd.DataFrame(rows).set_index(["dataset", "model"])
+    for column in ("train_s", "valid_s", "fit_s"):
+        if column not in table:
+            table[column] = float("nan")
+    for (name, model), row in table.iterrows():
+        if row["measured"] == "extrapolated" and ("tiktok", model) in table.index and ("tiktok", "lightgcn") in table.index:
+            growth = table.loc[(name, "lightgcn"), "train_s"] / table.loc[("tiktok", "lightgcn"), "train_s"]
+            table.loc[(name, model), "train_s"] = table.loc[("tiktok", model), "train_s"] * growth
+            table.loc[(name, model), "valid_s"] = table.loc[("tiktok", model), "valid_s"] * growth
+    epochs = [needed_epochs(args.results_dir, model, name) for name, model in table.index]
+    table["epochs"] = [e for e, _ in epochs]
+    table["epochs_from"] = [s for _, s in epochs]
+    per_run = (table["train_s"] + table["valid_s"]) * table["epochs"]
+    table["cpu_hours"] = RUNS_PER_PAIR * per_run.where(table["fit_s"].isna(), table["fit_s"]) / 3600
+    pd.set_option("display.width", 160)
+    print(f"\nload average {os.getloadavg()[0]:.1f}; seconds are CPU seconds on one thread; "
+          f"{RUNS_PER_PAIR} runs per pair (5 seeds + 12 tuning trials)")
+    print(table.drop(columns="cpu_per_wall", errors="ignore").round(2).to_string())
+    print("\nCPU-hours per dataset:")
+    print(table.groupby(level="dataset")["cpu_hours"].sum().round(1).to_string())
+    print(f"total: {table['cpu_hours'].sum():.1f} CPU-hours (extrapolated rows: {(table['measured'] == 'extrapolated').sum()})")
+    if args.out:
+        table.to_csv(args.out)
+
+
+if __name__ == "__main__":
+    main()
