@@ -43,3 +43,12 @@ def small_graph() -> torch.Tensor:
 def medium_graph() -> torch.Tensor:
     """Â of a random 1,500-user, 800-item graph: large enough for spectral statistics."""
     return random_user_item_adjacency(1500, 800, seed=0)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on tiny tensors, OpenMP spin-waits on a busy 2-core box cost 10x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

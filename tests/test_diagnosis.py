@@ -16,12 +16,7 @@ from fitmm.trainer import train
 from tests.test_fitmm import batch, build, config, tiny
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def backbone_grads(model, data) -> dict[str, torch.Tensor]:

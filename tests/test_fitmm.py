@@ -13,13 +13,7 @@ from fitmm.models.fitmm import FITMM, FITMMConfig, BandFusion, consistency_code,
 from fitmm.spectral.feature_bands import apply_bands, band_projectors, band_sum, feature_bands, group_sizes
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on tiny tensors, OpenMP spin-waits on a busy 2-core box cost 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(n_users=60, n_items=40, modalities=("image", "text"), seed=0) -> Interactions:
@@ -324,7 +318,6 @@ def test_without_the_spectral_part_the_embedding_is_the_backbone():
 
 
 def test_bad_switch_values_are_errors():
-    data = tiny()
     for overrides, match in (({"band_borders": "quantile"}, "band_borders: 'quantile' is not allowed; expected one of: equal, energy"),
                              ({"consistency": "both"}, "consistency: 'both' is not allowed"),
                              ({"n_bands": 0}, "n_bands: 0 is not allowed; expected an integer >= 1"),
