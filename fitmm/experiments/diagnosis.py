@@ -185,7 +185,7 @@ def _at(frame: pd.DataFrame, variant: str, epoch: int, column: str) -> float:
     return float(rows[column].mean()) if column in rows and len(rows) else float("nan")
 
 
-def explanation(table: pd.DataFrame, frame: pd.DataFrame, groups: pd.DataFrame, terms: pd.DataFrame | None = None,
+def explanation(table: pd.DataFrame, frame: pd.DataFrame, groups: pd.DataFrame | None, terms: pd.DataFrame | None = None,
                 metric: str = "recall@20") -> str:
     """The chapter's closing paragraph, in plain words, every statement computed from the runs (`terms`:
     `term_gradients_by_stage` of the released run, or None)."""
@@ -217,7 +217,7 @@ def explanation(table: pd.DataFrame, frame: pd.DataFrame, groups: pd.DataFrame, 
                      f"{at('omega user', last):.3f} and the gate scale s {at('gate scale user', 0):.3f} → "
                      f"{at('gate scale user', last):.3f} (user side) over {last + 1} epochs: at lr 1e-4 Adam moves a "
                      "parameter by about 1e-4 per step.")
-    if not groups.empty:
+    if groups is not None and not groups.empty:
         d = decline(groups).dropna(subset=["change"])
         big = d.sort_values("n", ascending=False).groupby("kind").head(1)
         lines.append("- **Where.** " + "; ".join(

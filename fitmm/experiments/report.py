@@ -218,6 +218,7 @@ def chapter_states(results_dir: str | Path) -> dict[str, dict]:
 def freshness(saved: str | None, chapter: str, states: dict[str, dict]) -> str:
     """'this build' when `saved` (a verdict's or a run list's time) falls within the execution of `chapter` whose
     output is in the book and ran to the end; otherwise 'stale' with the date it was saved and why."""
+    saved = saved if isinstance(saved, str) else None  # a claims-table cell with no verdict saved is NaN
     state = states.get(chapter)
     if state and state.get("status") == "ok" and saved and state["executed"] <= saved <= state["finished"]:
         return "this build"
