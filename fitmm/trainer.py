@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.utils import get_total_norm
 from tqdm.auto import tqdm
 
 from fitmm.cache import fingerprint
@@ -132,9 +133,10 @@ def _evaluate(model: Recommender, data: Interactions, split: str, config: Config
 
 
 def _squared_norms(groups: list[list[torch.Tensor]], device: torch.device) -> torch.Tensor:
-    """(groups,) squared gradient norm of each parameter group, on the device (no sync)."""
+    """(groups,) squared gradient norm of each parameter group, on the device (no sync; one fused norm per group)."""
     zero = torch.zeros((), device=device)
-    return torch.stack([sum((p.grad.square().sum() for p in params if p.grad is not None), zero) for params in groups])
+    grads = [[p.grad for p in params if p.grad is not None] for params in groups]
+    return torch.stack([get_total_norm(g) if g else zero for g in grads]).square()
 
 
 def preflight(results_dir: str | Path | None) -> None:

@@ -18,8 +18,6 @@ and none twice.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import itertools
 import os
@@ -27,12 +25,13 @@ import socket
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import optuna
 import pandas as pd
 import yaml
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from fitmm.config import load_config, parse_overrides
@@ -112,15 +111,9 @@ def open_study(journal: Path, model: str, dataset: str, settings: dict | None = 
     return study
 
 
-@contextlib.contextmanager
-def claim_lock(journal: Path) -> Iterator[None]:
+def claim_lock(journal: Path) -> FileLock:
     """An exclusive lock next to the journal (released by the kernel if the holder dies)."""
-    with open(journal.with_suffix(".lock"), "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return FileLock(journal.with_suffix(".lock"))
 
 
 def worker_id() -> str:
