@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
@@ -43,6 +44,11 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def utc_now() -> str:
+    """The time as every record, verdict and executed chapter stamps it (compared as strings by the report)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
 
 
 def write_json(path: str | Path, obj: Any) -> None:

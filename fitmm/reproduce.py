@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 from fitmm import settings
 from fitmm.executor import SlurmOptions, Summary, add_arguments as add_executor_arguments, slurm_options
 from fitmm.executor import execute as execute_tasks
+from fitmm.io import utc_now
 
 NOTEBOOKS = Path("notebooks")
 EXECUTED = Path("book/notebooks")
@@ -95,10 +96,6 @@ def executed_state(path: Path) -> dict | None:
     if not path.exists():
         return None
     return json.loads(path.read_text()).get("metadata", {}).get("fitmm")
-
-
-def utc_now() -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
 
 
 def profile_banner(profile: dict, seconds: float, stamp: str) -> str:

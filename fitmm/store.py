@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import socket
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from filelock import FileLock, Timeout
 from fitmm.config import Config, load_config
 from fitmm.data.dataset import Interactions
 from fitmm.errors import ConfigError, DataError
+from fitmm.io import utc_now
 from fitmm.cache import fingerprint
 
 # Bump when the trainer changes what any run computes (sampling, stopping, evaluation).
@@ -152,7 +152,7 @@ class RunLock:
             raise ConfigError(f"{self.folder}: this run is being trained by {holder} (lock {self.lock.lock_file}); "
                               "wait for it to finish, then rerun to reuse its record") from None
         self.owner.write_text(f"pid {os.getpid()} on {socket.gethostname()} since "
-                              f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}\n")
+                              f"{utc_now()}\n")
         return self
 
     def __exit__(self, *exc) -> None:

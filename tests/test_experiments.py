@@ -16,6 +16,7 @@ import torch
 from fitmm.data.dataset import Interactions
 from fitmm.experiments import (claims, cost, datacheck, groups, notes, plan, report, runs, significance,
                                spectral_checks, tables)
+from fitmm.io import utc_now
 from fitmm.metrics import evaluate
 
 
@@ -450,7 +451,7 @@ def test_report_counts_only_this_builds_verdicts(tmp_path):
     frame = run_grid(data, ["bpr", "lightgcn"], [0], tmp_path, budget).frame
     chapter = report.Chapter("01_main_results", "smoke", tmp_path)
     chapter.used(frame[frame.model == "bpr"])
-    states = {"01_main_results": {"status": "ok", "executed": "2000-01-01 00:00:00 UTC", "finished": report.utc_now()}}
+    states = {"01_main_results": {"status": "ok", "executed": "2000-01-01 00:00:00 UTC", "finished": utc_now()}}
     used = report.used_runs(tmp_path, "smoke", states)
     assert used.model.tolist() == ["bpr"] and used.chapters.tolist() == ["01"]
     assert used.commit.iloc[0] == "–" or len(used.commit.iloc[0].removesuffix("+dirty")) == 12

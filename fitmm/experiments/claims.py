@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from fitmm.io import write_json
+from fitmm.io import utc_now, write_json
 from fitmm.models.fitmm import INITIAL_BAND_LOGIT
 
 INCONCLUSIVE = "inconclusive (budget)"
@@ -125,7 +124,7 @@ def save(results_dir: str | Path, profile: str, claim_id: str, verdict: str, evi
         raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
     write_json(Path(results_dir) / "claims" / profile / f"{claim_id}.json",
                {"claim": claim_id, "verdict": verdict, "evidence": evidence,
-                "saved": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
+                "saved": utc_now()})
 
 
 def save_finding(results_dir: str | Path, profile: str, discrepancy_id: str, finding: str) -> None:

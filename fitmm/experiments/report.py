@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import re
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Iterable
 import pandas as pd
 from IPython.display import HTML, display
 
-from fitmm.io import write_json
+from fitmm.io import utc_now, write_json
 
 # Raw keys -> the words a table prints.
 WORDS = {
@@ -168,10 +167,6 @@ def show_figure(fig, caption: str) -> None:
     data = base64.b64encode(buf.getvalue()).decode()
     display(HTML(f'<figure class="fitmm-figure"><img src="data:image/png;base64,{data}" '
                  f'alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>'))
-
-
-def utc_now() -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
 
 
 @dataclass(frozen=True)
