@@ -94,27 +94,21 @@ def read_record(path: str | Path) -> dict:
     return record
 
 
-def stale_records(data: Interactions, config: Config, results_dir: str | Path) -> list[Path]:
-    """Records of the same run (dataset, model, seed, config changes) made by another behaviour version."""
+def warn_stale(data: Interactions, config: Config, results_dir: str | Path) -> None:
+    """Warn of each record of the same run (dataset, model, seed, config changes) made by another behaviour
+    version: it is not reused, the run is trained again."""
     folder = Path(results_dir) / "runs" / data.name / config.model
     changes, version = json.loads(json.dumps(config_changes(config))), behaviour_version(config.model)
-    out = []
+    dataset = fingerprint(data)
     for path in sorted(folder.glob(f"{config.model}-s{config.seed}-*/record.json")):
         try:
             record = read_record(path)
         except RecordError:
             continue  # named when that run itself is asked for
-        if record["version"] != version and record["config_changes"] == changes \
-                and record["dataset"].get("fingerprint") == fingerprint(data):
-            out.append(path)
-    return out
-
-
-def warn_stale(data: Interactions, config: Config, results_dir: str | Path) -> None:
-    for path in stale_records(data, config, results_dir):
-        version = json.loads(path.read_text())["version"]
-        warnings.warn(f"{path}: a record of this run made by behaviour version {version} (now "
-                      f"{behaviour_version(config.model)}); not reused, the run is trained again", stacklevel=3)
+        if (record["version"] != version and record["config_changes"] == changes
+                and record["dataset"].get("fingerprint") == dataset):
+            warnings.warn(f"{path}: a record of this run made by behaviour version {record['version']} (now "
+                          f"{version}); not reused, the run is trained again", stacklevel=3)
 
 
 def check_writable(folder: str | Path, what: str) -> None:

@@ -47,10 +47,6 @@ class Runs:
     specs: list[RunSpec] = field(default_factory=list)
     data: dict[str, Interactions] = field(default_factory=dict)
 
-    def __add__(self, other: Runs) -> Runs:
-        return Runs(pd.concat([self.frame, other.frame], ignore_index=True), self.records + other.records,
-                    list(dict.fromkeys(self.notes + other.notes)), self.specs + other.specs, {**self.data, **other.data})
-
 
 @dataclass(frozen=True)
 class Training:
