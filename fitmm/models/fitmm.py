@@ -233,8 +233,8 @@ class FITMM(BandedRecommender):
             r, h = r[rows], None if h is None else h[rows]
         if not self.spectral:
             return (r if h is None else r + h), None
-        bands = band_sum((r, projectors[r_name])) if h is None else band_sum((r, projectors[r_name]), (h, projectors[h_name]))
-        bands = self.drop_band(bands)
+        pairs = [(z, projectors[name]) for z, name in ((r, r_name), (h, h_name)) if z is not None]
+        bands = self.drop_band(band_sum(*pairs))
         g = gates[side]
         if g is not None and rows is not None:
             g = g[rows]
