@@ -73,6 +73,12 @@ def run_dir(data: Interactions, config: Config, results_dir: str | Path) -> Path
     return Path(results_dir) / "runs" / data.name / config.model / run_id(data, config)
 
 
+def finished(folder: str | Path, trace: bool = False) -> bool:
+    """Whether the run in `folder` has finished (its record is written), and has its trace when `trace`."""
+    folder = Path(folder)
+    return (folder / "record.json").exists() and (not trace or (folder / "trace.npz").exists())
+
+
 def read_record(path: str | Path) -> dict:
     """A record.json, checked against RECORD_SCHEMA; RecordError names the file and what to do."""
     path = Path(path)

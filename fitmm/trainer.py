@@ -16,6 +16,8 @@ import itertools
 import math
 import re
 import resource
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -34,8 +36,8 @@ from fitmm.models import MODELS
 from fitmm.models.base import Recommender
 from fitmm.settings import cache_dir
 from fitmm.trace import add_epoch, new_trace, save_trace
-from fitmm.store import (RecordError, RunLock, behaviour_version, check_writable, config_changes, read_record,
-                         remove_stale_temporaries, run_dir, run_id, warn_stale)
+from fitmm.store import (RecordError, RunLock, behaviour_version, check_writable, config_changes, finished,
+                         read_record, remove_stale_temporaries, run_dir, run_id, warn_stale)
 
 
 class NegativeSampler:
@@ -152,20 +154,25 @@ def train(data: Interactions, config: Config, results_dir: str | Path | None = N
 
     With `results_dir`, a finished run is read back instead of retrained, an
     unfinished one resumes from its last checkpoint, and the record is written there.
-    With `trace` (trainable models), the run folder also gets `trace.npz` (`fitmm.trace`).
+    With `trace` (trainable models), the run folder also gets `trace.npz` (`fitmm.trace`); a run that
+    finished untraced is trained again (tracing changes nothing else it computes, so the id is the same).
     """
     MODELS[config.model].check_data(config, data)
+    trace = trace and MODELS[config.model].trainable
     if results_dir is None:
         return _run(data, config, None, progress, trace)
     preflight(results_dir)
     out = run_dir(data, config, results_dir)
-    if (out / "record.json").exists():
+    if finished(out, trace):
         return read_record(out / "record.json")
     warn_stale(data, config, results_dir)
     with RunLock(out):
-        if (out / "record.json").exists():  # finished by the process that held the lock before us
+        if finished(out, trace):  # finished by the process that held the lock before us
             return read_record(out / "record.json")
         remove_stale_temporaries(out)
+        if (out / "record.json").exists():  # finished untraced: the same run again from its first epoch, traced
+            print(f"{out}: finished without a trace; training it again, traced", file=sys.stderr)
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
         return _run(data, config, out, progress, trace)
 
 

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from fitmm.experiments import claims, diagnosis
+from fitmm import reproduce
+from fitmm.experiments import claims, diagnosis, plan
 from fitmm.metrics import evaluate
 import fitmm.models.fitmm as fitmm_module
 from fitmm.models.fitmm import FITMM
@@ -128,6 +129,36 @@ def test_trace_is_written_and_resumes(tmp_path):
     assert trace["item_hits"].shape == trace["drift"].shape == (cfg.epochs, data.n_items)
     assert np.isnan(trace["drift"][:DRIFT_REFERENCE_EPOCH]).all() and (trace["drift"][DRIFT_REFERENCE_EPOCH] == 0).all()
     assert (trace["drift"][-1] > 0).any()
+
+
+def test_a_run_finished_untraced_is_trained_again_when_its_trace_is_asked_for(tmp_path, capsys):
+    """The trace is not part of the run id (it changes nothing the run computes): asking for it retrains the run
+    from its first epoch, traced, with the same record; a traced record then serves both requests."""
+    data, cfg = tiny(), config(epochs=3, patience=50, topk=[5, 20])
+    plain = train(data, cfg, tmp_path, progress=False)
+    (folder,) = tmp_path.glob("runs/*/fitmm/*")
+    assert not (folder / "trace.npz").exists()
+    traced = train(data, cfg, tmp_path, progress=False, trace=True)
+    assert "finished without a trace; training it again, traced" in capsys.readouterr().err
+    assert list(np.load(folder / "trace.npz")["epochs"]) == [0, 1, 2]
+    assert [h["valid"] for h in traced["history"]] == [h["valid"] for h in plain["history"]]
+    assert traced["test"] == plain["test"] and traced["run_id"] == plain["run_id"]
+    mtime = (folder / "record.json").stat().st_mtime_ns
+    train(data, cfg, tmp_path, progress=False)
+    train(data, cfg, tmp_path, progress=False, trace=True)
+    assert (folder / "record.json").stat().st_mtime_ns == mtime
+
+
+def test_diagnosis_runs_are_planned_traced_and_merge_with_the_same_main_run():
+    profile = {"diagnosis_dataset": "tiktok", "data_dir": "d", "diagnosis_budget": {},
+               "diagnosis_runs": {"released": [999, 1], "gate false": [999]}}
+    specs = plan.diagnosis_variant_runs(**profile)
+    assert [(s.variant, s.seed, s.overrides, s.trace) for s in specs] == [
+        ("released", 999, {}, True), ("released", 1, {}, True), ("gate false", 999, {"gate": False}, True)]
+    main = plan.main_runs(["tiktok"], "d", ["fitmm"], [999], {})
+    assert main[0].key() == specs[0].key() and not main[0].trace
+    merged = {s.key(): s for s in plan.plan({**reproduce.profiles()["gpu"], **profile, "datasets": ["tiktok"]})}
+    assert merged[specs[0].key()].trace and not merged[plan.main_runs(["tiktok"], "d", ["lightgcn"], [999], {})[0].key()].trace
 
 
 def record(seed=999, valid=(0.05, 0.08, 0.07, 0.06), loss=(0.7, 0.6, 0.5, 0.4), epochs=None, stopped_early=True,

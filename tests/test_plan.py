@@ -73,9 +73,11 @@ def test_smoke_plan_covers_every_chapter_once():
     main = plan.call(plan.main_runs, PROFILES["smoke"])
     assert [s.key() for s in specs[: len(main)]] == [s.key() for s in main]  # the main grid, then the others
     # the ablation's reference variant (no overrides) is the main run itself, planned once; the other two are
-    # the ablations' variants, the fourth the Explore chapter's (lambda_ib=0.0)
-    fitmm_runs = [s.variant for s in specs if s.model == "fitmm" and s.data.label == "synthetic"]
-    assert len(fitmm_runs) == 4 and "fitmm (lambda_ib=0.0)" in fitmm_runs
+    # the ablations' variants, the fourth the Explore chapter's (lambda_ib=0.0), the last three the diagnosis
+    # chapter's, traced (their own budget)
+    fitmm_runs = [(s.variant, s.trace) for s in specs if s.model == "fitmm" and s.data.label == "synthetic"]
+    assert len(fitmm_runs) == 7 and ("fitmm (lambda_ib=0.0)", False) in fitmm_runs
+    assert fitmm_runs[-3:] == [(label, True) for label in PROFILES["smoke"]["diagnosis_runs"]]
     only = plan.plan(PROFILES["smoke"], ["05_ablations"])
     assert {s.variant for s in only} == {label for table in PROFILES["smoke"]["ablations"].values() for label in table}
 

@@ -2,7 +2,8 @@
 band weights and gate scale per epoch, and the valid metric split by user and item group over the epochs.
 
 Every variant is FITMM (arXiv 2601.22498) with the released settings and one change, all of them config
-switches of `fitmm/configs/fitmm.yaml`; runs are traced (`fitmm.trace`) so the decline can be located.
+switches of `fitmm/configs/fitmm.yaml`; `plan.diagnosis_variant_runs` plans them traced (`fitmm.trace`) so the
+decline can be located.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import torch
 from fitmm.config import load_config
 from fitmm.data.dataset import Interactions
 from fitmm.experiments.groups import ITEM_GROUPS, USER_GROUPS, item_popularity_groups, user_degree_groups
-from fitmm.store import read_record, run_dir
-from fitmm.trainer import NegativeSampler, build_model, train
+from fitmm.experiments.runs import Runs
+from fitmm.store import read_record
+from fitmm.trainer import NegativeSampler, build_model
 
 DRAGON_REG_WEIGHT = 1e-3  # DRAGON's reg_weight on Baby and Sports (hongyurain/DRAGON README)
 BACKBONE_EPOCHS = 50      # the backbone keeps improving for tens of epochs: its run is capped here
@@ -40,23 +42,12 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def run_variant(name: str, data: Interactions, seed: int, results_dir: str | Path | None,
-                overrides: dict | None = None, progress: bool = False) -> dict:
-    """Train (or read back) variant `name` with `seed`, traced; `overrides` (a profile's epochs, ...) apply on top."""
-    config = load_config("fitmm", {**VARIANTS[name], **(overrides or {}), "seed": seed})
-    return train(data, config, results_dir, progress=progress, trace=True)
-
-
-def run_variants(data: Interactions, seeds: dict[str, list[int]], results_dir: str | Path,
-                 overrides: dict | None = None) -> dict[str, list[tuple[dict, Path]]]:
-    """variant -> [(record, run folder)] over the variant's `seeds`, each trained only if its record is missing."""
-    out = {}
-    for name, variant_seeds in seeds.items():
-        out[name] = []
-        for seed in variant_seeds:
-            record = run_variant(name, data, seed, results_dir, overrides)
-            config = load_config("fitmm", {**VARIANTS[name], **(overrides or {}), "seed": seed})
-            out[name].append((record, run_dir(data, config, results_dir)))
+def by_variant(ran: Runs) -> dict[str, list[tuple[dict, Path]]]:
+    """The planned diagnosis runs (`plan.diagnosis_variant_runs`, read or trained by `runs.run_specs`) as
+    variant -> [(record, run folder)], in the planned order."""
+    out: dict[str, list[tuple[dict, Path]]] = {}
+    for record, row in zip(ran.records, ran.frame.itertuples()):
+        out.setdefault(row.variant, []).append((record, Path(row.path)))
     return out
 
 

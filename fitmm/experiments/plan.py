@@ -7,7 +7,8 @@ execute every run up front (`fitmm.executor`) and the notebooks then only read r
 
     DataSpec   how to build a dataset in any process: a named set, with train edges dropped
                (sparsification chapter) or a synthetic graph of a given size (cost chapter)
-    RunSpec    DataSpec + model + seed + config overrides (+ the ablation label it belongs to)
+    RunSpec    DataSpec + model + seed + config overrides (+ the ablation label it belongs to, and whether
+               the run is traced: `fitmm.trace`, the diagnosis chapter)
 """
 
 from __future__ import annotations
@@ -62,19 +63,21 @@ def _load(spec: DataSpec) -> Interactions:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One training run: `config()` is what `fitmm.trainer.train` gets, `data.load()` its data."""
+    """One training run: `config()` is what `fitmm.trainer.train` gets, `data.load()` its data; `trace`
+    asks for its per-epoch trace too (which does not change what it trains, so it is not part of `key`)."""
 
     data: DataSpec
     model: str
     seed: int
     overrides: dict[str, Any] = field(default_factory=dict, hash=False)
     variant: str = ""
+    trace: bool = False
 
     def config(self) -> Config:
         return load_config(self.model, {**self.overrides, "seed": self.seed})
 
     def key(self) -> str:
-        """What makes two specs the same run (the variant label is only a name)."""
+        """What makes two specs the same run (the variant label is only a name, the trace an extra output)."""
         return json.dumps([dataclasses.asdict(self.data), self.model, self.seed, self.overrides], sort_keys=True)
 
     def __str__(self) -> str:
@@ -138,6 +141,16 @@ def explore_runs(explore_dataset: str, data_dir: str | None, models: list[str], 
             + grid(named([explore_dataset], data_dir), [explore_model], seeds, budget, {label: explore_overrides}))
 
 
+def diagnosis_variant_runs(diagnosis_dataset: str, data_dir: str | None, diagnosis_runs: dict[str, list[int]],
+                           diagnosis_budget: dict) -> list[RunSpec]:
+    """FITMM's diagnosis variants (`diagnosis.VARIANTS`, label -> seeds), traced; the budget applies on top."""
+    from fitmm.experiments.diagnosis import VARIANTS  # diagnosis imports groups, which imports runs, then this module
+
+    data = DataSpec(diagnosis_dataset, data_dir)
+    return [RunSpec(data, "fitmm", seed, {**VARIANTS[label], **diagnosis_budget}, label, trace=True)
+            for label, seeds in diagnosis_runs.items() for seed in seeds]
+
+
 # Which planner functions each chapter's notebook calls (tests/test_plan.py checks the notebooks).
 CHAPTERS: dict[str, list[Callable[..., list[RunSpec]]]] = {
     "01_main_results": [main_runs],
@@ -147,6 +160,7 @@ CHAPTERS: dict[str, list[Callable[..., list[RunSpec]]]] = {
     "05_ablations": [ablation_runs],
     "06_cost": [main_runs, growth_runs],
     "08_explore": [explore_runs],
+    "09_fitmm_diagnosis": [diagnosis_variant_runs],
 }
 
 
@@ -160,11 +174,14 @@ def call(fn: Callable[..., list[RunSpec]], profile: dict) -> list[RunSpec]:
 
 
 def plan(profile: dict, chapters: Sequence[str] | None = None) -> list[RunSpec]:
-    """Every run the (selected) chapters need under `profile`, each once, in chapter order."""
-    specs = {}
+    """Every run the (selected) chapters need under `profile`, each once, in chapter order; traced when
+    any chapter needs its trace."""
+    specs: dict[str, RunSpec] = {}
     for chapter, functions in CHAPTERS.items():
         if chapters is None or chapter in chapters:
             for fn in functions:
                 for spec in call(fn, profile):
-                    specs.setdefault(spec.key(), spec)
+                    first = specs.setdefault(spec.key(), spec)
+                    if spec.trace and not first.trace:
+                        specs[spec.key()] = dataclasses.replace(first, trace=True)
     return list(specs.values())

@@ -26,7 +26,7 @@ from fitmm.experiments.plan import DataSpec, RunSpec
 from fitmm.io import write_json
 from fitmm.models import MODELS
 from fitmm.models.base import Recommender
-from fitmm.store import read_record, run_dir
+from fitmm.store import finished, read_record, run_dir
 from fitmm.trainer import build_model, train
 
 NO_ANALYSIS = ("its run has no stored analysis (analysis.json: made before runs stored one, and no local checkpoint "
@@ -59,10 +59,11 @@ class Training:
         return run_dir(self.spec.data.load(), self.spec.config(), self.results_dir)
 
     def finished(self) -> bool:
-        return (self.path() / "record.json").exists()
+        return finished(self.path(), self.spec.trace)
 
     def __call__(self) -> str:
-        train(self.spec.data.load(), self.spec.config(), results_dir=self.results_dir, progress=False)
+        train(self.spec.data.load(), self.spec.config(), results_dir=self.results_dir, progress=False,
+              trace=self.spec.trace)
         return str(self.path())
 
     def __str__(self) -> str:
@@ -113,7 +114,7 @@ def run_specs(specs: list[RunSpec], results_dir: str | Path, data: dict[str, Int
             if records_only and not (path / "record.json").exists():
                 notes.append(f"{spec}: no record; its run failed in the batch before the notebooks (see its log)")
                 continue
-            record = train(d, config, results_dir=results_dir, progress=False)
+            record = train(d, config, results_dir=results_dir, progress=False, trace=spec.trace and not records_only)
             ensure_analysis(d, path)
         except Exception as err:  # noqa: BLE001 — reported in the notebook, the others go on
             notes.append(f"{spec}: {type(err).__name__}: {err}")
