@@ -310,6 +310,13 @@ def rank_correlation(learned: Sequence[float], optimal: Sequence[float]) -> tupl
     return float(result.statistic), float(result.pvalue)
 
 
+def rank_correlation_ceiling(optimal: Sequence[float]) -> float:
+    """The largest Spearman ρ that weights without ties can reach against `optimal`: below 1 when optimal gains
+    tie (two bands of pure noise both call for gain 0), whichever way the learned weights order the tied bands."""
+    optimal = np.asarray(optimal, dtype=np.float64)
+    return rank_correlation(np.argsort(np.argsort(optimal, kind="stable")), optimal)[0]
+
+
 # ---------------------------------------------------------------------------
 # SSR's fixed Chebyshev bands (the released code's path, book/methods.md "SSR")
 

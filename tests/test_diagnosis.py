@@ -1,6 +1,8 @@
 """The diagnosis switches of FITMM (detach_bands, train_features, lambda_emb), the per-epoch gradient norms,
 band weights and gate scale in the history, the valid trace, and the chapter's analysis and claim rule."""
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -153,8 +155,10 @@ def test_diagnosis_runs_are_planned_traced_and_merge_with_the_same_main_run():
     profile = {"diagnosis_dataset": "tiktok", "data_dir": "d", "diagnosis_budget": {},
                "diagnosis_runs": {"released": [999, 1], "gate false": [999]}}
     specs = plan.diagnosis_variant_runs(**profile)
-    assert [(s.variant, s.seed, s.overrides, s.trace) for s in specs] == [
-        ("released", 999, {}, True), ("released", 1, {}, True), ("gate false", 999, {"gate": False}, True)]
+    assert [(s.model, s.variant, s.seed, s.overrides, s.trace) for s in specs] == [
+        ("fitmm", "released", 999, {}, True), ("fitmm", "released", 1, {}, True),
+        ("fitmm", "gate false", 999, {"gate": False}, True),
+        ("lightgcn", "LightGCN", 999, {}, False), ("lightgcn", "LightGCN", 1, {}, False)]
     main = plan.main_runs(["tiktok"], "d", ["fitmm"], [999], {})
     assert main[0].key() == specs[0].key() and not main[0].trace
     merged = {s.key(): s for s in plan.plan({**reproduce.profiles()["gpu"], **profile, "datasets": ["tiktok"]})}
@@ -202,6 +206,30 @@ def test_ablation_table_and_best_variant_on_constructed_records():
     assert len(frame) == 12 and frame["omega user"].eq(0.75).all() and set(frame.filter(like="grad ")) == {"grad gate", "grad preference"}
 
 
+def test_named_variant_must_beat_the_backbone_and_lightgcn_on_three_uncut_seeds():
+    def table(**means):
+        return pd.DataFrame([{"variant": v, "seeds": n, "test recall@20 mean": m} for v, (m, n) in means.items()])
+
+    def rows(variant="gate false", stopped_early=True):
+        return pd.DataFrame([{"variant": variant, "epochs": 60, "best_epoch": 40 if stopped_early else 59,
+                              "stopped_early": stopped_early}] * 3)
+
+    refs = diagnosis.REFERENCES
+    base = {"released": (0.070, 3), "backbone": (0.076, 3), "LightGCN": (0.080, 3)}
+    named, why = claims.named_variant(table(**base, **{"gate false": (0.085, 3), "lambda_ib 0": (0.078, 3)}), rows(), refs)
+    assert named == "gate false" and "beats backbone (0.0760) and LightGCN (0.0800)" in why
+    named, why = claims.named_variant(table(**base, **{"gate false": (0.079, 3)}), rows(), refs)
+    assert named is None and why == "'gate false' (0.0790) does not beat LightGCN (0.0800)"
+    named, why = claims.named_variant(table(**base, **{"gate false": (0.085, 2)}), rows(), refs)
+    assert named is None and "2 seed(s); 3 needed" in why
+    named, why = claims.named_variant(table(**base, **{"gate false": (0.085, 3)}), rows(stopped_early=False), refs)
+    assert named is None and "cut by its budget" in why
+    del base["LightGCN"]
+    assert claims.named_variant(table(**base, **{"gate false": (0.085, 3)}), rows(), refs) == (
+        None, "'gate false' cannot be compared: no run of LightGCN")
+    assert claims.named_variant(table(released=(0.07, 1)), rows(), refs)[0] is None
+
+
 def test_group_curves_split_hits_by_item_group_and_recall_by_user_group(tmp_path):
     data = tiny()
     valid = data.pairs("valid")
@@ -238,6 +266,20 @@ def test_term_gradients_are_each_terms_gradient_norm_per_group():
             direct = sum(float(p.grad.square().sum()) for p in params if p.grad is not None) ** 0.5
             assert table.loc[name, group] == pytest.approx(direct, rel=1e-4, abs=1e-9)
     assert (table.loc["ib", ["band_weights", "item_id"]] >= 0).all() and table.loc["ib", "band_weights"] == 0
+
+
+def test_term_gradients_by_stage_are_stored_beside_the_record(tmp_path):
+    """Computed once from the checkpoints, then read from the run folder: the chapter renders without them."""
+    data = tiny()
+    train(data, config(epochs=2, patience=50, topk=[5, 20]), tmp_path, progress=False)
+    (folder,) = tmp_path.glob("runs/*/fitmm/*")
+    first = diagnosis.term_gradients_by_stage(data, folder, n_batches=1)
+    assert list(first.index.get_level_values("stage").unique()) == ["init (epoch 0 start)", "best (epoch 1)",
+                                                                   "last (epoch 1)"]
+    shutil.rmtree(folder / "checkpoints")
+    pd.testing.assert_frame_equal(diagnosis.term_gradients_by_stage(data, folder), first)
+    (folder / diagnosis.TERM_GRADIENTS).unlink()
+    assert diagnosis.term_gradients_by_stage(data, folder) is None
 
 
 def test_drift_table_compares_variants_at_their_last_common_epoch(tmp_path):

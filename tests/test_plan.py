@@ -72,11 +72,11 @@ def test_smoke_plan_covers_every_chapter_once():
     assert {"synthetic", "synthetic-drop40-s0", "synthetic-drop80-s0", "synthetic-u1200-i800"} <= labels
     main = plan.call(plan.main_runs, PROFILES["smoke"])
     assert [s.key() for s in specs[: len(main)]] == [s.key() for s in main]  # the main grid, then the others
-    # the ablation's reference variant (no overrides) is the main run itself, planned once; the other two are
-    # the ablations' variants, the fourth the Explore chapter's (lambda_ib=0.0), the last three the diagnosis
-    # chapter's, traced (their own budget)
+    # the ablation's reference variant (no overrides) is the main run itself, planned once; then the theory
+    # chapter's band-weight run, the ablations' two variants, the Explore chapter's (lambda_ib=0.0), and the
+    # diagnosis chapter's three, traced (their own budget)
     fitmm_runs = [(s.variant, s.trace) for s in specs if s.model == "fitmm" and s.data.label == "synthetic"]
-    assert len(fitmm_runs) == 7 and ("fitmm (lambda_ib=0.0)", False) in fitmm_runs
+    assert len(fitmm_runs) == 8 and {("fitmm (lambda_ib=0.0)", False), (plan.SNR_CHECK, False)} <= set(fitmm_runs)
     assert fitmm_runs[-3:] == [(label, True) for label in PROFILES["smoke"]["diagnosis_runs"]]
     only = plan.plan(PROFILES["smoke"], ["05_ablations"])
     assert {s.variant for s in only} == {label for table in PROFILES["smoke"]["ablations"].values() for label in table}

@@ -216,6 +216,15 @@ def test_rank_correlation():
     assert rho == pytest.approx(-1.0)
 
 
+def test_rank_correlation_ceiling_with_tied_optimal_gains():
+    """Two noise bands tie at gain 0: no ordering of three distinct weights gets ρ above √3/2 against them."""
+    optimal = [0.26, 0.0, 0.0]
+    assert theory.rank_correlation_ceiling(optimal) == pytest.approx(np.sqrt(3) / 2)
+    assert theory.rank_correlation([0.766, 0.761, 0.760], optimal)[0] == pytest.approx(np.sqrt(3) / 2)
+    assert theory.rank_correlation([0.760, 0.761, 0.766], optimal)[0] < 0
+    assert theory.rank_correlation_ceiling([0.5, 0.2, 0.1]) == pytest.approx(1.0)
+
+
 # --- SSR's fixed Chebyshev bands ----------------------------------------------------------------
 
 

@@ -39,12 +39,15 @@ WIENER_NUMERICAL_SLACK = 1e-12  # "never above Wiener" up to float rounding
 WIENER_GAP_AT_LARGE_BETA = 0.01  # at β = 1000 the GIB gain is within this of Wiener's
 ORTHOGONALITY_TOLERANCE = 1e-4  # largest |cos| between two bands of a view
 EQUAL_ENERGY_TOLERANCE = 0.05   # largest deviation of a band's energy share from 1/M
-SNR_RHO_REPRODUCED = 0.99       # Spearman ρ of learned band weights vs planted optimal gains (worse side)
+SNR_RHO_REPRODUCED = 0.99       # Spearman ρ of learned band weights vs planted optimal gains (worse side), as a
+                                # share of the ρ weights without ties can reach (`theory.rank_correlation_ceiling`)
 SNR_RHO_PARTLY = 0.0
 BEST_BAND_COUNTS = (3, 4)       # SSR: three to four bands work best
 EARLY_PEAK_MAX_EPOCH = 5        # fitmm-early-peak: the best valid epoch (0-based) is at most this ...
 EARLY_PEAK_DECLINE = 0.05       # ... the last valid metric lies at least 5 % below the best ...
                                 # ... and the training loss at the last epoch is below the one at the best epoch
+NAMED_VARIANT_MIN_SEEDS = 3     # a FITMM variant is named (run beside the released one) only on 3 seeds or more ...
+                                # ... when its mean test metric beats the backbone's and LightGCN's, none budget-cut
 
 
 @dataclass(frozen=True)
@@ -228,8 +231,9 @@ def equal_energy_verdict(deviation: pd.Series) -> str:
 
 
 def snr_tracking_verdict(rho: float, band_weights: dict[str, list[float]], run: pd.DataFrame | None = None) -> str:
-    """Learned FITMM band weights vs planted optimal gains (Spearman ρ, worse side). Weights that never left
-    their initial value, or a run cut by its budget while improving, make it inconclusive (budget)."""
+    """Learned FITMM band weights vs planted optimal gains (`rho`: Spearman ρ of the worse side over its ceiling,
+    `theory.rank_correlation_ceiling`). Weights that never left their initial value, or a run cut by its budget
+    while improving, make it inconclusive (budget)."""
     if unmoved(list(band_weights.values()), initial_band_weight()):
         return INCONCLUSIVE
     verdict = ("reproduced" if rho > SNR_RHO_REPRODUCED else "partly" if rho > SNR_RHO_PARTLY else "not reproduced")
@@ -299,3 +303,30 @@ def early_peak_verdict(evidence: pd.DataFrame) -> str:
     hits = evidence["early_peak"]
     verdict = "reproduced" if hits.all() else "partly" if hits.any() else "not reproduced"
     return with_budget(verdict, evidence)
+
+
+def named_variant(table: pd.DataFrame, runs: pd.DataFrame, references: tuple[str, ...],
+                  metric: str = "recall@20") -> tuple[str | None, str]:
+    """(the FITMM variant to name as this study's modification, or None; why). `table`: `diagnosis.ablation_table`
+    rows (variant, seeds, `test <metric> mean`); `runs`: the runs' rows (`runs.record_row`: variant, epochs,
+    best_epoch, stopped_early). The best variant other than the released one and the `references` is named when
+    it has at least `NAMED_VARIANT_MIN_SEEDS` seeds, none of its runs was cut by its budget while improving, and its
+    mean test metric is above every reference's."""
+    col = f"test {metric} mean"
+    t = table.set_index("variant")
+    candidates = t.drop(index=["released", *references], errors="ignore")
+    if candidates.empty:
+        return None, "no variant besides the released one"
+    best = candidates[col].idxmax()
+    missing = [r for r in references if r not in t.index]
+    if missing:
+        return None, f"'{best}' cannot be compared: no run of {', '.join(missing)}"
+    behind = [f"{r} ({t.loc[r, col]:.4f})" for r in references if t.loc[best, col] <= t.loc[r, col]]
+    if behind:
+        return None, f"'{best}' ({t.loc[best, col]:.4f}) does not beat {' and '.join(behind)}"
+    if t.loc[best, "seeds"] < NAMED_VARIANT_MIN_SEEDS:
+        return None, f"'{best}' beats the references on {t.loc[best, 'seeds']} seed(s); {NAMED_VARIANT_MIN_SEEDS} needed"
+    if budget_limited(runs[runs.variant == best]).any():
+        return None, f"'{best}' beats the references, but a run of it was cut by its budget while improving"
+    return best, (f"'{best}' ({t.loc[best, col]:.4f}) beats " +
+                  " and ".join(f"{r} ({t.loc[r, col]:.4f})" for r in references))

@@ -8,6 +8,7 @@ decline can be located.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from fitmm.config import load_config
 from fitmm.data.dataset import Interactions
 from fitmm.experiments.groups import ITEM_GROUPS, USER_GROUPS, item_popularity_groups, user_degree_groups
 from fitmm.experiments.runs import Runs
+from fitmm.io import write_json
 from fitmm.store import read_record
 from fitmm.trainer import NegativeSampler, build_model
 
@@ -40,6 +42,13 @@ VARIANTS: dict[str, dict] = {
     "weight_decay 1e-4": {"weight_decay": 1e-4},
     "weight_decay 1e-3": {"weight_decay": 1e-3},
 }
+
+
+# The references a variant must beat to be named (`claims.named_variant`): FITMM's own backbone (a variant above)
+# and LightGCN, trained on the released variant's seeds with the same budget.
+REFERENCE_MODEL, REFERENCE_LABEL = "lightgcn", "LightGCN"
+REFERENCES = ("backbone", REFERENCE_LABEL)
+TERM_GRADIENTS = "term_gradients.json"  # `term_gradients_by_stage` of a run, beside its record
 
 
 def by_variant(ran: Runs) -> dict[str, list[tuple[dict, Path]]]:
@@ -150,8 +159,9 @@ def decline(frame: pd.DataFrame, value: str = "recall") -> pd.DataFrame:
 
 
 def best_variant(table: pd.DataFrame, metric: str = "recall@20") -> str:
-    """The variant other than the released one with the highest mean test `metric` (the released one if alone)."""
-    others = table[table.variant != "released"]
+    """The FITMM variant other than the released one and the backbone with the highest mean test `metric` (the
+    released one if alone)."""
+    others = table[~table.variant.isin(["released", *REFERENCES])]
     return (others if len(others) else table).sort_values(f"test {metric} mean").variant.iloc[-1]
 
 
@@ -275,8 +285,11 @@ def term_gradients(model, data: Interactions, n_batches: int = 4, seed: int = 0)
 
 def term_gradients_by_stage(data: Interactions, path: str | Path, n_batches: int = 2) -> pd.DataFrame | None:
     """`term_gradients` of a finished run at initialisation, at its best epoch and at its last epoch (its
-    checkpoints), stacked with a `stage` column; None when the run's checkpoints are not on this machine."""
+    checkpoints), stacked with a `stage` column. Computed once, then read from the run folder (`TERM_GRADIENTS`,
+    committed with the record: checkpoints are not); None when neither is on this machine."""
     path = Path(path)
+    if (path / TERM_GRADIENTS).exists():
+        return pd.DataFrame(json.loads((path / TERM_GRADIENTS).read_text())).set_index(["stage", "term"])
     if not (path / "checkpoints" / "last.pt").exists():
         return None
     record = read_record(path / "record.json")
@@ -288,4 +301,6 @@ def term_gradients_by_stage(data: Interactions, path: str | Path, n_batches: int
     last = torch.load(path / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["model"]
     model.load_state_dict(last)
     frames[f"last (epoch {record['epochs'] - 1})"] = term_gradients(model, data, n_batches)
-    return pd.concat(frames, names=["stage", "term"])
+    table = pd.concat(frames, names=["stage", "term"])
+    write_json(path / TERM_GRADIENTS, table.reset_index().to_dict("records"))
+    return table

@@ -25,6 +25,9 @@ from fitmm.data import get_dataset, synthetic_dataset
 from fitmm.data.dataset import Interactions
 
 
+SNR_CHECK = "snr check"  # the label of the theory chapter's band-weight run (`theory_runs`)
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """A dataset by recipe: `name` from `data_dir` (or the embedded synthetic set), then either
@@ -115,9 +118,13 @@ def sparsity_runs(datasets: list[str], data_dir: str | None, sparsity_models: li
 
 
 def theory_runs(theory_dataset: str, band_datasets: list[str], data_dir: str | None, seeds: list[int],
-                budget: dict) -> list[RunSpec]:
-    """FITMM and SSR on the planted-truth dataset and the real ones whose trained bands are checked (first seed)."""
-    return grid(named([theory_dataset, *band_datasets], data_dir), ["fitmm", "ssr"], seeds[:1], budget)
+                budget: dict, snr_check_overrides: dict, snr_check_budget: dict) -> list[RunSpec]:
+    """FITMM and SSR on the planted-truth dataset and the real ones whose trained bands are checked (first seed),
+    then the FITMM run whose band weights are checked against the planted gains (label 'snr check': a variant
+    and a budget long enough for the weights to move)."""
+    return (grid(named([theory_dataset, *band_datasets], data_dir), ["fitmm", "ssr"], seeds[:1], budget)
+            + grid(named([theory_dataset], data_dir), ["fitmm"], seeds[:1], snr_check_budget,
+                   {SNR_CHECK: snr_check_overrides}))
 
 
 def ablation_runs(datasets: list[str], data_dir: str | None, ablations: dict[str, dict[str, dict]],
@@ -143,12 +150,15 @@ def explore_runs(explore_dataset: str, data_dir: str | None, models: list[str], 
 
 def diagnosis_variant_runs(diagnosis_dataset: str, data_dir: str | None, diagnosis_runs: dict[str, list[int]],
                            diagnosis_budget: dict) -> list[RunSpec]:
-    """FITMM's diagnosis variants (`diagnosis.VARIANTS`, label -> seeds), traced; the budget applies on top."""
-    from fitmm.experiments.diagnosis import VARIANTS  # diagnosis imports groups, which imports runs, then this module
+    """FITMM's diagnosis variants (`diagnosis.VARIANTS`, label -> seeds), traced, then the reference model
+    (LightGCN) on the released variant's seeds; the budget applies on top."""
+    from fitmm.experiments import diagnosis  # diagnosis imports groups, which imports runs, then this module
 
     data = DataSpec(diagnosis_dataset, data_dir)
-    return [RunSpec(data, "fitmm", seed, {**VARIANTS[label], **diagnosis_budget}, label, trace=True)
-            for label, seeds in diagnosis_runs.items() for seed in seeds]
+    variants = [RunSpec(data, "fitmm", seed, {**diagnosis.VARIANTS[label], **diagnosis_budget}, label, trace=True)
+                for label, seeds in diagnosis_runs.items() for seed in seeds]
+    return variants + grid([data], [diagnosis.REFERENCE_MODEL], diagnosis_runs.get("released", []), diagnosis_budget,
+                           {diagnosis.REFERENCE_LABEL: {}})
 
 
 # Which planner functions each chapter's notebook calls (tests/test_plan.py checks the notebooks).
