@@ -40,16 +40,20 @@ def project_root() -> Path | None:
     return root if (root / "pyproject.toml").is_file() else None
 
 
+def project_path(value: str | os.PathLike) -> Path:
+    """A folder named by a profile: relative to the project root (the current directory without one)."""
+    root = project_root()
+    return (root if root is not None else Path.cwd()) / Path(value).expanduser()
+
+
 def _resolve(kind: str, path: str | os.PathLike | None, default: str | os.PathLike | None) -> Path:
     if path is not None:
         return Path(path).expanduser()
     if os.environ.get(ENV[kind]):
         return Path(os.environ[ENV[kind]]).expanduser()
-    root = project_root()
-    if kind == "cache" and root is None:
+    if kind == "cache" and project_root() is None:
         return Path.home() / ".cache" / "fitmm"
-    base = root if root is not None else Path.cwd()
-    return base / Path(default if default is not None else kind).expanduser()
+    return project_path(default if default is not None else kind)
 
 
 def results_dir(path: str | os.PathLike | None = None, default: str | os.PathLike | None = None) -> Path:

@@ -20,6 +20,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from fitmm import settings
 from fitmm.config import Config, load_config
 from fitmm.data import get_dataset, synthetic_dataset
 from fitmm.data.dataset import Interactions
@@ -161,6 +162,14 @@ def diagnosis_variant_runs(diagnosis_dataset: str, data_dir: str | None, diagnos
                            {diagnosis.REFERENCE_LABEL: {}})
 
 
+def diagnosis_repeat_runs(repeat_dataset: str, repeat_data_dir: str | None, repeat_runs: dict[str, list[int]],
+                          diagnosis_budget: dict) -> list[RunSpec]:
+    """The decisive diagnosis variants again on a second dataset, whose folder (`repeat_data_dir`, relative to the
+    project root) may differ from the profile's: Baby with its rebuilt text modality lives in `<project>/data`."""
+    where = None if repeat_data_dir is None else str(settings.project_path(repeat_data_dir))
+    return diagnosis_variant_runs(repeat_dataset, where, repeat_runs, diagnosis_budget)
+
+
 # Which planner functions each chapter's notebook calls (tests/test_plan.py checks the notebooks).
 CHAPTERS: dict[str, list[Callable[..., list[RunSpec]]]] = {
     "01_main_results": [main_runs],
@@ -170,7 +179,7 @@ CHAPTERS: dict[str, list[Callable[..., list[RunSpec]]]] = {
     "05_ablations": [ablation_runs],
     "06_cost": [main_runs, growth_runs],
     "08_explore": [explore_runs],
-    "09_fitmm_diagnosis": [diagnosis_variant_runs],
+    "09_fitmm_diagnosis": [diagnosis_variant_runs, diagnosis_repeat_runs],
 }
 
 
