@@ -26,6 +26,7 @@ import torch
 from torch.nn.utils import get_total_norm
 from tqdm.auto import tqdm
 
+from fitmm.allocator import release_freed_memory, reuse_freed_memory
 from fitmm.cache import fingerprint
 from fitmm.config import Config
 from fitmm.data.dataset import Interactions
@@ -178,6 +179,8 @@ def train(data: Interactions, config: Config, results_dir: str | Path | None = N
 
 def _run(data: Interactions, config: Config, out: Path | None, progress: bool, trace: bool = False) -> dict:
     device = resolve_device(config.device)
+    release_freed_memory()  # what an earlier run in this process kept is not this run's
+    reuse_freed_memory()
     reset_peak_memory(device)
     if MODELS[config.model].trainable:
         model, record = _train_sgd(data, config, device, out, progress, trace)

@@ -67,13 +67,24 @@ def test_text_and_genre_without_image_warn_and_record_the_weights(model):
     assert built.diagnostics()["item_graph_weights"] == {"genre": 0.5, "text": 0.5}
 
 
-def test_propagate_mean_equals_the_mean_of_the_stacked_layers():
+@pytest.mark.parametrize("n_layers", [0, 1, 2, 3])
+def test_propagate_mean_equals_the_mean_of_the_stacked_layers(n_layers):
+    """Values and gradients (through both parts, or one part unused) against autograd on the stacked layers."""
     a = torch.rand(8, 8).where(torch.rand(8, 8) < 0.4, torch.tensor(0.0))
     a = (a + a.T).to_sparse_csr()  # symmetric, as Â
-    x = torch.randn(8, 5, requires_grad=True)
-    w = torch.randn(8, 5)
-    out = propagate_mean(a, x, 2)
-    layers = [x, torch.sparse.mm(a, x), torch.sparse.mm(a, torch.sparse.mm(a, x))]
+    users, items = torch.randn(3, 5, requires_grad=True), torch.randn(5, 5, requires_grad=True)
+    w_u, w_i = torch.randn(3, 5), torch.randn(5, 5)
+    out_u, out_i = propagate_mean(a, n_layers, users, items)
+    layers = [torch.cat([users, items])]
+    for _ in range(n_layers):
+        layers.append(torch.sparse.mm(a, layers[-1]))
     expected = torch.stack(layers).mean(0)
-    torch.testing.assert_close(out, expected)
-    torch.testing.assert_close(torch.autograd.grad((out * w).sum(), x)[0], torch.autograd.grad((expected * w).sum(), x)[0])
+    torch.testing.assert_close(torch.cat([out_u, out_i]), expected)
+    for loss, reference in [((out_u * w_u).sum() + (out_i * w_i).sum(), (expected * torch.cat([w_u, w_i])).sum()),
+                            ((out_i * w_i).sum(), (expected[3:] * w_i).sum())]:
+        got = torch.autograd.grad(loss, [users, items], retain_graph=True)
+        want = torch.autograd.grad(reference, [users, items], retain_graph=True)
+        for g, e in zip(got, want):
+            torch.testing.assert_close(g, e)
+    (single,) = propagate_mean(a, n_layers, torch.cat([users, items]))
+    torch.testing.assert_close(single, expected)

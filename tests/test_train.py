@@ -2,12 +2,14 @@
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from fitmm import allocator
 from fitmm.config import load_config
 from fitmm.data.dataset import Interactions
 from fitmm.errors import ConfigError, TrainingError
@@ -206,3 +208,10 @@ def test_peak_memory_is_the_runs_own_not_the_process_maximum():
     del ballast
     record = train(planted(), config("bpr", epochs=1))
     assert record["peak_memory_mb"] < before + 300  # the process maximum is at least before + 600
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt")
+def test_allocator_keeps_freed_memory_on_glibc():
+    """The trainer's allocator settings take effect (mallopt accepts both values) and can be applied again."""
+    assert allocator.reuse_freed_memory() and allocator.reuse_freed_memory()
+    allocator.release_freed_memory()

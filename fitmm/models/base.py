@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from fitmm.config import Config
 from fitmm.data.dataset import Interactions
 from fitmm.errors import ConfigError, TrainingError
-from fitmm.graphs import spmm
+from fitmm.graphs import csr_mm, spmm
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
 
@@ -168,11 +168,36 @@ def emb_norm_loss(*embeddings: torch.Tensor) -> torch.Tensor:
     return sum(torch.linalg.norm(e) for e in embeddings) / embeddings[-1].shape[0]
 
 
-def propagate_mean(adj: torch.Tensor, x: torch.Tensor, n_layers: int) -> torch.Tensor:
-    """1/(L+1) Σ_{l=0..L} Â^l x on a symmetric sparse graph Â (LightGCN's layer mean), as a running sum:
-    no stacked copy of the L+1 layer outputs (the same value as stacking them and taking the mean)."""
-    out = h = x
-    for _ in range(n_layers):
-        h = spmm(adj, h)
-        out = out + h
-    return out / (n_layers + 1)
+def _layer_mean(adj: torch.Tensor, x: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """1/(L+1) Σ_{l=0..L} Â^l x, summed in place in layer order."""
+    if n_layers == 0:
+        return x.clone()
+    h = csr_mm(adj, x)
+    out = x + h
+    for _ in range(n_layers - 1):
+        h = csr_mm(adj, h)
+        out.add_(h)
+    return out.div_(n_layers + 1)
+
+
+class _PropagateMean(torch.autograd.Function):
+    """`propagate_mean` with a hand-written backward: the layer mean is linear in x with a symmetric operator, so
+    its gradient is the layer mean of the output gradient. Autograd would keep the L layer outputs, and build a
+    zero-filled full-size gradient for each row slice of the output (users, items) and add them up."""
+
+    @staticmethod
+    def forward(ctx, adj: torch.Tensor, n_layers: int, *parts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ctx.adj, ctx.n_layers, ctx.sizes = adj, n_layers, [len(p) for p in parts]
+        return _layer_mean(adj, torch.cat(parts) if len(parts) > 1 else parts[0], n_layers).split(ctx.sizes)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):
+        grad = torch.cat(grads) if len(grads) > 1 else grads[0].contiguous()
+        return None, None, *_layer_mean(ctx.adj, grad, ctx.n_layers).split(ctx.sizes)
+
+
+def propagate_mean(adj: torch.Tensor, n_layers: int, *parts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """1/(L+1) Σ_{l=0..L} Â^l x on a symmetric sparse graph Â (LightGCN's layer mean) for x the row-wise
+    concatenation of `parts` (e.g. the user and the item table), returned split the same way. The same value as
+    stacking the L+1 layer outputs and taking their mean, without keeping them (`_PropagateMean`)."""
+    return _PropagateMean.apply(adj, n_layers, *parts)

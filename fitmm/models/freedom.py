@@ -94,8 +94,8 @@ class FREEDOM(Recommender):
         h = self.item_emb
         for _ in range(self.n_mm_layers):
             h = spmm(self.item_adj, h, self.item_adj_t)
-        out = propagate_mean(adj, torch.cat([self.user_emb, self.item_emb]), self.n_ui_layers)
-        return out[: self.n_users], out[self.n_users :] + h
+        user_out, item_out = propagate_mean(adj, self.n_ui_layers, self.user_emb, self.item_emb)
+        return user_out, item_out + h
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.propagate(self.adj)

@@ -40,9 +40,7 @@ class LightGCN(Recommender):
         self.reg_weight = config.reg_weight
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        ego = torch.cat([self.user_emb, self.item_emb])
-        out = propagate_mean(self.adj, ego, self.n_layers)
-        return out[: self.n_users], out[self.n_users :]
+        return propagate_mean(self.adj, self.n_layers, self.user_emb, self.item_emb)
 
     def loss_terms(self, users, pos_items, neg_items):
         user_out, item_out = self.embeddings()

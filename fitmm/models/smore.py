@@ -158,7 +158,7 @@ class SMORE(Recommender):
         batch computes it for its own nodes only.
         """
         conv, fused = self.spectrum()
-        behaviour = propagate_mean(self.adj, torch.cat([self.user_emb, self.item_emb]), self.n_ui_layers)
+        (behaviour,) = propagate_mean(self.adj, self.n_ui_layers, torch.cat([self.user_emb, self.item_emb]))
         fusion = self.item_view("fusion", self.item_emb * self.fusion_gate(fused))
         views = {m: self.item_view(m, self.item_emb * self.gates[m](c)) for m, c in conv.items()}
         if nodes is not None:
