@@ -19,7 +19,7 @@ from fitmm.store import behaviour_version
 PINNED_DEFAULTS = {
     "bpr": ("p2.m1", "04714c94"),
     "ease": ("p2.m1", "3e511716"),
-    "fitmm": ("p2.m1", "421b76f7"),
+    "fitmm": ("p2.m1", "5dc4983b"),
     "freedom": ("p2.m2", "d9e111d0"),
     "lightgcn": ("p2.m2", "ffa948bb"),
     "smore": ("p2.m2", "ba0ae4c8"),

@@ -45,6 +45,16 @@ def test_detach_bands_keeps_the_values_and_stops_the_gradient_through_the_projec
         torch.testing.assert_close(grads_d[name], grads_const[name])
 
 
+def test_detached_gate_input_keeps_the_values_and_keeps_ib_out_of_the_encoders():
+    data = tiny()
+    plain, detached = build(data), build(data, detach_gate_input=True)
+    detached.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(detached.loss_terms(*batch(data))["bce"], plain.loss_terms(*batch(data))["bce"])
+    ib = diagnosis.term_gradients(detached, data, n_batches=1).loc["ib"]
+    assert ib["encoders"] == 0 and ib["gate"] > 0
+    assert diagnosis.term_gradients(plain, data, n_batches=1).loc["ib", "encoders"] > 0
+
+
 def test_frozen_feature_tables_get_no_gradient():
     data = tiny()
     model = build(data, train_features=False)

@@ -32,6 +32,7 @@ VARIANTS: dict[str, dict] = {
     "backbone": {"spectral": False, "epochs": BACKBONE_EPOCHS},
     "train_features false": {"train_features": False},
     "detach_bands": {"detach_bands": True},
+    "detach gate input": {"detach_gate_input": True},
     "lambda_emb DRAGON": {"lambda_emb": DRAGON_REG_WEIGHT},
     "lambda_ib 0": {"lambda_ib": 0.0},
     "gate false": {"gate": False},

@@ -24,7 +24,9 @@ gates, IB or consistency); `gate: false` drops the gate and with it the IB term;
 This study's diagnosis switches (book chapter "Why FITMM stops learning"; defaults = released code):
 `detach_bands: true` stops the gradient through the band projectors (the Gram eigenvectors),
 `train_features: false` freezes the raw feature tables, `lambda_emb > 0` adds DRAGON's L2 term
-λ_emb·(Σ_m mean_batch (P^m_u)² + mean w_u²) (DRAGON, arXiv 2301.12097, its `calculate_loss`).
+λ_emb·(Σ_m mean_batch (P^m_u)² + mean w_u²) (DRAGON, arXiv 2301.12097, its `calculate_loss`),
+`detach_gate_input: true` feeds the gate sg(h) (no gradient into R through the gate, so L_IB reaches
+only the gate's own W, b, s).
 """
 
 from __future__ import annotations
@@ -170,6 +172,8 @@ class FITMMConfig(Config):
     detach_bands: bool = option("true: no gradient through the band projectors (Gram eigenvectors); values unchanged")
     train_features: bool = option("false: the raw item feature tables are frozen (no gradient)")
     lambda_emb: float = option("weight of DRAGON's L2 term on the batch users' preferences and the block weights", ge=0)
+    detach_gate_input: bool = option("true: the gate reads h without passing gradient into it (L_IB then reaches only "
+                                     "the gate's own parameters); values unchanged")
 
     def check(self) -> None:
         super().check()
@@ -201,7 +205,7 @@ class FITMM(BandedRecommender):
         self.spectral, self.graph_branch, self.gated = c.spectral, c.graph_branch, c.gate
         self.n_bands, self.band_borders, self.consistency = c.n_bands, c.band_borders, c.consistency
         self.lambda_ib, self.lambda_c, self.lambda_emb = c.lambda_ib, c.lambda_c, c.lambda_emb
-        self.detach_bands = c.detach_bands
+        self.detach_bands, self.detach_gate_input = c.detach_bands, c.detach_gate_input
         self.ib_args = (c.ib_alpha, c.ib_mu, c.ib_phi)
         self.dim = c.embedding_dim
         self.backbone = Backbone(data, self.dim, c.n_layers, graph=self.graph_branch,
@@ -220,7 +224,9 @@ class FITMM(BandedRecommender):
         projectors = {name: band_projectors(z.detach() if self.detach_bands else z, self.dim, self.n_bands,
                                             self.band_borders)
                       for name, z in views._asdict().items() if z is not None}
-        gates = {"user": self.user_fusion.gates(views.r_u), "item": self.item_fusion.gates(views.r_i)}
+        gate_input = {side: z.detach() if self.detach_gate_input else z for side, z in (("user", views.r_u),
+                                                                                       ("item", views.r_i))}
+        gates = {"user": self.user_fusion.gates(gate_input["user"]), "item": self.item_fusion.gates(gate_input["item"])}
         return views, projectors, gates
 
     def _side(self, state: tuple, side: str, rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
