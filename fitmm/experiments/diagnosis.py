@@ -227,6 +227,13 @@ def explanation(table: pd.DataFrame, frame: pd.DataFrame, groups: pd.DataFrame |
             for k, g, n, c, e in zip(big.kind, big.group, big.n, big.change, big["peak epoch"]))
                      + (f"; the item embeddings drift by {d['drift at last epoch'].mean():.0%} of their norm from epoch 3."
                         if d["drift at last epoch"].notna().any() else "."))
+    for variant, what in (("detach gate input", "Keeping L_IB but cutting its path into the encoders (the gate reads "
+                                                "sg(h))"),
+                          ("lambda_ib 0", "Dropping L_IB and keeping the gate")):
+        if variant in t.index:
+            lines.append(f"- **{variant}.** {what} moves the best epoch from {t.loc['released', 'best epoch']} to "
+                         f"{t.loc[variant, 'best epoch']} and test {metric} from {t.loc['released', col]:.4f} to "
+                         f"{t.loc[variant, col]:.4f} ({t.loc[variant, col] / t.loc['released', col] - 1:+.0%}).")
     best = best_variant(table, metric)
     if best != "released":
         versus = f" and {t.loc['backbone', col]:.4f} for the backbone alone" if "backbone" in t.index else ""
