@@ -253,7 +253,7 @@ def run_batch(profile_name: str, root: Path, only: list[str] | None = None, exec
     # Workers (and SLURM jobs) need not share this working directory: the folders are resolved here.
     where = locations(profile, results_dir, data_dir)
     results_dir = where[settings.ENV["results"]]
-    specs = plan({**profile, "data_dir": str(where[settings.ENV["data"]])}, chapters)
+    specs = plan({**profile, "data_dir": str(where[settings.ENV["data"]]), "results_dir": str(results_dir)}, chapters)
     present, missing = split_models(list(dict.fromkeys(s.model for s in specs)))
     for model in missing:
         print(f"{model}: not in fitmm.models.MODELS yet, its runs are skipped")
@@ -427,7 +427,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `reproduce` and `book` commands."""
     cmd = subparsers.add_parser("reproduce", help="execute the book's notebooks under a profile, then build the book")
     cmd.add_argument("--profile", required=True, choices=sorted(profiles()),
-                     help="smoke: synthetic, minutes; cpu: the data on hand on this machine; gpu: the full protocol")
+                     help="smoke: synthetic, minutes; cpu: the data on hand on this machine; full: the papers' protocol")
     cmd.add_argument("--only", nargs="+", metavar="NAME",
                      help="only these notebooks (name or prefix, e.g. 01 04); the book keeps the others' last outputs")
     cmd.add_argument("--force", action="store_true", help="re-execute notebooks even when their output is up to date")

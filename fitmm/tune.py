@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import itertools
+import math
 import os
 import socket
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from tqdm.auto import tqdm
 
 from fitmm.config import load_config, parse_overrides
 from fitmm.data.dataset import Interactions
-from fitmm.errors import TrainingError
+from fitmm.errors import ConfigError, TrainingError
 from fitmm.executor import add_arguments as add_executor_arguments, execute, slurm_options
 from fitmm.settings import results_dir as default_results_dir
 from fitmm.store import NON_SEMANTIC_KEYS
@@ -260,6 +261,30 @@ def best_overrides(model: str, dataset: str, results_dir: str | Path = "results"
     if best is None:
         raise TrainingError(f"{journal_path(results_dir, dataset, model)}: no finished trial yet")
     return {**grids()[model]["fixed"], **best.user_attrs["overrides"]}
+
+
+def search_size(model: str, trials: int) -> int:
+    """The trials a search of `model` with budget `trials` runs: min(trials, grid size)."""
+    return min(trials, math.prod(len(values) for values in grids()[model]["grid"].values()))
+
+
+def chosen_overrides(model: str, dataset: str, trials: int, results_dir: str | Path) -> dict[str, Any]:
+    """What a tuned profile's runs of `model` on `dataset` use: `best_overrides` of a finished search of
+    budget `trials` under `results_dir`; {} for a model without a grid (EASE picks its own on valid). ConfigError,
+    before any compute, naming the command to run, when the search is missing or has not finished."""
+    if model not in grids():
+        return {}
+    journal = journal_path(results_dir, dataset, model)
+    command = f"fitmm tune --model {model} --dataset {dataset} --trials {trials} --results-dir {results_dir}"
+    if not journal.exists():
+        raise ConfigError(f"{journal}: {model} is not tuned on {dataset} yet, and this profile runs every model in "
+                          f"its tuned configuration; run `{command}` (with --data-dir) first")
+    trials_run = open_study(journal, model, dataset).get_trials(deepcopy=False)
+    done = sum(holds_point(t) and t.state != optuna.trial.TrialState.RUNNING for t in trials_run)
+    if done < search_size(model, trials):
+        raise ConfigError(f"{journal}: {done} of the {search_size(model, trials)} trials of the {model} search on "
+                          f"{dataset} have finished; run `{command}` (with --data-dir) to finish it")
+    return best_overrides(model, dataset, results_dir)
 
 
 @dataclass(frozen=True)

@@ -169,10 +169,11 @@ def test_diagnosis_runs_are_planned_traced_and_merge_with_the_same_main_run():
         ("fitmm", "released", 999, {}, True), ("fitmm", "released", 1, {}, True),
         ("fitmm", "gate false", 999, {"gate": False}, True),
         ("lightgcn", "LightGCN", 999, {}, False), ("lightgcn", "LightGCN", 1, {}, False)]
-    main = plan.main_runs(["tiktok"], "d", ["fitmm"], [999], {})
+    main = plan.main_runs(["tiktok"], "d", ["fitmm"], [999], {}, None, "results")
     assert main[0].key() == specs[0].key() and not main[0].trace
-    merged = {s.key(): s for s in plan.plan({**reproduce.profiles()["gpu"], **profile, "datasets": ["tiktok"]})}
-    assert merged[specs[0].key()].trace and not merged[plan.main_runs(["tiktok"], "d", ["lightgcn"], [999], {})[0].key()].trace
+    merged = {s.key(): s for s in plan.plan({**reproduce.profiles()["full"], **profile, "datasets": ["tiktok"],
+                                                 "tuning_trials": None})}
+    assert merged[specs[0].key()].trace and not merged[plan.main_runs(["tiktok"], "d", ["lightgcn"], [999], {}, None, "r")[0].key()].trace
 
 
 def record(seed=999, valid=(0.05, 0.08, 0.07, 0.06), loss=(0.7, 0.6, 0.5, 0.4), epochs=None, stopped_early=True,

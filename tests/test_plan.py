@@ -14,7 +14,7 @@ import pytest
 
 from fitmm import reproduce
 from fitmm.cli import main
-from fitmm.errors import DataError
+from fitmm.errors import ConfigError, DataError
 from fitmm.executor import slurm_options
 from fitmm.experiments import plan
 
@@ -83,8 +83,12 @@ def test_smoke_plan_covers_every_chapter_once():
 
 
 @pytest.mark.parametrize("name", PROFILES)
-def test_every_profile_plans(name):
-    profile = PROFILES[name]
+def test_every_profile_plans(name, monkeypatch, tmp_path):
+    profile = {**PROFILES[name], "results_dir": str(tmp_path)}
+    if profile["tuning_trials"] is not None:  # refused until its searches have run, then planned from them
+        with pytest.raises(ConfigError, match=f"{tmp_path}/tuning/.*journal.log: .* is not tuned on .* yet"):
+            plan.plan(profile)
+        monkeypatch.setattr("fitmm.tune.chosen_overrides", lambda model, dataset, trials, results_dir: {})
     specs = plan.plan(profile)
     per_chapter = sum(len(plan.call(fn, profile)) for fns in plan.CHAPTERS.values() for fn in fns)
     assert 0 < len(specs) <= per_chapter

@@ -11,9 +11,9 @@ import pytest
 from fitmm import tune as tune_mod
 from fitmm.cli import main
 from fitmm.data import synthetic_dataset
-from fitmm.errors import TrainingError
-from fitmm.tune import (AUDIT_COLUMNS, best_overrides, check, claim, claim_lock, grids, journal_path, load_trials,
-                        open_study, plan, selection_audit, trials_frame, tune)
+from fitmm.errors import ConfigError, TrainingError
+from fitmm.tune import (AUDIT_COLUMNS, best_overrides, check, chosen_overrides, claim, claim_lock, grids, journal_path,
+                        load_trials, open_study, plan, selection_audit, trials_frame, tune)
 
 COMPLETE, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
 
@@ -210,3 +210,25 @@ def test_cli_workers_share_one_search_through_the_executor(tmp_path, capsys, mon
     trials = load_trials(tmp_path / "results")
     assert len(trials) == 3 and trials.params.is_unique
     assert len(list((tmp_path / "results" / "runs" / "synthetic" / "bpr").glob("*/record.json"))) == 3
+
+
+def test_a_tuned_profile_plans_the_valid_choice_only_once_the_search_has_finished(tmp_path, monkeypatch):
+    """`tuning_trials: N` runs each model in the configuration its finished N-trial search chose; a missing or
+    unfinished search is refused (exit 2) before any compute, naming the command that makes it."""
+    from fitmm.experiments import plan as planner
+
+    monkeypatch.setattr(tune_mod, "train", fake_train)
+    data = synthetic_dataset()
+    with pytest.raises(ConfigError, match=r"tuning/synthetic/bpr/journal.log: bpr is not tuned on synthetic yet.*"
+                                          r"fitmm tune --model bpr --dataset synthetic --trials 5"):
+        planner.main_runs(["synthetic"], None, ["bpr"], [1], {}, 5, str(tmp_path))
+    tune(data, "bpr", trials=3, results_dir=tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="3 of the 5 trials of the bpr search on synthetic have finished"):
+        chosen_overrides("bpr", "synthetic", 5, tmp_path)
+    tune(data, "bpr", trials=5, results_dir=tmp_path, progress=False)
+    chosen = chosen_overrides("bpr", "synthetic", 5, tmp_path)
+    assert chosen == best_overrides("bpr", "synthetic", tmp_path)
+    (spec,) = planner.main_runs(["synthetic"], None, ["bpr"], [1], {"epochs": 3}, 5, str(tmp_path))
+    assert spec.overrides == {**chosen, "epochs": 3} and spec.config().reg_weight == chosen["reg_weight"]
+    (untuned,) = planner.main_runs(["synthetic"], None, ["bpr"], [1], {"epochs": 3}, None, str(tmp_path))
+    assert untuned.overrides == {"epochs": 3}

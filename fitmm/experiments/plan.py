@@ -88,11 +88,32 @@ class RunSpec:
         return f"{self.model}{f' [{self.variant}]' if self.variant else ''} on {self.data.label}, seed {self.seed}"
 
 
+@dataclass(frozen=True)
+class Tuning:
+    """Where a tuned profile's configurations come from: the `fitmm tune` searches of `trials` trials under
+    `results_dir` (`tune.chosen_overrides`, per model and dataset)."""
+
+    trials: int
+    results_dir: str
+
+    def overrides(self, model: str, dataset: str) -> dict:
+        from fitmm.tune import chosen_overrides  # the search module is only needed by tuned profiles
+
+        return chosen_overrides(model, dataset, self.trials, self.results_dir)
+
+
+def tuning(tuning_trials: int | None, results_dir: str) -> Tuning | None:
+    """A profile's `tuning_trials` (None: every model in its YAML configuration) as a `Tuning`."""
+    return None if tuning_trials is None else Tuning(int(tuning_trials), str(results_dir))
+
+
 def grid(data: Sequence[DataSpec], models: Sequence[str], seeds: Sequence[int], overrides: dict | None = None,
-         variants: dict[str, dict] | None = None) -> list[RunSpec]:
-    """Every (dataset, model, variant, seed), in that nesting order; `overrides` apply to every run,
-    `variants` maps a label to extra overrides (default: one unlabelled variant)."""
-    return [RunSpec(d, model, seed, {**(overrides or {}), **extra}, label)
+         variants: dict[str, dict] | None = None, tuned: Tuning | None = None) -> list[RunSpec]:
+    """Every (dataset, model, variant, seed), in that nesting order; `overrides` apply to every run on top of
+    the model's tuned configuration on the dataset (with `tuned`), `variants` maps a label to extra overrides
+    (default: one unlabelled variant)."""
+    chosen = {(d.name, model): tuned.overrides(model, d.name) if tuned else {} for d in data for model in models}
+    return [RunSpec(d, model, seed, {**chosen[d.name, model], **(overrides or {}), **extra}, label)
             for d in data for model in models for label, extra in (variants or {"": {}}).items() for seed in seeds]
 
 
@@ -100,39 +121,47 @@ def named(datasets: Sequence[str], data_dir: str | None) -> list[DataSpec]:
     return [DataSpec(name, data_dir) for name in datasets]
 
 
-def main_runs(datasets: list[str], data_dir: str | None, models: list[str], seeds: list[int], budget: dict) -> list[RunSpec]:
+def main_runs(datasets: list[str], data_dir: str | None, models: list[str], seeds: list[int], budget: dict,
+              tuning_trials: int | None, results_dir: str) -> list[RunSpec]:
     """Every model on every dataset and seed (main results, user groups, cost tables)."""
-    return grid(named(datasets, data_dir), models, seeds, budget)
+    return grid(named(datasets, data_dir), models, seeds, budget, tuned=tuning(tuning_trials, results_dir))
 
 
-def pair_runs(datasets: list[str], data_dir: str | None, targets: list[str], seeds: list[int], budget: dict) -> list[RunSpec]:
+def pair_runs(datasets: list[str], data_dir: str | None, targets: list[str], seeds: list[int], budget: dict,
+              tuning_trials: int | None, results_dir: str) -> list[RunSpec]:
     """The models under study, head to head."""
-    return grid(named(datasets, data_dir), targets, seeds, budget)
+    return grid(named(datasets, data_dir), targets, seeds, budget, tuned=tuning(tuning_trials, results_dir))
 
 
 def sparsity_runs(datasets: list[str], data_dir: str | None, sparsity_models: list[str], sparsity_fractions: list[float],
-                  sparsity_seed: int, secondary_seeds: list[int], budget: dict) -> list[RunSpec]:
-    """The sparsity models on each dataset with 0 and each fraction of its train edges dropped."""
+                  sparsity_seed: int, secondary_seeds: list[int], budget: dict, tuning_trials: int | None,
+                  results_dir: str) -> list[RunSpec]:
+    """The sparsity models on each dataset with 0 and each fraction of its train edges dropped (in the
+    configuration tuned on the full dataset)."""
     reduced = [DataSpec(name, data_dir, fraction, seed=sparsity_seed if fraction else 0)
                for fraction in [0.0, *sparsity_fractions] for name in datasets]
-    return grid(reduced, sparsity_models, secondary_seeds, budget)
+    return grid(reduced, sparsity_models, secondary_seeds, budget, tuned=tuning(tuning_trials, results_dir))
 
 
 def theory_runs(theory_dataset: str, band_datasets: list[str], data_dir: str | None, seeds: list[int],
-                budget: dict, snr_check_overrides: dict, snr_check_budget: dict) -> list[RunSpec]:
-    """FITMM and SSR on the planted-truth dataset and the real ones whose trained bands are checked (first seed),
-    then the FITMM run whose band weights are checked against the planted gains (label 'snr check': a variant
-    and a budget long enough for the weights to move)."""
-    return (grid(named([theory_dataset, *band_datasets], data_dir), ["fitmm", "ssr"], seeds[:1], budget)
+                budget: dict, snr_check_overrides: dict, snr_check_budget: dict, tuning_trials: int | None,
+                results_dir: str) -> list[RunSpec]:
+    """FITMM and SSR on the planted-truth dataset and (as in the main results) on the real ones whose trained
+    bands are checked (first seed), then the FITMM run whose band weights are checked against the planted gains
+    (label 'snr check': a variant and a budget long enough for the weights to move)."""
+    models = ["fitmm", "ssr"]
+    return (grid(named([theory_dataset], data_dir), models, seeds[:1], budget)
+            + grid(named(band_datasets, data_dir), models, seeds[:1], budget, tuned=tuning(tuning_trials, results_dir))
             + grid(named([theory_dataset], data_dir), ["fitmm"], seeds[:1], snr_check_budget,
                    {SNR_CHECK: snr_check_overrides}))
 
 
 def ablation_runs(datasets: list[str], data_dir: str | None, ablations: dict[str, dict[str, dict]],
-                  secondary_seeds: list[int], budget: dict) -> list[RunSpec]:
-    """Each model's labelled variants (model -> label -> overrides)."""
+                  secondary_seeds: list[int], budget: dict, tuning_trials: int | None, results_dir: str) -> list[RunSpec]:
+    """Each model's labelled variants (model -> label -> overrides, on top of its tuned configuration)."""
+    tuned = tuning(tuning_trials, results_dir)
     return [spec for model, table in ablations.items()
-            for spec in grid(named(datasets, data_dir), [model], secondary_seeds, budget, table)]
+            for spec in grid(named(datasets, data_dir), [model], secondary_seeds, budget, table, tuned)]
 
 
 def growth_runs(cost_models: list[str], cost_sizes: list[list[int]], cost_budget: dict, seed: int = 0) -> list[RunSpec]:
@@ -142,11 +171,13 @@ def growth_runs(cost_models: list[str], cost_sizes: list[list[int]], cost_budget
 
 
 def explore_runs(explore_dataset: str, data_dir: str | None, models: list[str], seeds: list[int], budget: dict,
-                 explore_model: str, explore_overrides: dict) -> list[RunSpec]:
+                 explore_model: str, explore_overrides: dict, tuning_trials: int | None,
+                 results_dir: str) -> list[RunSpec]:
     """The Explore chapter: the main runs on one dataset, and one model's variant (label: its overrides)."""
     label = f"{explore_model} ({', '.join(f'{k}={v}' for k, v in explore_overrides.items())})"
-    return (main_runs([explore_dataset], data_dir, models, seeds, budget)
-            + grid(named([explore_dataset], data_dir), [explore_model], seeds, budget, {label: explore_overrides}))
+    return (main_runs([explore_dataset], data_dir, models, seeds, budget, tuning_trials, results_dir)
+            + grid(named([explore_dataset], data_dir), [explore_model], seeds, budget, {label: explore_overrides},
+                   tuning(tuning_trials, results_dir)))
 
 
 def diagnosis_variant_runs(diagnosis_dataset: str, data_dir: str | None, diagnosis_runs: dict[str, list[int]],
