@@ -376,12 +376,13 @@ def _reproduce(args: argparse.Namespace) -> int:
     try:
         profile = profiles()[args.profile]
         slurm = slurm_options(args, profile.get("slurm"), f"fitmm/experiments/profiles.yaml: profile {args.profile!r}, ")
-        batch = run_batch(args.profile, root, args.only, args.executor, args.jobs, slurm, args.results_dir,
-                          args.data_dir)
+        batch = Summary() if args.records_only else run_batch(args.profile, root, args.only, args.executor, args.jobs,
+                                                              slurm, args.results_dir, args.data_dir)
     except KeyError as err:  # an --only name, or a parameter the profile does not set
         print(f"fitmm: error: {err.args[0]}", file=sys.stderr)
         return 2
-    print(f"runs ({args.profile}): {batch}, {time.perf_counter() - t0:.0f} s")
+    print(f"runs ({args.profile}): " + ("none trained (--records-only)" if args.records_only else
+                                        f"{batch}, {time.perf_counter() - t0:.0f} s"))
     if args.runs_only:
         return 1 if batch.failed else 0
     from fitmm.experiments.runs import RECORDS_ONLY
@@ -437,7 +438,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cmd.add_argument("--data-dir", help="folder holding the profile's datasets (default: $FITMM_DATA, "
                                         "else the profile's data_dir under the project root)")
     _common(cmd)
-    cmd.add_argument("--runs-only", action="store_true", help="stop after the runs (no notebooks, no book)")
+    runs = cmd.add_mutually_exclusive_group()
+    runs.add_argument("--runs-only", action="store_true", help="stop after the runs (no notebooks, no book)")
+    runs.add_argument("--records-only", action="store_true",
+                      help="train nothing: the notebooks show the records there are and note the missing runs")
     add_executor_arguments(cmd, "run")  # SLURM resources default to the profile's slurm: section
     cmd.set_defaults(func=_reproduce)
     book = subparsers.add_parser("book", help="build the book from a profile's executed notebooks, executing nothing")

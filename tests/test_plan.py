@@ -126,3 +126,17 @@ def test_reproduce_runs_only_executes_the_plan_then_reuses_it(tmp_path, monkeypa
     assert len(list((tmp_path / "out" / "logs").glob("*.0.log"))) == 2
     assert main(argv) == 0
     assert "runs (smoke): 0 done, 2 reused, 0 failed" in capsys.readouterr().out
+
+
+def test_records_only_trains_nothing_and_excludes_runs_only(tmp_path, monkeypatch, capsys):
+    """`--records-only` skips the batch: the chapters show the records there are (none here) and note the rest."""
+    monkeypatch.setenv("FITMM_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["reproduce", "--profile", "smoke", "--runs-only", "--records-only"])
+    assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    monkeypatch.setattr(reproduce, "reproduce", lambda *a, **k: {"06_cost": "ok (1 s)"})
+    argv = ["reproduce", "--profile", "smoke", "--only", "06", "--records-only", "--no-book", "--root", str(ROOT),
+            "--results-dir", str(tmp_path / "out")]
+    assert main(argv) == 0
+    assert "runs (smoke): none trained (--records-only)" in capsys.readouterr().out
+    assert not (tmp_path / "out" / "runs").exists()

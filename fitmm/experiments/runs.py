@@ -112,7 +112,8 @@ def run_specs(specs: list[RunSpec], results_dir: str | Path, data: dict[str, Int
             d, config = built[spec.data.label], spec.config()
             path = run_dir(d, config, results_dir)
             if records_only and not (path / "record.json").exists():
-                notes.append(f"{spec}: no record; its run failed in the batch before the notebooks (see its log)")
+                notes.append(f"{spec}: no record yet (it failed in the batch before the notebooks, see its log, "
+                             "or the batch was skipped with --records-only)")
                 continue
             record = train(d, config, results_dir=results_dir, progress=False, trace=spec.trace and not records_only)
             ensure_analysis(d, path)
