@@ -12,6 +12,7 @@ from fitmm import tune as tune_mod
 from fitmm.cli import main
 from fitmm.data import synthetic_dataset
 from fitmm.errors import ConfigError, TrainingError
+from fitmm.models.vbpr import VBPR
 from fitmm.tune import (AUDIT_COLUMNS, best_overrides, check, chosen_overrides, claim, claim_lock, grids, journal_path,
                         load_trials, open_study, plan, selection_audit, trials_frame, tune)
 
@@ -232,3 +233,12 @@ def test_a_tuned_profile_plans_the_valid_choice_only_once_the_search_has_finishe
     assert spec.overrides == {**chosen, "epochs": 3} and spec.config().reg_weight == chosen["reg_weight"]
     (untuned,) = planner.main_runs(["synthetic"], None, ["bpr"], [1], {"epochs": 3}, None, str(tmp_path))
     assert untuned.overrides == {"epochs": 3}
+    # a model that cannot run on the dataset (no item content) has no search: planned untuned, skipped at run time
+    def no_content(cls, config, data):
+        raise ConfigError("VBPR needs 1 item modality")
+
+    monkeypatch.setattr(VBPR, "check_data", classmethod(no_content))
+    (skipped,) = planner.grid([planner.DataSpec("synthetic", size=(300, 200))], ["vbpr"], [1], {"epochs": 3},
+                              tuned=planner.tuning(5, str(tmp_path)))
+    assert skipped.overrides == {"epochs": 3}
+

@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 from fitmm import settings
 from fitmm.config import Config, load_config
+from fitmm.errors import ConfigError
 from fitmm.data import get_dataset, synthetic_dataset
 from fitmm.data.dataset import Interactions
 
@@ -96,10 +97,20 @@ class Tuning:
     trials: int
     results_dir: str
 
-    def overrides(self, model: str, dataset: str) -> dict:
+    def overrides(self, model: str, data: DataSpec) -> dict:
+        """The chosen overrides of `model` on `data`'s base dataset; {} when there is no search because the model
+        cannot run on that dataset (no item content): the run is then skipped with the model's own message."""
+        from fitmm.models import MODELS
         from fitmm.tune import chosen_overrides  # the search module is only needed by tuned profiles
 
-        return chosen_overrides(model, dataset, self.trials, self.results_dir)
+        try:
+            return chosen_overrides(model, data.name, self.trials, self.results_dir)
+        except ConfigError:
+            try:
+                MODELS[model].check_data(load_config(model), dataclasses.replace(data, drop=0.0, seed=0).load())
+            except ConfigError:
+                return {}
+            raise
 
 
 def tuning(tuning_trials: int | None, results_dir: str) -> Tuning | None:
@@ -112,7 +123,7 @@ def grid(data: Sequence[DataSpec], models: Sequence[str], seeds: Sequence[int], 
     """Every (dataset, model, variant, seed), in that nesting order; `overrides` apply to every run on top of
     the model's tuned configuration on the dataset (with `tuned`), `variants` maps a label to extra overrides
     (default: one unlabelled variant)."""
-    chosen = {(d.name, model): tuned.overrides(model, d.name) if tuned else {} for d in data for model in models}
+    chosen = {(d.name, model): tuned.overrides(model, d) if tuned else {} for d in data for model in models}
     return [RunSpec(d, model, seed, {**chosen[d.name, model], **(overrides or {}), **extra}, label)
             for d in data for model in models for label, extra in (variants or {"": {}}).items() for seed in seeds]
 
