@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 from fitmm import settings
 from fitmm.config import Config, load_config
-from fitmm.errors import ConfigError
+from fitmm.errors import ConfigError, DataError
 from fitmm.data import get_dataset, synthetic_dataset
 from fitmm.data.dataset import Interactions
 
@@ -105,9 +105,13 @@ class Tuning:
 
         try:
             return chosen_overrides(model, data.name, self.trials, self.results_dir)
-        except ConfigError:
+        except ConfigError as untuned:
             try:
-                MODELS[model].check_data(load_config(model), dataclasses.replace(data, drop=0.0, seed=0).load())
+                base = dataclasses.replace(data, drop=0.0, seed=0).load()
+            except DataError:
+                raise untuned from None
+            try:
+                MODELS[model].check_data(load_config(model), base)
             except ConfigError:
                 return {}
             raise
