@@ -229,6 +229,9 @@ def test_explanation_states_the_runs_numbers():
             "the best epoch from 1 to 3 and test recall@20 from 0.0700 to 0.0840 (+20%).") in text
     assert "**The best variant** is 'detach gate input'" in text and "0.0760 for the backbone alone" in text
     assert "lambda_ib 0" not in text
+    worse = {**runs, "detach gate input": [(record(test=0.06), None)]}
+    assert "**No variant beats the released setting; the closest** is 'detach gate input'" in diagnosis.explanation(
+        diagnosis.ablation_table(worse), diagnosis.curves(worse), None)
 
 
 def test_named_variant_must_beat_the_backbone_and_lightgcn_on_three_uncut_seeds():

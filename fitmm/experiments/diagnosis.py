@@ -237,7 +237,9 @@ def explanation(table: pd.DataFrame, frame: pd.DataFrame, groups: pd.DataFrame |
     best = best_variant(table, metric)
     if best != "released":
         versus = f" and {t.loc['backbone', col]:.4f} for the backbone alone" if "backbone" in t.index else ""
-        lines.append(f"- **The best variant** is '{best}': best epoch {t.loc[best, 'best epoch']}, test {metric} "
+        lead = ("The best variant" if t.loc[best, col] > t.loc["released", col]
+                else "No variant beats the released setting; the closest")
+        lines.append(f"- **{lead}** is '{best}': best epoch {t.loc[best, 'best epoch']}, test {metric} "
                      f"{t.loc[best, col]:.4f} against {t.loc['released', col]:.4f} released "
                      f"({t.loc[best, col] / t.loc['released', col] - 1:+.0%}){versus}.")
     ranked = t[col].sort_values(ascending=False)
