@@ -9,7 +9,7 @@ from fitmm.data.dataset import Interactions
 from fitmm.errors import ConfigError
 from fitmm.metrics import evaluate
 from fitmm.models.freedom import FREEDOM
-from fitmm.models.smore import SMORE, max_pool
+from fitmm.models.smore import SMORE, info_nce, max_pool
 from fitmm.trainer import build_model, train
 
 MODELS = ["vbpr", "freedom", "smore"]
@@ -120,3 +120,19 @@ def test_smore_knn_k_follows_the_modality_slot(synthetic):
         per_row = getattr(model, f"item_adj_{name}").crow_indices().diff()
         assert per_row.max() == k
     assert load_config("smore").lr_decay == 0.96 and load_config("smore").lr_decay_every == 50
+
+
+def test_smore_info_nce_equals_cross_entropy_on_the_cosine_logits():
+    """Value and gradients of the hand-written InfoNCE against autograd on F.cross_entropy(cos / τ), twice
+    through a retained graph (the kept probabilities are never changed)."""
+    torch.manual_seed(3)
+    v1, v2 = torch.randn(9, 4, dtype=torch.float64, requires_grad=True), torch.randn(9, 4, dtype=torch.float64,
+                                                                                        requires_grad=True)
+    logits = torch.nn.functional.normalize(v1, dim=1) @ torch.nn.functional.normalize(v2, dim=1).T / 0.2
+    direct = torch.nn.functional.cross_entropy(logits, torch.arange(9))
+    fused = info_nce(v1, v2, 0.2)
+    torch.testing.assert_close(fused, direct)
+    want = torch.autograd.grad(3 * direct, [v1, v2])
+    for _ in range(2):
+        for g, w in zip(torch.autograd.grad(3 * fused, [v1, v2], retain_graph=True), want):
+            torch.testing.assert_close(g, w)

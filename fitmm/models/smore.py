@@ -71,10 +71,31 @@ def gate(dim: int) -> nn.Module:
     return nn.Sequential(nn.Linear(dim, dim), nn.Sigmoid())
 
 
+class _InBatchInfoNCE(torch.autograd.Function):
+    """mean_i −log softmax_j(a_i·b_j)[i] for rows a, b (n, d), with the gradient written out from the kept
+    probabilities P (one n × n buffer; no log-softmax, one-hot or copied logits): with Y = I,
+    ∂/∂a = (P − Y) b / n = (P b − b) / n and ∂/∂b = (P − Y)ᵀ a / n = (Pᵀ a − a) / n."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        p = a @ b.T
+        positive = p.diagonal().clone()
+        top = p.amax(dim=1, keepdim=True)
+        total = p.sub_(top).exp_().sum(dim=1, keepdim=True)
+        ctx.save_for_backward(a, b, p.div_(total))
+        return (top[:, 0] + total[:, 0].log() - positive).mean()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b, p = ctx.saved_tensors
+        scale = grad / len(a)
+        return (p @ b).sub_(b).mul_(scale), (p.T @ a).sub_(a).mul_(scale)
+
+
 def info_nce(view1: torch.Tensor, view2: torch.Tensor, temperature: float) -> torch.Tensor:
-    """−mean log softmax of the matching pair among all in-batch pairs (cosine similarities / τ)."""
-    logits = F.normalize(view1, dim=1) @ F.normalize(view2, dim=1).T / temperature
-    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+    """−mean log softmax of the matching pair among all in-batch pairs (cosine similarities / τ; τ divides the
+    n × d view, not the n × n logits)."""
+    return _InBatchInfoNCE.apply(F.normalize(view1, dim=1) / temperature, F.normalize(view2, dim=1))
 
 
 @dataclass(frozen=True)
