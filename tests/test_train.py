@@ -215,3 +215,20 @@ def test_allocator_keeps_freed_memory_on_glibc():
     """The trainer's allocator settings take effect (mallopt accepts both values) and can be applied again."""
     assert allocator.reuse_freed_memory() and allocator.reuse_freed_memory()
     allocator.release_freed_memory()
+
+
+def test_fused_adam_makes_the_same_update_as_adam():
+    """The trainer's fused Adam against torch's reference implementation, with weight decay, over a few steps."""
+    torch.manual_seed(0)
+    params = [torch.randn(50, 8, requires_grad=True), torch.randn(8, requires_grad=True)]
+    copies = [p.detach().clone().requires_grad_() for p in params]
+    plain = torch.optim.Adam(params, lr=1e-2, weight_decay=1e-3, foreach=False)
+    fused = torch.optim.Adam(copies, lr=1e-2, weight_decay=1e-3, fused=True)
+    for step in range(5):
+        grads = [torch.randn_like(p) for p in params]
+        for ps, opt in ((params, plain), (copies, fused)):
+            for p, g in zip(ps, grads):
+                p.grad = g.clone()
+            opt.step()
+    for p, c in zip(params, copies):
+        torch.testing.assert_close(c, p)
