@@ -169,14 +169,17 @@ def emb_norm_loss(*embeddings: torch.Tensor) -> torch.Tensor:
 
 
 def _layer_mean(adj: torch.Tensor, x: torch.Tensor, n_layers: int) -> torch.Tensor:
-    """1/(L+1) Σ_{l=0..L} Â^l x, summed in place in layer order."""
+    """1/(L+1) Σ_{l=0..L} Â^l x, summed in layer order ((x + Âx) + Â²x ...) into the buffer of Âx."""
     if n_layers == 0:
         return x.clone()
-    h = csr_mm(adj, x)
-    out = x + h
-    for _ in range(n_layers - 1):
-        h = csr_mm(adj, h)
-        out.add_(h)
+    out = layer = csr_mm(adj, x)
+    for step in range(n_layers):
+        following = csr_mm(adj, layer) if step + 1 < n_layers else None  # read Â^l x before `out` changes
+        if step == 0:
+            out.add_(x)  # Âx + x: the same sum as x + Âx
+        if following is not None:
+            out.add_(following)
+            layer = following
     return out.div_(n_layers + 1)
 
 
