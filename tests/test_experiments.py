@@ -159,6 +159,11 @@ def test_seed_mean_and_versus_best_baseline(tmp_path):
     ref = significance.versus_reference(frame.assign(model="m"), "strong")
     assert set(ref.variant) == {"weak", "fitmm"}
     assert ref.set_index("variant").loc["weak", "mean_diff"] > 0  # reference better than weak
+    # a one-seed variant meets the reference's run of its seed only: strong seed 1 vs fitmm seed 1 differ by 0.2
+    one = significance.versus_reference(frame[(frame.model != "fitmm") | (frame.seed == 1)].assign(model="m"), "strong")
+    row = one.set_index("variant").loc["fitmm"]
+    assert row["paired seeds"] == "1" and row["mean_b"] - row["mean_a"] == pytest.approx(
+        np.mean(np.clip(base + 0.21, 0, None) - np.clip(base + 0.01, 0, None)), abs=1e-6)
 
 
 # --- tables -------------------------------------------------------------------------------------

@@ -95,7 +95,10 @@ def versus_best_baseline(frame: pd.DataFrame, targets: Sequence[str], metric: st
 
 
 def versus_reference(frame: pd.DataFrame, reference: str, metric: str = "recall@20") -> pd.DataFrame:
-    """Per (dataset, model), the `reference` variant against every other variant (column `variant`).
+    """Per (dataset, model), the `reference` variant against every other variant (column `variant`), each side
+    averaged over the seeds both have (a one-seed variant meets the reference's run of that seed: averaging more
+    seeds on one side only would smooth its per-user values and bias the Wilcoxon test). A variant whose seeds
+    the reference lacks is compared with all of the reference's seeds. Column `seeds`: the seeds compared.
 
     mean_diff = reference − variant: positive when the reference is better.
     """
@@ -103,8 +106,11 @@ def versus_reference(frame: pd.DataFrame, reference: str, metric: str = "recall@
     for (dataset, model), runs in frame.groupby(["dataset", "model"]):
         if reference not in set(runs.variant):
             continue
-        ref = seed_mean(runs.loc[runs.variant == reference, "path"].tolist())
+        ref_runs = runs[runs.variant == reference]
         for variant, g in runs[runs.variant != reference].groupby("variant", sort=False):
+            shared = ref_runs[ref_runs.seed.isin(g.seed)]
+            ref, var = (shared, g[g.seed.isin(shared.seed)]) if len(shared) else (ref_runs, g)
             rows.append({"dataset": dataset, "model": model, "variant": variant, "metric": metric,
-                         **paired_test(ref, seed_mean(g["path"].tolist()), metric)})
+                         "paired seeds": ", ".join(map(str, sorted(set(var.seed)))),
+                         **paired_test(seed_mean(ref["path"].tolist()), seed_mean(var["path"].tolist()), metric)})
     return pd.DataFrame(rows)
