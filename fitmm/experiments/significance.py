@@ -98,7 +98,7 @@ def versus_reference(frame: pd.DataFrame, reference: str, metric: str = "recall@
     """Per (dataset, model), the `reference` variant against every other variant (column `variant`), each side
     averaged over the seeds both have (a one-seed variant meets the reference's run of that seed: averaging more
     seeds on one side only would smooth its per-user values and bias the Wilcoxon test). A variant whose seeds
-    the reference lacks is compared with all of the reference's seeds. Column `seeds`: the seeds compared.
+    the reference lacks is compared with all of the reference's seeds. Column `paired seeds`: the seeds compared.
 
     mean_diff = reference − variant: positive when the reference is better.
     """
