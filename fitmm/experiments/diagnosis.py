@@ -160,7 +160,7 @@ def decline(frame: pd.DataFrame, value: str = "recall") -> pd.DataFrame:
 
 
 def best_variant(table: pd.DataFrame, metric: str = "recall@20") -> str:
-    """The FITMM variant other than the released one and the backbone with the highest mean test `metric` (the
+    """The FITMM variant other than the released one and the `REFERENCES` with the highest mean test `metric` (the
     released one if alone)."""
     others = table[~table.variant.isin(["released", *REFERENCES])]
     return (others if len(others) else table).sort_values(f"test {metric} mean").variant.iloc[-1]
