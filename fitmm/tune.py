@@ -46,6 +46,10 @@ from fitmm.trainer import train
 DEFAULT_TRIALS = 12
 METRIC = "recall@20"
 TUNING = "tuning"
+# What a search may set with --set without it becoming part of the chosen configuration: its training budget
+# (the main runs take their profile's). Every other --set key (e.g. SSR's `contrastive: false` on a dataset with
+# one content modality) is part of the configuration the search chose.
+BUDGET_KEYS = frozenset({"epochs", "patience"})
 
 
 def grids() -> dict[str, dict]:
@@ -253,14 +257,16 @@ def selection_audit(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def best_overrides(model: str, dataset: str, results_dir: str | Path = "results") -> dict[str, Any]:
-    """Config overrides of the valid-selected trial (grid keys and the grid's fixed keys, not the
-    search's budget overrides): what the main results run over the seeds."""
+    """Config overrides of the valid-selected trial: its grid point on top of the search's fixed keys (the
+    grid's and the search's own --set keys, less its budget, `BUDGET_KEYS`): what the main results run over
+    the seeds."""
     study = open_study(journal_path(results_dir, dataset, model), model, dataset)
     best = max(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
                key=lambda t: (t.value, -t.number), default=None)
     if best is None:
         raise TrainingError(f"{journal_path(results_dir, dataset, model)}: no finished trial yet")
-    return {**grids()[model]["fixed"], **best.user_attrs["overrides"]}
+    fixed = {k: v for k, v in study.user_attrs["settings"]["fixed"].items() if k not in BUDGET_KEYS}
+    return {**fixed, **best.user_attrs["overrides"]}
 
 
 def search_size(model: str, trials: int) -> int:

@@ -159,6 +159,16 @@ def test_audit_puts_the_valid_choice_beside_the_test_choice(tmp_path, monkeypatc
     assert best_overrides("ease", "synthetic", tmp_path)["l2_grid"] == []  # EASE: one lambda per trial
 
 
+def test_the_chosen_configuration_keeps_the_searchs_own_settings_but_not_its_budget(tmp_path, monkeypatch):
+    # e.g. SSR searched with --set contrastive=false on a one-modality dataset: its main runs need that key too
+    monkeypatch.setattr(tune_mod, "train", fake_train)
+    tune(synthetic_dataset(), "bpr", trials=2, overrides={"lr": 5e-4, "epochs": 2, "patience": 1},
+         results_dir=tmp_path, progress=False)
+    chosen = best_overrides("bpr", "synthetic", tmp_path)
+    assert chosen["lr"] == 5e-4 and "reg_weight" in chosen
+    assert not {"epochs", "patience", "seed"} & set(chosen)
+
+
 def test_audit_of_constructed_trials():
     trials = pd.DataFrame({"dataset": "d", "model": "m", "trial": [0, 1, 2], "params": ["a", "b", "c"],
                            "run_id": ["r0", "r1", "r2"], "valid_recall@20": [0.2, 0.3, 0.3],
