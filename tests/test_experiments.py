@@ -47,13 +47,32 @@ def test_user_group_selections_skip_empty_groups():
     assert masks["all"].all() and masks["cold"].tolist() == [True, True, False, True]
 
 
-def test_degree_quintiles_equal_population_and_monotone():
-    degree = np.array([3, 3, 3, 3, 3, 9, 1, 7, 7, 2])  # ties across a quintile border
-    q = groups.degree_quintiles(degree)
-    assert np.bincount(q)[1:].tolist() == [2, 2, 2, 2, 2]
+def test_degree_quantile_groups_keep_ties_together():
+    degree = np.array([3, 3, 3, 3, 3, 9, 1, 7, 7, 2])  # quantiles .2 .4 .6 .8 fall on 2, 3, 3, 7
+    g = groups.degree_quantile_groups(degree)
+    assert g.tolist() == [2, 2, 2, 2, 2, 4, 1, 3, 3, 1]
+    assert groups.degree_ranges(degree, g) == {1: "1–2", 2: "3", 3: "7", 4: "9"}
     order = np.argsort(degree, kind="stable")
-    assert (np.diff(q[order]) >= 0).all()  # higher degree never in a lower quintile
-    assert q[6] == 1 and q[5] == 5  # degree 1 lowest, 9 highest
+    assert (np.diff(g[order]) >= 0).all()  # higher degree never in a lower group
+    for d in np.unique(degree):
+        assert len(np.unique(g[degree == d])) == 1  # one degree, one group
+
+
+def test_degree_quantile_groups_on_a_tiktok_like_distribution():
+    # most users at 1-2 train interactions (TikTok: the equal-population cuts were [1, 2, 2, 3])
+    degree = np.array([1] * 50 + [2] * 30 + [3] * 10 + [4, 5, 6, 7, 8, 9, 10, 20, 30, 40])
+    g = groups.degree_quantile_groups(degree)
+    assert np.bincount(g)[1:].tolist() == [50, 30, 20]
+    assert groups.degree_ranges(degree, g) == {1: "1", 2: "2", 3: "3–40"}
+    assert groups.degree_quantile_groups(np.arange(1, 101)).max() == 5  # no ties: five equal groups
+    assert np.bincount(groups.degree_quantile_groups(np.arange(1, 101)))[1:].tolist() == [20] * 5
+    assert set(groups.degree_quantile_groups(np.full(7, 4))) == {1}  # one degree: one group
+
+
+def test_untestable_groups_name_the_dataset_and_group():
+    lines = groups.untestable_groups({"toy": tiny()})  # 12 test users, each with 4 train items: all cold
+    assert [line.split(": ")[1].split(" test")[0] for line in lines] == ["12 cold", "0 warm", "0 hot"]
+    assert all(line.startswith("toy: ") for line in lines)
 
 
 def test_item_popularity_groups_shares():

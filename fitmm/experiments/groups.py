@@ -1,7 +1,9 @@
 """User and item groups, and controlled sparsification (the sparsity chapter, notebooks/03_sparsity_cold_start).
 
 - Users by number of train interactions: cold ≤ 5, warm 6–20, hot ≥ 21 (SSR's
-  cold-start definition), and equal-population degree quintiles.
+  cold-start definition), and degree quantile groups that keep ties together (on TikTok
+  98.9 % of users have at most 5 train interactions, so equal-population quintiles would
+  cut through users of the same degree).
 - Items by train popularity: tail (bottom 50 % of items), mid, head (top 20 %);
   a group's metrics count only its items as relevant (the ranking is still over
   all items, train items masked).
@@ -47,9 +49,24 @@ def stable_rank(values: np.ndarray) -> np.ndarray:
     return rank
 
 
-def degree_quintiles(degree: np.ndarray, n_groups: int = 5) -> np.ndarray:
-    """Group 1 (lowest degree) .. n_groups of equal population (sizes differ by at most one)."""
-    return stable_rank(np.asarray(degree)) * n_groups // len(degree) + 1
+def degree_quantile_groups(degree: np.ndarray, n_groups: int = 5) -> np.ndarray:
+    """Group 1 (lowest degree) .. at most n_groups, cut at the degree quantiles k / n_groups, each cut taken
+    between two distinct degrees so that users of one degree share a group: with many ties there are fewer,
+    unequal groups, never one degree split across two. `degree_ranges` names them."""
+    degree = np.asarray(degree)
+    cuts = np.unique(np.quantile(degree, np.arange(1, n_groups) / n_groups, method="lower"))
+    cuts = cuts[cuts < degree.max()]  # a cut at the top degree would leave its group empty
+    return np.searchsorted(cuts, degree, side="left") + 1
+
+
+def degree_ranges(degree: np.ndarray, group: np.ndarray) -> dict[int, str]:
+    """{group: its train degrees as 'lo–hi' (or 'd' when single)} for the groups present."""
+    degree, group = np.asarray(degree), np.asarray(group)
+    ranges = {}
+    for g in np.unique(group):
+        lo, hi = int(degree[group == g].min()), int(degree[group == g].max())
+        ranges[int(g)] = str(lo) if lo == hi else f"{lo}–{hi}"
+    return ranges
 
 
 def item_popularity_groups(popularity: np.ndarray, tail: float = 0.5, head: float = 0.2) -> np.ndarray:
@@ -128,14 +145,35 @@ def user_group_frame(frame: pd.DataFrame, datasets: dict[str, Interactions], gro
                      metrics: Sequence[str] = ("recall@20", "ndcg@20")) -> pd.DataFrame:
     """Per run (rows of `Runs.frame`) and user group: users and mean metrics.
 
-    grouping 'degree' is cold / warm / hot, 'quintile' the equal-population degree quintiles 1..5.
+    grouping 'degree' is cold / warm / hot; 'quantile' the tie-aware degree quantile groups 1..5
+    (`degree_quantile_groups`), with their train degrees in the column 'degrees'.
     """
-    label = {"degree": user_degree_groups, "quintile": degree_quintiles}[grouping]
     out = []
     for row in frame.itertuples():
-        means = group_means(per_user(row.path), label(datasets[row.dataset].user_degree), metrics)
-        out.append(means.reset_index().assign(dataset=row.dataset, model=row.model, seed=row.seed))
+        degree = datasets[row.dataset].user_degree
+        labels = user_degree_groups(degree) if grouping == "degree" else degree_quantile_groups(degree)
+        means = group_means(per_user(row.path), labels, metrics).reset_index()
+        if grouping == "quantile":
+            means.insert(1, "degrees", means.group.map(degree_ranges(degree, labels)))
+        out.append(means.assign(dataset=row.dataset, model=row.model, seed=row.seed))
     return pd.concat(out, ignore_index=True)
+
+
+MIN_GROUP_USERS = 50  # fewer test users than this in a group: no statement about the group is tested
+
+
+def untestable_groups(datasets: dict[str, Interactions]) -> list[str]:
+    """One line per dataset and degree group (cold / warm / hot) with fewer than `MIN_GROUP_USERS` test users:
+    the claims about that group that cannot be tested on that dataset."""
+    lines = []
+    for name, data in datasets.items():
+        labels = user_degree_groups(data.user_degree)[np.unique(data.test[:, 0])]
+        for group in USER_GROUPS:
+            n = int((labels == group).sum())
+            if n < MIN_GROUP_USERS:
+                lines.append(f"{name}: {n} {group} test users (fewer than {MIN_GROUP_USERS}), so no claim about "
+                             f"{group} users is tested on {name}.")
+    return lines
 
 
 def item_group_frame(frame: pd.DataFrame, key: str = "item_groups") -> tuple[pd.DataFrame, list[str]]:
