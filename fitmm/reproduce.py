@@ -387,6 +387,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         return 1 if batch.failed else 0
     from fitmm.experiments.runs import RECORDS_ONLY
 
+    before = os.environ.get(RECORDS_ONLY)
     os.environ[RECORDS_ONLY] = "1"  # the kernels inherit it: the notebooks read, they do not train
     try:
         outcome = reproduce(args.profile, root, args.only, args.force, args.results_dir, args.data_dir,
@@ -394,6 +395,11 @@ def _reproduce(args: argparse.Namespace) -> int:
     except KeyError as err:  # a parameter the profile does not set
         print(f"fitmm: error: {err.args[0]}", file=sys.stderr)
         return 2
+    finally:  # an in-process caller (a test, a notebook) trains again afterwards
+        if before is None:
+            os.environ.pop(RECORDS_ONLY)
+        else:
+            os.environ[RECORDS_ONLY] = before
     failed = [name for name, status in outcome.items() if status.startswith("failed")]
     for name, status in outcome.items():
         print(f"  {name:28s} {status}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import inspect
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -16,7 +17,7 @@ from fitmm import reproduce
 from fitmm.cli import main
 from fitmm.errors import ConfigError, DataError
 from fitmm.executor import slurm_options
-from fitmm.experiments import plan
+from fitmm.experiments import plan, runs
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = {p.stem: p for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))}
@@ -134,9 +135,13 @@ def test_records_only_trains_nothing_and_excludes_runs_only(tmp_path, monkeypatc
     with pytest.raises(SystemExit) as exit_:
         main(["reproduce", "--profile", "smoke", "--runs-only", "--records-only"])
     assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
-    monkeypatch.setattr(reproduce, "reproduce", lambda *a, **k: {"06_cost": "ok (1 s)"})
+    monkeypatch.delenv(runs.RECORDS_ONLY, raising=False)
+    seen = []
+    monkeypatch.setattr(reproduce, "reproduce", lambda *a, **k: seen.append(os.environ.get(runs.RECORDS_ONLY))
+                        or {"06_cost": "ok (1 s)"})
     argv = ["reproduce", "--profile", "smoke", "--only", "06", "--records-only", "--no-book", "--root", str(ROOT),
             "--results-dir", str(tmp_path / "out")]
     assert main(argv) == 0
     assert "runs (smoke): none trained (--records-only)" in capsys.readouterr().out
     assert not (tmp_path / "out" / "runs").exists()
+    assert seen == ["1"] and runs.RECORDS_ONLY not in os.environ  # the kernels read only; this process trains again
