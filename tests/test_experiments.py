@@ -459,6 +459,14 @@ def test_format_table_prints_like_a_paper():
     assert report.quantity_words("user/modality_agreement/image-audio") == "modality agreement (cosine), image–audio, users"
 
 
+def test_format_table_leaves_text_in_a_numeric_column_as_text():
+    # with_published: a model only a paper reports has no seeds ("–") and 'mean ± sd' strings beside numbers
+    ours = pd.DataFrame({"dataset": "tiktok", "model": ["lightgcn"] * 2, "recall@20": [.07, .08]})
+    table = tables.with_published(ours, "tiktok", metrics=["recall@20"])
+    html = report.format_table(table, "T", "cmd").data
+    assert "0.0750 ± 0.0071" in html and "0.0653" in html and ">–<" in html  # LightGCN ours, DiffMM's, BPR's seeds
+
+
 def test_report_counts_only_this_builds_verdicts(tmp_path):
     states = {"01_main_results": {"status": "ok", "executed": "2025-01-02 10:00:00 UTC",
                                   "finished": "2025-01-02 10:05:00 UTC"},

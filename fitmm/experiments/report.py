@@ -97,6 +97,8 @@ def rerun(profile: str, chapter: str) -> str:
 
 def _kind(name, values: pd.Series, percent: Iterable, signed: Iterable, sci: Iterable) -> str:
     parts = name if isinstance(name, tuple) else (name,)
+    if values.map(lambda v: isinstance(v, str)).any():  # already text (e.g. "–" for a model only a paper reports)
+        return "other"
     if any(p in percent for p in parts):
         return "percent"
     if any(p in signed for p in parts):
