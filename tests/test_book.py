@@ -65,6 +65,9 @@ def test_parameters_cell(path):
         assert set(reproduce.notebook_parameters(path, profile)) == set(defaults)  # every profile sets them all
     smoke = PROFILES["smoke"]
     assert defaults == {k: smoke[k] for k in defaults}, "defaults mirror the smoke profile"
+    if path.stem != "08_explore":  # the Explore chapter shows its code: it is the example to copy
+        hidden = [c for c in code[1:] if "hide-input" not in c.metadata.get("tags", [])]
+        assert not hidden, "every other code cell folds its source (tag hide-input): the page shows outputs"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
