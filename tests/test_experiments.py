@@ -208,6 +208,11 @@ def test_published_values_cover_spec():
     p = tables.PUBLISHED
     assert len(p[(p.source == "SMORE T2")]) == 6 * 3 * 4
     assert p[(p.dataset == "tiktok") & (p.model == "DiffMM") & (p.metric == "ndcg@20")].value.item() == .0456
+    quoted = p[p.source == tables.THIRD_PARTY[0]].pivot_table(index="dataset", columns="metric", values="value")
+    assert quoted.loc["baby", ["recall@10", "recall@20", "ndcg@10", "ndcg@20"]].tolist() == [.0716, .1089, .0387, .0484]
+    assert set(quoted.index) == {"baby", "sports", "clothing"} and set(p[p.source.isin(tables.THIRD_PARTY)].model) == {"FITMM"}
+    rerun = p[p.source == tables.THIRD_PARTY[1]]
+    assert set(rerun.dataset) == {"baby"} and rerun.set_index("metric").value["recall@20"] == .1078
 
 
 # --- claims -------------------------------------------------------------------------------------

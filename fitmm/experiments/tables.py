@@ -1,5 +1,6 @@
 """Result tables: mean ± std over seeds, and published numbers beside ours: SMORE
-(arXiv 2412.14978, Table 2), DiffMM (arXiv 2406.11781, Table 1), MMRec's own runs, SSR (arXiv 2512.01372).
+(arXiv 2412.14978, Table 2), DiffMM (arXiv 2406.11781, Table 1), MMRec's own runs, SSR (arXiv 2512.01372),
+and FITMM's (arXiv 2601.22498) as a third party quotes them (`THIRD_PARTY`).
 
 Published values were obtained on the official splits and feature files, which differ
 from what is on hand here (see the data caveats); they are context, not targets.
@@ -34,6 +35,15 @@ _DIFFMM_TIKTOK = {  # DiffMM (ACM MM 2024), Table 1: R@20 / P@20 / N@20
 }
 
 
+# FITMM's paper numbers on Baby, Sports and Clothing (R@10, R@20, N@10, N@20) as quoted in the README of the
+# third-party fork arkina3931/FITMM, and that fork's own rerun of the released FITMM code on Baby. The README
+# changed these figures between commits, so they are labelled as quotes, not checked against the paper.
+_FITMM_QUOTED = {"baby": (.0716, .1089, .0387, .0484), "sports": (.0809, .1187, .0441, .0538),
+                 "clothing": (.0698, .1017, .0378, .0457)}
+_FITMM_RERUN_BABY = (.0704, .1078, .0372, .0468)
+THIRD_PARTY = ("FITMM paper, quoted by a third party", "FITMM code, rerun by a third party")
+
+
 def _published_rows() -> list[dict]:
     rows = []
     for model, per_dataset in _SMORE_T2.items():
@@ -54,6 +64,10 @@ def _published_rows() -> list[dict]:
                  for m, v in zip(_R10_R20_N10_N20, values)]
     for dataset, value in (("baby", .0728), ("sports", .0825), ("clothing", .0708)):
         rows.append({"source": "SSR paper", "dataset": dataset, "model": "SSR", "metric": "recall@10", "value": value})
+    for source, dataset, values in ([(THIRD_PARTY[0], d, v) for d, v in _FITMM_QUOTED.items()]
+                                    + [(THIRD_PARTY[1], "baby", _FITMM_RERUN_BABY)]):
+        rows += [{"source": source, "dataset": dataset, "model": "FITMM", "metric": m, "value": v}
+                 for m, v in zip(_R10_R20_N10_N20, values)]
     return rows
 
 
