@@ -395,6 +395,11 @@ def test_notes_formatting():
 # --- runs ---------------------------------------------------------------------------------------
 
 
+def test_a_closed_form_model_runs_once_whatever_the_seeds():
+    specs = plan.grid([plan.DataSpec("tiny")], ["ease", "bpr"], [999, 1, 2], {"epochs": 1})
+    assert [(s.model, s.seed) for s in specs] == [("ease", 999), ("bpr", 999), ("bpr", 1), ("bpr", 2)]
+
+
 def test_run_specs_reuses_skips_and_rebuilds(tmp_path, monkeypatch):
     monkeypatch.setenv("FITMM_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv(runs.RECORDS_ONLY, raising=False)

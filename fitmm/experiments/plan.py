@@ -126,10 +126,15 @@ def grid(data: Sequence[DataSpec], models: Sequence[str], seeds: Sequence[int], 
          variants: dict[str, dict] | None = None, tuned: Tuning | None = None) -> list[RunSpec]:
     """Every (dataset, model, variant, seed), in that nesting order; `overrides` apply to every run on top of
     the model's tuned configuration on the dataset (with `tuned`), `variants` maps a label to extra overrides
-    (default: one unlabelled variant)."""
+    (default: one unlabelled variant). A closed-form model (EASE) gives the same result for every seed, so it
+    runs once, with the first seed."""
+    from fitmm.models import MODELS
+
     chosen = {(d.name, model): tuned.overrides(model, d) if tuned else {} for d in data for model in models}
+    runs_of = {model: seeds if getattr(MODELS.get(model), "trainable", True) else seeds[:1] for model in models}
     return [RunSpec(d, model, seed, {**chosen[d.name, model], **(overrides or {}), **extra}, label)
-            for d in data for model in models for label, extra in (variants or {"": {}}).items() for seed in seeds]
+            for d in data for model in models for label, extra in (variants or {"": {}}).items()
+            for seed in runs_of[model]]
 
 
 def named(datasets: Sequence[str], data_dir: str | None) -> list[DataSpec]:
