@@ -2,11 +2,11 @@
 
     python benchmarks/bench_study_cost.py --data-dir ../shared/data [--datasets tiktok baby] [--models fitmm ssr]
 
-The full study is 8 models x 4 datasets x 5 seeds, plus tuning: 12 trials per (model, dataset), each trial a
-full training run. For each (model, dataset) pair:
+The full study is 8 models x 4 datasets x 5 seeds, plus tuning: min(12, grid size) trials per (model,
+dataset), each trial a full training run (`fitmm.tune.search_size`). For each (model, dataset) pair:
 
-    CPU-hours = 17 runs x E x (t_train + t_valid) / 3600        (17 = 5 seeds + 12 tuning trials)
-    closed-form models (EASE): 17 runs x t_fit / 3600             (its grid, refit, one valid evaluation each)
+    CPU-hours = n runs x E x (t_train + t_valid) / 3600        (n = 5 seeds + its trials)
+    closed-form models (EASE): n runs x t_fit / 3600             (n = 1 run, as `plan.grid` plans it, + its trials)
 
 t_train, t_valid: seconds per training epoch and per valid evaluation of epoch 1 (epoch 0 warms up), on one
 thread, as CPU time: the wall seconds of the record scaled by the run's CPU/wall ratio, so that other
@@ -38,9 +38,16 @@ from fitmm.data import get_dataset
 from fitmm.errors import ConfigError
 from fitmm.models import MODELS
 from fitmm.trainer import train
+from fitmm.tune import DEFAULT_TRIALS, grids, search_size
 
-RUNS_PER_PAIR = 5 + 12  # seeds + tuning trials
+SEEDS = 5
 FULL_PATIENCE = 20
+
+
+def runs_per_pair(model: str) -> int:
+    """The full profile's runs of `model` on one dataset: its seeds (one for a closed-form model) and its trials."""
+    seeds = SEEDS if MODELS[model].trainable else 1
+    return seeds + (search_size(model, DEFAULT_TRIALS) if model in grids() else 0)
 
 
 def needed_epochs(results_dir: Path, model: str, dataset: str) -> tuple[float, str]:
@@ -112,10 +119,11 @@ def main() -> None:
     table["epochs"] = [e for e, _ in epochs]
     table["epochs_from"] = [s for _, s in epochs]
     per_run = (table["train_s"] + table["valid_s"]) * table["epochs"]
-    table["cpu_hours"] = RUNS_PER_PAIR * per_run.where(table["fit_s"].isna(), table["fit_s"]) / 3600
+    table["runs"] = [runs_per_pair(model) for _, model in table.index]
+    table["cpu_hours"] = table["runs"] * per_run.where(table["fit_s"].isna(), table["fit_s"]) / 3600
     pd.set_option("display.width", 160)
     print(f"\nload average {os.getloadavg()[0]:.1f}; seconds are CPU seconds on one thread; "
-          f"{RUNS_PER_PAIR} runs per pair (5 seeds + 12 tuning trials)")
+          f"runs per pair: {SEEDS} seeds (1 for a closed-form model) + min({DEFAULT_TRIALS}, grid size) tuning trials")
     print(table.drop(columns="cpu_per_wall", errors="ignore").round(2).to_string())
     print("\nCPU-hours per dataset:")
     print(table.groupby(level="dataset")["cpu_hours"].sum().round(1).to_string())
