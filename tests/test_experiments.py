@@ -330,7 +330,7 @@ def test_claims_table_roundtrip(tmp_path):
     claims.save_finding(tmp_path, "smoke", "fitmm-consistency", "code better")
     found = claims.discrepancies_table(tmp_path, "smoke")
     assert found.loc["fitmm-consistency", "finding"] == "code better"
-    assert found.loc["ssr-bands", "finding"] == "pending"
+    assert found.loc["ssr-bands", "finding"] == found.loc["ssr-band-input", "finding"] == "pending"
 
 
 # --- data and spectral checks -------------------------------------------------------------------

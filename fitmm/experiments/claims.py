@@ -103,6 +103,12 @@ DISCREPANCIES = (
     Discrepancy("ssr-bands", "SSR", "equal-energy bands from the Laplacian's eigenvectors",
                 "fixed Chebyshev filters (not band-pass) on every Amazon set; exact bands only when N ≤ 5000",
                 "bands: exact | chebyshev (and this study's scalable)", "05_ablations"),
+    Discrepancy("ssr-band-input", "SSR", "bands of [R | H]; how R and H meet is not said",
+                "each band's R and H halves summed before the operator, so scores carry R-H cross terms",
+                "band_input: sum | concat", "05_ablations"),
+    Discrepancy("ssr-initial-values", "SSR", "initial values and sizes not given; the regulariser counted once",
+                "γ ~ N(0, 1), gate's last layer N(0, 1e-3), MLP width 48; the regulariser added again for the "
+                "masked pass", "reading: code | paper", "05_ablations"),
     Discrepancy("fitmm-epochs", "FITMM", "MMRec's protocol: at most 1000 epochs", "at most 300 epochs",
                 "epochs", "06_cost", "the study uses the code's 300 (fitmm.yaml); profiles may lower it"),
     Discrepancy("model-selection", "both", "hyper-parameters chosen by validation",
