@@ -153,13 +153,13 @@ def pair_runs(datasets: list[str], data_dir: str | None, targets: list[str], see
     return grid(named(datasets, data_dir), targets, seeds, budget, tuned=tuning(tuning_trials, results_dir))
 
 
-def sparsity_runs(datasets: list[str], data_dir: str | None, sparsity_models: list[str], sparsity_fractions: list[float],
-                  sparsity_seed: int, secondary_seeds: list[int], budget: dict, tuning_trials: int | None,
-                  results_dir: str) -> list[RunSpec]:
+def sparsity_runs(secondary_datasets: list[str], data_dir: str | None, sparsity_models: list[str],
+                  sparsity_fractions: list[float], sparsity_seed: int, secondary_seeds: list[int], budget: dict,
+                  tuning_trials: int | None, results_dir: str) -> list[RunSpec]:
     """The sparsity models on each dataset with 0 and each fraction of its train edges dropped (in the
     configuration tuned on the full dataset)."""
     reduced = [DataSpec(name, data_dir, fraction, seed=sparsity_seed if fraction else 0)
-               for fraction in [0.0, *sparsity_fractions] for name in datasets]
+               for fraction in [0.0, *sparsity_fractions] for name in secondary_datasets]
     return grid(reduced, sparsity_models, secondary_seeds, budget, tuned=tuning(tuning_trials, results_dir))
 
 
@@ -176,12 +176,12 @@ def theory_runs(theory_dataset: str, band_datasets: list[str], data_dir: str | N
                    {SNR_CHECK: snr_check_overrides}))
 
 
-def ablation_runs(datasets: list[str], data_dir: str | None, ablations: dict[str, dict[str, dict]],
+def ablation_runs(secondary_datasets: list[str], data_dir: str | None, ablations: dict[str, dict[str, dict]],
                   secondary_seeds: list[int], budget: dict, tuning_trials: int | None, results_dir: str) -> list[RunSpec]:
     """Each model's labelled variants (model -> label -> overrides, on top of its tuned configuration)."""
     tuned = tuning(tuning_trials, results_dir)
     return [spec for model, table in ablations.items()
-            for spec in grid(named(datasets, data_dir), [model], secondary_seeds, budget, table, tuned)]
+            for spec in grid(named(secondary_datasets, data_dir), [model], secondary_seeds, budget, table, tuned)]
 
 
 def growth_runs(cost_models: list[str], cost_sizes: list[list[int]], cost_budget: dict, seed: int = 0) -> list[RunSpec]:
