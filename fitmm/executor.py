@@ -7,7 +7,8 @@ that returns True is counted as reused and not run. Every attempt writes its own
 
     local   a pool of `jobs` spawned processes, each with cores // jobs threads (at least 1; at most
             the caller's OMP_NUM_THREADS where set: on a shared machine, more threads than free
-            cores spin-wait and slow every run down)
+            cores spin-wait and slow every run down); on Linux the workers end when the batch's
+            process does (killed or interrupted), so no run goes on training unwatched
     slurm   one job array per attempt (submitit), `SlurmOptions` per array task; the job runs this
             interpreter with this package's folder on PYTHONPATH, so the folder must be on a file
             system the compute nodes share (as the results directory must be)
@@ -119,11 +120,29 @@ def _run_logged(task: Callable[[], object], log: str, threads: int) -> str | Non
                 os.close(copy)
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool-worker initializer: on Linux, ask the kernel to send this worker SIGTERM when the process that
+    started it dies (killed, interrupted), so a run is not left training as an orphan; its lock is released by
+    the kernel and its last checkpoint resumes it. Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _local(tasks: list, logs: list[str], jobs: int) -> list[tuple[str | None, str]]:
-    """(error or None, log) per task, from a pool of `jobs` processes."""
+    """(error or None, log) per task, from a pool of `jobs` processes that end with this one."""
     threads = threads_per_job(jobs)
     out: list[tuple[str | None, str]] = [("not run", log) for log in logs]
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(_run_logged, t, log, threads): i for i, (t, log) in enumerate(zip(tasks, logs))}
         for future in tqdm(as_completed(futures), total=len(futures), desc=f"local x{jobs}", unit="task"):
             i = futures[future]

@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -93,6 +95,53 @@ def test_local_runs_in_parallel_with_threads_logs_and_one_retry(tmp_path):
     assert str(summary).startswith("3 done, 1 reused, 1 failed")
     with pytest.raises(ValueError, match="jobs"):
         executor.execute([], jobs=0)
+
+
+SLEEPER = """
+import os, sys, time
+from pathlib import Path
+from fitmm import executor
+
+class Sleeper:
+    def __init__(self, out):
+        self.out = out
+    def __call__(self):
+        Path(self.out).write_text(str(os.getpid()))
+        time.sleep(120)
+    def __str__(self):
+        return "sleeper"
+
+if __name__ == "__main__":
+    executor.execute([Sleeper(sys.argv[1])], "local", jobs=1, log_dir=sys.argv[2])
+"""
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie (Linux)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_local_workers_end_when_the_batch_process_is_killed(tmp_path):
+    (tmp_path / "sleeper.py").write_text(SLEEPER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "sleeper.py"), str(tmp_path / "pid"), str(tmp_path / "logs")],
+                              env=env)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "pid").exists() or not (tmp_path / "pid").read_text():
+        assert time.monotonic() < deadline and parent.poll() is None, "the worker never started"
+        time.sleep(0.1)
+    worker = int((tmp_path / "pid").read_text())
+    assert alive(worker)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(worker), "the worker outlived the batch process that started it"
 
 
 UP = {"idle", "mix", "alloc", "comp"}  # node states that take (or will take, once free) a job
