@@ -12,7 +12,8 @@ audit only (MMRec's grid search picks by test; this study does not).
 Trials are claimed under a file lock, each taking the first plan point that no finished or running trial
 holds, so a killed search resumes (the point of a trial whose worker died is trained again) and several
 worker processes can share one search; whether or not it was interrupted, a search trains the same points
-and none twice.
+and none twice. A trial whose worker ran on another host is left alone (it may be a live SLURM worker) unless
+`fitmm tune --reclaim` says no other machine works on the search.
 """
 
 from __future__ import annotations
@@ -140,6 +141,20 @@ def is_stale(trial: optuna.trial.FrozenTrial) -> bool:
     except PermissionError:
         pass
     return False
+
+
+def reclaim(journal: Path, model: str, dataset: str) -> list[int]:
+    """Fail every trial left running by a worker on another host, so that its point is trained again; return
+    their numbers. Only for a search no other machine is working on: a journal copied or committed mid-trial and
+    resumed elsewhere (a live worker on another host cannot be told from a dead one)."""
+    study = open_study(journal, model, dataset)
+    here = socket.gethostname()
+    with claim_lock(journal):
+        gone = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                if t.user_attrs.get("worker", "").rpartition(":")[0] not in ("", here)]
+        for number in gone:
+            study.tell(number, state=optuna.trial.TrialState.FAIL)
+    return gone
 
 
 def holds_point(trial: optuna.trial.FrozenTrial) -> bool:
@@ -324,21 +339,23 @@ def _tune(args: argparse.Namespace) -> int:
     check(args.model, {**overrides, **({"seed": args.seed} if args.seed is not None else {})}, args.trials)
     slurm = slurm_options(args)
     data = get_dataset(args.dataset, args.data_dir)
+    journal = journal_path(args.results_dir, data.name, args.model)
+    if args.reclaim and journal.exists():
+        gone = reclaim(journal, args.model, data.name)
+        print(f"reclaimed {len(gone)} trial(s) left running on other hosts: {gone or 'none'}")
     if args.executor == "local" and args.jobs == 1:
         study = tune(data, args.model, args.trials, args.seed, overrides, args.results_dir, progress=not args.quiet)
     else:  # workers share the journal: processes here, or the tasks of a SLURM job array
         data_dir = None if args.data_dir is None else str(Path(args.data_dir).resolve())
         workers = [Worker(args.model, args.dataset, data_dir, args.trials, args.seed, overrides,
                           str(Path(args.results_dir).resolve()), i) for i in range(args.jobs)]
-        summary = execute(workers, args.executor, args.jobs, slurm,
-                          journal_path(args.results_dir, data.name, args.model).parent / "logs", retries=0)
+        summary = execute(workers, args.executor, args.jobs, slurm, journal.parent / "logs", retries=0)
         print(f"tune workers: {summary}")
         if summary.failed:
             return 1
-        study = open_study(journal_path(args.results_dir, data.name, args.model), args.model, data.name)
+        study = open_study(journal, args.model, data.name)
     frame = trials_frame(study)
-    print(f"{args.model} on {data.name}: {len(frame)} finished trial(s), "
-          f"journal {journal_path(args.results_dir, data.name, args.model)}")
+    print(f"{args.model} on {data.name}: {len(frame)} finished trial(s), journal {journal}")
     with pd.option_context("display.width", 200, "display.max_colwidth", 80):
         print(frame.drop(columns=["dataset", "model"]).to_string(index=False))
         if len(frame):
@@ -359,5 +376,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cmd.add_argument("--results-dir", default=default_results_dir(),
                      help="runs and tuning/ go here (default: $FITMM_RESULTS, else the project's results/)")
     cmd.add_argument("--quiet", action="store_true", help="no progress bars")
+    cmd.add_argument("--reclaim", action="store_true",
+                     help="first fail the trials left running by workers on other hosts and train their points again "
+                          "(a journal resumed on another machine; never while another machine works on the search)")
     add_executor_arguments(cmd, "search worker")  # --jobs N: N workers share one search
     cmd.set_defaults(func=_tune)

@@ -117,6 +117,28 @@ def test_trial_of_a_dead_worker_is_failed_and_retried(tmp_path, monkeypatch):
     assert study.get_trials()[1].params in [t.params for t in finished(study)]
 
 
+def test_reclaim_frees_only_the_trials_of_other_hosts(tmp_path, monkeypatch, capsys):
+    data = synthetic_dataset()
+    journal = journal_path(tmp_path, "synthetic", "bpr")
+    monkeypatch.setattr(tune_mod, "train", fake_train)
+    tune(data, "bpr", trials=1, results_dir=tmp_path, progress=False)
+    study = open_study(journal, "bpr", "synthetic")
+    grid = grids()["bpr"]["grid"]
+    with claim_lock(journal):
+        elsewhere = claim(study, 3, plan(grid, seed=999), grid)
+    elsewhere.set_user_attr("worker", "another-machine:123")  # a journal committed mid-trial on another host
+    with claim_lock(journal):
+        live_here = claim(study, 3, plan(grid, seed=999), grid)  # this process: alive, so never reclaimed
+    study = tune(data, "bpr", trials=3, results_dir=tmp_path, progress=False)
+    assert len(finished(study)) == 1  # without --reclaim both points stay held
+    assert main(["tune", "--model", "bpr", "--trials", "3", "--reclaim", "--results-dir", str(tmp_path), "--quiet"]) == 0
+    assert f"reclaimed 1 trial(s) left running on other hosts: [{elsewhere.number}]" in capsys.readouterr().out
+    study = open_study(journal, "bpr", "synthetic")
+    assert study.get_trials()[elsewhere.number].state == FAIL
+    assert study.get_trials()[live_here.number].state == optuna.trial.TrialState.RUNNING
+    assert elsewhere.params in [t.params for t in finished(study)] and len(finished(study)) == 2
+
+
 def _worker(results_dir):
     tune(synthetic_dataset(), "bpr", trials=6, results_dir=results_dir, progress=False)
 
