@@ -182,6 +182,28 @@ def early_peak_evidence(evidence: pd.DataFrame) -> str:
                      for r in evidence.itertuples())
 
 
+def repeat_summary(runs: dict[str, list[tuple[dict, Path]]], dataset: str, metric: str = "recall@20") -> str:
+    """The decisive comparison on a second dataset in one sentence: each variant's test `metric` and best epoch,
+    whether the released setting peaks early there (`claims.early_peak`), and where each other FITMM variant
+    stands against the backbone."""
+    from fitmm.experiments import claims  # claims reads diagnosis records; imported here to keep the modules apart
+
+    t = ablation_table(runs, metric).set_index("variant")
+    col = f"test {metric} mean"
+    parts = [f"{v}: test Recall@20 {t.loc[v, f'test {metric}']} (best epoch {t.loc[v, 'best epoch']} of "
+             f"{t.loc[v, 'epochs run']})" for v in t.index]
+    if "released" in runs:
+        evidence = [claims.early_peak(r, metric) for r, _ in runs["released"]]
+        peaks = all(e["early_peak"] for e in evidence)
+        shape = "peaks early and declines" if peaks else "does not peak early and decline"
+        parts.append(f"on {dataset} the released setting {shape} ({early_peak_evidence(pd.DataFrame(evidence))})")
+    if "backbone" in t.index:
+        for v in (v for v in t.index if v not in REFERENCES):
+            gap = t.loc[v, col] - t.loc["backbone", col]
+            parts.append(f"{v} is {abs(gap):.4f} {'above' if gap > 0 else 'below'} the backbone")
+    return "; ".join(parts)
+
+
 def _at(frame: pd.DataFrame, variant: str, epoch: int, column: str) -> float:
     rows = frame[(frame.variant == variant) & (frame.epoch == epoch)]
     return float(rows[column].mean()) if column in rows and len(rows) else float("nan")
