@@ -54,6 +54,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from fitmm import settings
+from fitmm.data import dataset_folder
 from fitmm.executor import SlurmOptions, Summary, add_arguments as add_executor_arguments, slurm_options
 from fitmm.executor import execute as execute_tasks
 from fitmm.io import utc_now
@@ -258,8 +259,10 @@ def run_batch(profile_name: str, root: Path, only: list[str] | None = None, exec
     for model in missing:
         print(f"{model}: not in fitmm.models.MODELS yet, its runs are skipped")
     tasks = [Training(s, str(results_dir)) for s in specs if s.model in present]
-    for task in tasks:  # bad config keys fail here, before any compute starts
+    for task in tasks:  # bad config keys and missing dataset folders fail here, before any compute starts
         task.spec.config()
+    for name, data_dir in {(t.spec.data.name, t.spec.data.data_dir) for t in tasks if t.spec.data.size is None}:
+        dataset_folder(name, data_dir)
     print(f"runs ({profile_name}): {len(tasks)} planned for {', '.join(chapters) or 'no chapter'}, executor {executor}"
           + (f", {jobs} job(s)" if executor == "local" else f", {slurm}"))
     return execute_tasks(tasks, executor, jobs, slurm, results_dir / "logs")

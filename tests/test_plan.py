@@ -129,6 +129,18 @@ def test_reproduce_runs_only_executes_the_plan_then_reuses_it(tmp_path, monkeypa
     assert "runs (smoke): 0 done, 2 reused, 0 failed" in capsys.readouterr().out
 
 
+def test_a_missing_dataset_folder_exits_2_before_any_run(tmp_path, monkeypatch, capsys):
+    """Every planned dataset folder is checked before the batch starts: a missing one names itself, trains nothing."""
+    (tmp_path / "data" / "tiktok").mkdir(parents=True)
+    argv = ["reproduce", "--profile", "cpu", "--only", "09", "--runs-only", "--data-dir", str(tmp_path / "data"),
+            "--results-dir", str(tmp_path / "out")]
+    monkeypatch.setattr(plan.settings, "project_path", lambda relative: tmp_path / "project" / relative)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'project' / 'data'}: data directory not found (looking for dataset 'baby')" in err
+    assert not (tmp_path / "out" / "runs").exists()
+
+
 def test_records_only_trains_nothing_and_excludes_runs_only(tmp_path, monkeypatch, capsys):
     """`--records-only` skips the batch: the chapters show the records there are (none here) and note the rest."""
     monkeypatch.setenv("FITMM_CACHE", str(tmp_path / "cache"))
