@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# The prepared batch for a session lent a GPU through the device tool (README, "On a GPU").
+#
+# Here, on the CPU machine, in the repository root:
+#   bash benchmarks/device_batch.sh prepare DATA_DIR NAME...   # wheels -> .whl/, datasets -> .device/data/
+# On the device, one `run` call with carry [".whl", ".device"] and timeout_s 600:
+#   bash benchmarks/device_batch.sh run
+# Back here, with the folder the call's files came back to:
+#   bash benchmarks/device_batch.sh unpack FILES_AT            # records and journals -> results/
+#
+# `run`, all of it within DEADLINE seconds (default 500) of its start:
+#   1. GPU timings: FITMM, SSR and LightGCN (TIMED_MODELS), TIMED_EPOCHS epochs each (default 3) on every dataset
+#      under .device/data named in TIMED_DATASETS (default: tiktok sports); s/epoch, valid-eval s and peak
+#      memory from each record, printed and written to $OUT/gpu_timings.tsv with the device's name.
+#   2. The heaviest work: WORK, one `fitmm` command per line (default: the TikTok searches of SMORE, SSR and
+#      FITMM, two workers each), all at once, each stopped at the deadline. A stopped run leaves its
+#      checkpoint behind (it does not travel), so plan work that finishes; a stopped search trial is freed
+#      here by `fitmm tune ... --reclaim`.
+#   3. Every record, trace and search journal written meanwhile -> $OUT/records.tar.gz (no checkpoints).
+# The device tree is a copy of this checkout, so results/ there starts as the committed one: a search goes
+# on where it stands here.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+prepare() {  # DATA_DIR NAME...: what the device lacks (no internet there): optuna's wheels, the datasets
+    local data=$1; shift
+    mkdir -p .whl .device/data
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+        optuna==5.0.0 alembic==1.20.1 sqlalchemy==2.1.9 colorlog==6.12.0 mako==1.4.3 || exit 2
+    for name in "$@"; do
+        [ -f "$data/$name/$name.inter" ] || { echo "device_batch: $data/$name/$name.inter not found" >&2; exit 2; }
+        rm -rf ".device/data/$name" && cp -rL "$data/$name" .device/data/
+    done
+    du -sh .whl .device
+    echo "device_batch: carry [\".whl\", \".device\"]; the working tree with them must stay under 64 MiB"
+}
+
+run() {
+    : "${OUT:?run on the device machine, where OUT is set}"
+    local deadline=$(( $(date +%s) + ${DEADLINE:-500} )) data=.device/data stamp=/tmp/device_batch.stamp
+    touch "$stamp"
+    if ! python3 -c "import optuna" 2>/dev/null; then  # the device image lacks it: install the carried wheels
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 2
+        export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+    fi
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 FITMM_CACHE=/tmp/fitmm-cache
+    python3 -c "import torch; print('device:', torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
+
+    local timing=/tmp/device_batch.timing
+    for dataset in ${TIMED_DATASETS:-tiktok sports}; do
+        [ -d "$data/$dataset" ] || { echo "timing: no $data/$dataset, skipped"; continue; }
+        for model in ${TIMED_MODELS:-fitmm ssr lightgcn}; do
+            local left=$(( deadline - $(date +%s) ))
+            [ "$left" -gt 30 ] || { echo "timing: deadline reached"; break 2; }
+            timeout "$left" python3 -m fitmm train --model "$model" --dataset "$dataset" --data-dir "$data" --quiet \
+                --set epochs="${TIMED_EPOCHS:-3}" --set patience=1000 --results-dir "$timing"
+        done
+    done
+    python3 - "$timing" "$OUT/gpu_timings.tsv" <<'EOF'
+import json, sys
+from pathlib import Path
+import torch
+device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+rows = ["device\tdataset\tmodel\tepochs\ts_per_epoch\teval_s\tpeak_memory_mb"]
+for path in sorted(Path(sys.argv[1]).glob("runs/*/*/*/record.json")):
+    r = json.loads(path.read_text())
+    rows.append(f"{device}\t{r['dataset']['name']}\t{r['model']}\t{r['epochs']}\t{r['seconds_per_epoch']:.3f}\t"
+                f"{r['eval_seconds']:.3f}\t{r['peak_memory_mb']:.0f}")
+Path(sys.argv[2]).write_text("\n".join(rows) + "\n")
+print("\n".join(rows))
+EOF
+
+    local work=${WORK:-"tune --model smore --dataset tiktok --jobs 2
+tune --model ssr --dataset tiktok --jobs 2
+tune --model fitmm --dataset tiktok --jobs 2"}
+    local left=$(( deadline - $(date +%s) )) i=0
+    if [ "$left" -gt 30 ]; then
+        while IFS= read -r line; do
+            [ -n "$line" ] || continue
+            i=$((i + 1))
+            # shellcheck disable=SC2086  # each WORK line is a fitmm argument list
+            OMP_NUM_THREADS=2 timeout "$left" python3 -m fitmm $line --data-dir "$data" --results-dir results --quiet \
+                > "$OUT/work-$i.log" 2>&1 &
+        done <<< "$work"
+        wait
+        echo "work: $i command(s) ended; their logs are work-*.log"
+    else
+        echo "work: deadline reached before it started"
+    fi
+    find results/runs results/tuning -type f -newer "$stamp" ! -path '*/checkpoints/*' ! -name '*.lock' \
+        ! -name '.lock*' ! -path '*/logs/*' -print0 | tar czf "$OUT/records.tar.gz" --null -T -
+    tar tzf "$OUT/records.tar.gz" | grep -c record.json | sed 's/^/records back: /'
+}
+
+unpack() {  # FILES_AT: the folder the device call's files came back to
+    local from=$1
+    [ -f "$from/records.tar.gz" ] || { echo "device_batch: $from/records.tar.gz not found" >&2; exit 2; }
+    tar xzf "$from/records.tar.gz"
+    [ -f "$from/gpu_timings.tsv" ] && mkdir -p results/benchmarks && cp "$from/gpu_timings.tsv" results/benchmarks/
+    git status --short results | head -n 40
+    echo "device_batch: commit these; resume a search that had trials running there with fitmm tune ... --reclaim"
+}
+
+case "${1:-}" in
+    prepare) shift; [ $# -ge 2 ] || { echo "usage: $0 prepare DATA_DIR NAME..." >&2; exit 2; }; prepare "$@" ;;
+    run) run ;;
+    unpack) [ $# -eq 2 ] || { echo "usage: $0 unpack FILES_AT" >&2; exit 2; }; unpack "$2" ;;
+    *) echo "usage: $0 prepare DATA_DIR NAME... | run | unpack FILES_AT" >&2; exit 2 ;;
+esac
