@@ -294,7 +294,7 @@ def early_peak(record: dict, metric: str = "recall@20") -> dict:
     last = history[-1]
     decline = 1 - last["valid"][metric] / best["valid"][metric]
     loss_best, loss_last = sum(best["losses"].values()), sum(last["losses"].values())
-    return {"seed": record["seed"], "best_epoch": record["best_epoch"], "epochs": record["epochs"],
+    return {"dataset": record.get("dataset", {}).get("name", ""), "seed": record["seed"], "best_epoch": record["best_epoch"], "epochs": record["epochs"],
             "stopped_early": record.get("stopped_early"), "decline": decline, "loss_at_best": loss_best,
             "loss_at_last": loss_last,
             "early_peak": record["best_epoch"] <= EARLY_PEAK_MAX_EPOCH and decline >= EARLY_PEAK_DECLINE
@@ -302,8 +302,9 @@ def early_peak(record: dict, metric: str = "recall@20") -> dict:
 
 
 def early_peak_verdict(evidence: pd.DataFrame) -> str:
-    """From `early_peak` rows of the released runs: every run peaks early and declines -> reproduced; some ->
-    partly; none -> not reproduced; no run -> pending (runs cut by their budget: `with_budget`)."""
+    """From `early_peak` rows of the released runs (on every dataset that ran them): every run peaks early and
+    declines -> reproduced; some -> partly; none -> not reproduced; no run -> pending (runs cut by their budget:
+    `with_budget`)."""
     if evidence.empty:
         return "pending"
     hits = evidence["early_peak"]

@@ -177,7 +177,8 @@ def early_peak_evidence(evidence: pd.DataFrame) -> str:
     """One line per released run of `claims.early_peak` rows."""
     if evidence.empty:
         return "no released run"
-    return "; ".join(f"seed {r.seed}: best epoch {r.best_epoch} of {r.epochs}, valid Recall@20 {r.decline:.1%} "
+    return "; ".join(f"{f'{r.dataset} ' if r.dataset else ''}seed {r.seed}: best epoch {r.best_epoch} of {r.epochs}, "
+                     f"valid Recall@20 {r.decline:.1%} "
                      f"below the best at the last epoch, training loss {r.loss_at_best:.4f} -> {r.loss_at_last:.4f}"
                      for r in evidence.itertuples())
 
