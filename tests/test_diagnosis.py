@@ -222,10 +222,12 @@ def test_ablation_table_and_best_variant_on_constructed_records():
 
 def test_repeat_summary_says_whether_the_released_setting_peaks_early_there():
     still_rising = record(valid=(0.05, 0.06, 0.07, 0.08), loss=(0.7, 0.6, 0.5, 0.4), test=0.08)
+    capped = record(valid=(0.05, 0.06, 0.07, 0.08), test=0.085, stopped_early=False)  # at its cap, still improving
     runs = {"released": [(still_rising, None)], "gate false": [(record(test=0.09), None)],
-            "backbone": [(record(test=0.085), None)], "LightGCN": [(record(test=0.1), None)]}
+            "backbone": [(capped, None)], "LightGCN": [(record(test=0.1), None)]}
     text = diagnosis.repeat_summary(runs, "baby")
     assert text.startswith("released: test Recall@20 0.0800 (best epoch 3 of 4); gate false: test Recall@20 0.0900")
+    assert "backbone: test Recall@20 0.0850 (best epoch 3 of 4, cut at its epoch cap while improving)" in text
     assert "on baby the released setting does not peak early and decline (seed 999: best epoch 3 of 4" in text
     assert text.endswith("released is 0.0050 below the backbone; gate false is 0.0050 above the backbone")
     assert "LightGCN is" not in text

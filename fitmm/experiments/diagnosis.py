@@ -184,15 +184,17 @@ def early_peak_evidence(evidence: pd.DataFrame) -> str:
 
 
 def repeat_summary(runs: dict[str, list[tuple[dict, Path]]], dataset: str, metric: str = "recall@20") -> str:
-    """The decisive comparison on a second dataset in one sentence: each variant's test `metric` and best epoch,
-    whether the released setting peaks early there (`claims.early_peak`), and where each other FITMM variant
-    stands against the backbone."""
+    """The decisive comparison on a second dataset in one sentence: each variant's test `metric` and best epoch
+    (and whether its epoch cap cut it while improving, `claims.budget_limited`), whether the released setting
+    peaks early there (`claims.early_peak`), and where each other FITMM variant stands against the backbone."""
     from fitmm.experiments import claims  # claims reads diagnosis records; imported here to keep the modules apart
 
     t = ablation_table(runs, metric).set_index("variant")
     col = f"test {metric} mean"
+    cut = {v: claims.budget_limited(pd.DataFrame([{k: r.get(k) for k in ("best_epoch", "epochs", "stopped_early")}
+                                                  for r, _ in pairs])).any() for v, pairs in runs.items()}
     parts = [f"{v}: test Recall@20 {t.loc[v, f'test {metric}']} (best epoch {t.loc[v, 'best epoch']} of "
-             f"{t.loc[v, 'epochs run']})" for v in t.index]
+             f"{t.loc[v, 'epochs run']}{', cut at its epoch cap while improving' if cut[v] else ''})" for v in t.index]
     if "released" in runs:
         evidence = [claims.early_peak(r, metric) for r, _ in runs["released"]]
         peaks = all(e["early_peak"] for e in evidence)
