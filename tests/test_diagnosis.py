@@ -229,6 +229,7 @@ def test_repeat_summary_says_whether_the_released_setting_peaks_early_there():
     assert text.startswith("released: test Recall@20 0.0800 (best epoch 3 of 4); gate false: test Recall@20 0.0900")
     assert "backbone: test Recall@20 0.0850 (best epoch 3 of 4, cut at its epoch cap while improving)" in text
     assert "on baby the released setting does not peak early and decline (seed 999: best epoch 3 of 4" in text
+    assert "; at its best epoch the IB term is 40% of its loss;" in text  # record(): ib = 0.4 of the loss
     assert text.endswith("released is 0.0050 below the backbone; gate false is 0.0050 above the backbone")
     assert "LightGCN is" not in text
     assert "peaks early and declines (" in diagnosis.repeat_summary({"released": [(record(), None)]}, "baby")

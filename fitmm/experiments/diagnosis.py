@@ -186,7 +186,8 @@ def early_peak_evidence(evidence: pd.DataFrame) -> str:
 def repeat_summary(runs: dict[str, list[tuple[dict, Path]]], dataset: str, metric: str = "recall@20") -> str:
     """The decisive comparison on a second dataset in one sentence: each variant's test `metric` and best epoch
     (and whether its epoch cap cut it while improving, `claims.budget_limited`), whether the released setting
-    peaks early there (`claims.early_peak`), and where each other FITMM variant stands against the backbone."""
+    peaks early there (`claims.early_peak`) and the IB term's share of its loss at its best epoch (first seed),
+    and where each other FITMM variant stands against the backbone."""
     from fitmm.experiments import claims  # claims reads diagnosis records; imported here to keep the modules apart
 
     t = ablation_table(runs, metric).set_index("variant")
@@ -200,6 +201,10 @@ def repeat_summary(runs: dict[str, list[tuple[dict, Path]]], dataset: str, metri
         peaks = all(e["early_peak"] for e in evidence)
         shape = "peaks early and declines" if peaks else "does not peak early and decline"
         parts.append(f"on {dataset} the released setting {shape} ({early_peak_evidence(pd.DataFrame(evidence))})")
+        record = runs["released"][0][0]
+        losses = next(h["losses"] for h in record["history"] if h["epoch"] == record["best_epoch"])
+        if "ib" in losses:
+            parts.append(f"at its best epoch the IB term is {losses['ib'] / sum(losses.values()):.0%} of its loss")
     if "backbone" in t.index:
         for v in (v for v in t.index if v not in REFERENCES):
             gap = t.loc[v, col] - t.loc["backbone", col]
