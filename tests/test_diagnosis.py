@@ -232,6 +232,9 @@ def test_repeat_summary_says_whether_the_released_setting_peaks_early_there():
     assert "; at its best epoch the IB term is 40% of its loss;" in text  # record(): ib = 0.4 of the loss
     assert text.endswith("released is 0.0050 below the backbone; gate false is 0.0050 above the backbone")
     assert "LightGCN is" not in text
+    uncapped = {**runs, "backbone uncapped": [(record(test=0.095), None)]}  # where it ran, the reference
+    assert diagnosis.repeat_summary(uncapped, "baby").endswith("released is 0.0150 below the backbone uncapped; "
+                                                               "gate false is 0.0050 below the backbone uncapped")
     assert "peaks early and declines (" in diagnosis.repeat_summary({"released": [(record(), None)]}, "baby")
 
 
