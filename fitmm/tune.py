@@ -126,12 +126,21 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def is_stale(trial: optuna.trial.FrozenTrial) -> bool:
-    """A running trial whose worker (same host) is gone, or that never got its worker mark."""
+def worker_of(trial: optuna.trial.FrozenTrial) -> tuple[str, str] | None:
+    """(host, pid) of the worker that claimed `trial` (`worker_id`), or None before it got its mark."""
     worker = trial.user_attrs.get("worker")
     if worker is None:
-        return True
+        return None
     host, _, pid = worker.rpartition(":")
+    return host, pid
+
+
+def is_stale(trial: optuna.trial.FrozenTrial) -> bool:
+    """A running trial whose worker (same host) is gone, or that never got its worker mark."""
+    worker = worker_of(trial)
+    if worker is None:
+        return True
+    host, pid = worker
     if host != socket.gethostname():
         return False
     try:
@@ -151,7 +160,7 @@ def reclaim(journal: Path, model: str, dataset: str) -> list[int]:
     here = socket.gethostname()
     with claim_lock(journal):
         gone = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-                if t.user_attrs.get("worker", "").rpartition(":")[0] not in ("", here)]
+                if (worker := worker_of(t)) is not None and worker[0] != here]
         for number in gone:
             study.tell(number, state=optuna.trial.TrialState.FAIL)
     return gone

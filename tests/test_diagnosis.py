@@ -204,7 +204,8 @@ def test_early_peak_rule_on_constructed_records():
     assert claims.early_peak_verdict(frame(record(), cut)) == claims.INCONCLUSIVE
     on_two = frame(record(), {**late, "dataset": {"name": "baby"}})  # released runs of two datasets: one peaks early
     assert claims.early_peak_verdict(on_two) == "partly"
-    assert diagnosis.early_peak_evidence(on_two).split("; ")[1].startswith(f"baby seed 999: best epoch {claims.EARLY_PEAK_MAX_EPOCH + 2} of")
+    second = diagnosis.early_peak_evidence(on_two).split("; ")[1]
+    assert second.startswith(f"baby seed 999: best epoch {claims.EARLY_PEAK_MAX_EPOCH + 2} of")
 
 
 def test_ablation_table_and_best_variant_on_constructed_records():

@@ -128,8 +128,8 @@ def alive(pid: int) -> bool:
 def test_local_workers_end_when_the_batch_process_is_killed(tmp_path):
     (tmp_path / "sleeper.py").write_text(SLEEPER)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
-    parent = subprocess.Popen([sys.executable, str(tmp_path / "sleeper.py"), str(tmp_path / "pid"), str(tmp_path / "logs")],
-                              env=env)
+    argv = [sys.executable, str(tmp_path / "sleeper.py"), str(tmp_path / "pid"), str(tmp_path / "logs")]
+    parent = subprocess.Popen(argv, env=env)
     deadline = time.monotonic() + 60
     while not (tmp_path / "pid").exists() or not (tmp_path / "pid").read_text():
         assert time.monotonic() < deadline and parent.poll() is None, "the worker never started"
