@@ -9,6 +9,8 @@
 #   bash benchmarks/device_batch.sh unpack FILES_AT            # records and journals -> results/
 #
 # `run`, all of it within DEADLINE seconds (default 500) of its start:
+#   0. The sync check: tests/test_train.py's `never_waits` test, a few training steps of every model under
+#      torch.cuda.set_sync_debug_mode("error"); its output goes to $OUT/sync_check.log.
 #   1. GPU timings: FITMM, SSR and LightGCN (TIMED_MODELS), TIMED_EPOCHS epochs each (default 3) on every dataset
 #      under .device/data named in TIMED_DATASETS (default: tiktok sports); s/epoch, valid-eval s and peak
 #      memory from each record, printed and written to $OUT/gpu_timings.tsv with the device's name.
@@ -27,7 +29,8 @@ prepare() {  # DATA_DIR NAME...: what the device lacks (no internet there): optu
     mkdir -p .whl .device/data
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
-        optuna==5.0.0 alembic==1.20.1 sqlalchemy==2.1.9 colorlog==6.12.0 mako==1.4.3 || exit 2
+        optuna==5.0.0 alembic==1.20.1 sqlalchemy==2.1.9 colorlog==6.12.0 mako==1.4.3 \
+        pytest==9.0.3 pluggy==1.6.0 iniconfig==2.3.0 || exit 2
     for name in "$@"; do
         [ -f "$data/$name/$name.inter" ] || { echo "device_batch: $data/$name/$name.inter not found" >&2; exit 2; }
         rm -rf ".device/data/$name" && cp -rL "$data/$name" .device/data/
@@ -40,12 +43,14 @@ run() {
     : "${OUT:?run on the device machine, where OUT is set}"
     local deadline=$(( $(date +%s) + ${DEADLINE:-500} )) data=.device/data stamp=/tmp/device_batch.stamp
     touch "$stamp"
-    if ! python3 -c "import optuna" 2>/dev/null; then  # the device image lacks it: install the carried wheels
+    if ! python3 -c "import optuna, pytest" 2>/dev/null; then  # the device image lacks them: install the carried wheels
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 2
         export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
     fi
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 FITMM_CACHE=/tmp/fitmm-cache
     python3 -c "import torch; print('device:', torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
+    timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_train.py -k never_waits > "$OUT/sync_check.log" 2>&1
+    tail -n 1 "$OUT/sync_check.log" | sed 's/^/sync check: /'
 
     local timing=/tmp/device_batch.timing
     for dataset in ${TIMED_DATASETS:-tiktok sports}; do

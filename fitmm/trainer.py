@@ -20,6 +20,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ from fitmm.errors import TrainingError
 from fitmm.io import atomic_path, provenance, torch_save, write_json
 from fitmm.metrics import evaluate
 from fitmm.models import MODELS
-from fitmm.models.base import Recommender
+from fitmm.models.base import Batch, Recommender
 from fitmm.settings import cache_dir
 from fitmm.trace import add_epoch, new_trace, save_trace
 from fitmm.store import (RecordError, RunLock, behaviour_version, check_writable, config_changes, finished,
@@ -72,14 +73,14 @@ class NegativeSampler:
             bad = bad[self.is_known(users[bad], negatives[bad])]
         return negatives
 
-    def epoch(self, rng: np.random.Generator):
-        """Yield (users, positives, negatives) int64 tensors for one epoch."""
+    def epoch(self, rng: np.random.Generator) -> Iterator[Batch]:
+        """Yield the epoch's batches, on the host."""
         order = rng.permutation(len(self.pairs))
         users, positives = self.pairs[order, 0], self.pairs[order, 1]
         negatives = self.sample_negatives(users, rng)
         for start in range(0, len(order), self.batch_size):
             s = slice(start, start + self.batch_size)
-            yield (torch.from_numpy(users[s]), torch.from_numpy(positives[s]), torch.from_numpy(negatives[s]))
+            yield Batch.of(users[s], positives[s], negatives[s])
 
     def __len__(self) -> int:
         return math.ceil(len(self.pairs) / self.batch_size)
@@ -284,9 +285,8 @@ def _train_sgd(data: Interactions, config: Config, device: torch.device, out: Pa
         model.train()
         sums: dict[str, torch.Tensor] = {}  # on the device: read back once per epoch, no sync per batch
         grad_sq = torch.zeros(len(groups), device=device)  # Σ over batches of each group's ‖grad‖²
-        for users, pos, neg in sampler.epoch(rng):
-            terms = model.loss_terms(users.to(device, non_blocking=True), pos.to(device, non_blocking=True),
-                                     neg.to(device, non_blocking=True))
+        for batch in sampler.epoch(rng):
+            terms = model.loss_terms(batch.to(device))
             loss = sum(terms.values())
             for name, value in terms.items():
                 sums[name] = sums[name] + value.detach() if name in sums else value.detach()

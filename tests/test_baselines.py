@@ -8,6 +8,7 @@ from fitmm.config import load_config
 from fitmm.data.dataset import Interactions
 from fitmm.errors import ConfigError
 from fitmm.metrics import evaluate
+from fitmm.models.base import Batch
 from fitmm.models.freedom import FREEDOM
 from fitmm.models.smore import SMORE, info_nce, max_pool
 from fitmm.trainer import build_model, train
@@ -38,8 +39,7 @@ def test_any_number_of_modalities(synthetic, model):
     for feats in ({"text": synthetic.features["text"]},
                   {**synthetic.features, "audio": rng.normal(size=(synthetic.n_items, 8)).astype(np.float32)}):
         one = build_model(with_features(synthetic, feats), config(model), torch.device("cpu"))
-        users = torch.arange(8)
-        terms = one.loss_terms(users, torch.arange(8), torch.arange(8, 16))
+        terms = one.loss_terms(Batch.of(torch.arange(8), torch.arange(8), torch.arange(8, 16)))
         sum(terms.values()).backward()
         u, i = one.embeddings()
         assert u.shape[0] == synthetic.n_users and i.shape[0] == synthetic.n_items and torch.isfinite(u @ i.T).all()

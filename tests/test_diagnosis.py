@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def backbone_grads(model, data) -> dict[str, torch.Tensor]:
     model.zero_grad()
-    sum(model.loss_terms(*batch(data)).values()).backward()
+    sum(model.loss_terms(batch(data)).values()).backward()
     return {name: p.grad.clone() for name, p in model.backbone.named_parameters() if p.grad is not None}
 
 
@@ -32,7 +32,7 @@ def test_detach_bands_keeps_the_values_and_stops_the_gradient_through_the_projec
     data = tiny()
     released, detached = build(data), build(data, detach_bands=True)
     detached.load_state_dict(released.state_dict())
-    terms_r, terms_d = released.loss_terms(*batch(data)), detached.loss_terms(*batch(data))
+    terms_r, terms_d = released.loss_terms(batch(data)), detached.loss_terms(batch(data))
     for name in terms_r:
         torch.testing.assert_close(terms_r[name], terms_d[name])
     assert all(not p.requires_grad for p in detached._encode()[1].values())
@@ -49,7 +49,7 @@ def test_detached_gate_input_keeps_the_values_and_keeps_ib_out_of_the_encoders()
     data = tiny()
     plain, detached = build(data), build(data, detach_gate_input=True)
     detached.load_state_dict(plain.state_dict())
-    torch.testing.assert_close(detached.loss_terms(*batch(data))["bce"], plain.loss_terms(*batch(data))["bce"])
+    torch.testing.assert_close(detached.loss_terms(batch(data))["bce"], plain.loss_terms(batch(data))["bce"])
     ib = diagnosis.term_gradients(detached, data, n_batches=1).loc["ib"]
     assert ib["encoders"] == 0 and ib["gate"] > 0
     assert diagnosis.term_gradients(plain, data, n_batches=1).loc["ib", "encoders"] > 0
@@ -70,15 +70,15 @@ def test_frozen_feature_tables_get_no_gradient():
 def test_lambda_emb_adds_dragons_l2_term():
     data = tiny()
     model = build(data, lambda_emb=1e-3)
-    users, pos, neg = batch(data)
-    terms = model.loss_terms(users, pos, neg)
+    one = batch(data)
+    terms = model.loss_terms(one)
     b = model.backbone
     # DRAGON: Σ over blocks of mean over the batch (duplicates included) of P², plus mean w²
-    p = b.preference[users].view(len(users), b.n_blocks, model.dim)
+    p = b.preference[one.users].view(len(one.users), b.n_blocks, model.dim)
     expected = 1e-3 * (sum(p[:, m].square().mean() for m in range(b.n_blocks)) + b.block_weights.square().mean())
     torch.testing.assert_close(terms["emb"], expected)
-    assert "emb" not in build(data).loss_terms(users, pos, neg)  # released: no such term
-    assert "emb" in build(data, spectral=False, lambda_emb=1e-3).loss_terms(users, pos, neg)
+    assert "emb" not in build(data).loss_terms(one)  # released: no such term
+    assert "emb" in build(data, spectral=False, lambda_emb=1e-3).loss_terms(one)
 
 
 def test_parameter_groups_partition_the_trainable_parameters():
@@ -112,9 +112,9 @@ def test_gradient_norm_is_the_rms_over_batches_of_each_groups_norm():
     from fitmm.trainer import NegativeSampler
     rng = np.random.default_rng([cfg.seed, 0])
     torch.manual_seed(cfg.seed * 100_003)
-    (users, pos, neg), = list(NegativeSampler(data, cfg.batch_size).epoch(rng))
+    one, = list(NegativeSampler(data, cfg.batch_size).epoch(rng))
     model.train()
-    sum(model.loss_terms(users, pos, neg).values()).backward()
+    sum(model.loss_terms(one).values()).backward()
     for name, params in model.parameter_groups().items():
         direct = torch.sqrt(sum(p.grad.square().sum() for p in params if p.grad is not None))
         assert record["history"][0]["grad_norms"][name] == pytest.approx(direct.item(), rel=1e-4)
@@ -307,8 +307,8 @@ def test_term_gradients_are_each_terms_gradient_norm_per_group():
     table = diagnosis.term_gradients(model, data, n_batches=1)
     assert list(table.index) == ["bce", "ib", "consistency", "all terms"]
     from fitmm.trainer import NegativeSampler
-    (users, pos, neg), *_ = NegativeSampler(data, model.config.batch_size).epoch(np.random.default_rng([0, 0]))
-    terms = model.loss_terms(users, pos, neg)
+    first, *_ = NegativeSampler(data, model.config.batch_size).epoch(np.random.default_rng([0, 0]))
+    terms = model.loss_terms(first)
     for name, value in [*terms.items(), ("all terms", sum(terms.values()))]:
         model.zero_grad()
         value.backward(retain_graph=True)

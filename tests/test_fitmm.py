@@ -9,6 +9,7 @@ from fitmm.config import load_config
 from fitmm.data.dataset import Interactions
 from fitmm.errors import ConfigError
 from fitmm.models.backbone import Backbone, BlockNormalize
+from fitmm.models.base import Batch
 from fitmm.models.fitmm import FITMM, FITMMConfig, BandFusion, consistency_code, consistency_paper, ib_penalty
 from fitmm.spectral.feature_bands import apply_bands, band_projectors, band_sum, feature_bands, group_sizes
 
@@ -43,7 +44,7 @@ def batch(data, n=48, seed=0):
     g = torch.Generator().manual_seed(seed)
     rows = torch.randint(0, len(data.train), (n,), generator=g)
     train = torch.from_numpy(data.train)
-    return train[rows, 0], train[rows, 1], torch.randint(0, data.n_items, (n,), generator=g)
+    return Batch.of(train[rows, 0], train[rows, 1], torch.randint(0, data.n_items, (n,), generator=g))
 
 
 def spread(n=90, dims=(16, 16), seed=0) -> torch.Tensor:
@@ -253,7 +254,7 @@ ABLATIONS = [
 def test_each_variant_builds_trains_and_only_creates_what_it_uses(overrides):
     data = tiny()
     model = build(data, **overrides)
-    terms = model.loss_terms(*batch(data))
+    terms = model.loss_terms(batch(data))
     c = config(**overrides)
     expected = {"bce"}
     expected |= {"ib"} if c.spectral and c.gate and c.lambda_ib > 0 else set()
@@ -276,7 +277,7 @@ def test_each_variant_builds_trains_and_only_creates_what_it_uses(overrides):
 def test_id_only_data_trains_without_the_graph_branch():
     data = tiny(modalities=())
     model = build(data, graph_branch=False)
-    terms = model.loss_terms(*batch(data))
+    terms = model.loss_terms(batch(data))
     assert set(terms) == {"bce", "ib", "consistency"} and all(torch.isfinite(v) for v in terms.values())
     assert model.embeddings()[0].shape == (60, 64)
 
@@ -290,11 +291,11 @@ def test_graph_branch_off_builds_no_item_graph():
 def test_batch_loss_matches_the_full_embeddings(overrides):
     data = tiny()
     model = build(data, **overrides)
-    users, pos, neg = batch(data)
+    b = batch(data)
     e_u, e_i = model.embeddings()
-    scores = torch.cat([(e_u[users] * e_i[pos]).sum(-1), (e_u[users] * e_i[neg]).sum(-1)])
+    scores = torch.cat([(e_u[b.users] * e_i[b.pos_items]).sum(-1), (e_u[b.users] * e_i[b.neg_items]).sum(-1)])
     bce = F.binary_cross_entropy_with_logits(scores, torch.cat([torch.ones(48), torch.zeros(48)]))
-    torch.testing.assert_close(model.loss_terms(users, pos, neg)["bce"], bce)
+    torch.testing.assert_close(model.loss_terms(b)["bce"], bce)
 
 
 def test_with_unit_gates_and_weights_the_embedding_is_the_sum_of_the_views():
@@ -339,7 +340,7 @@ def test_a_fixed_seed_gives_identical_losses():
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
         losses = []
         for step in range(3):
-            loss = sum(model.loss_terms(*batch(data, seed=step)).values())
+            loss = sum(model.loss_terms(batch(data, seed=step)).values())
             opt.zero_grad()
             loss.backward()
             opt.step()

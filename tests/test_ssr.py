@@ -8,6 +8,7 @@ from fitmm.data.loader import load_dataset
 from fitmm.data.synthetic import generate
 from fitmm.errors import ConfigError
 from fitmm.metrics import evaluate
+from fitmm.models.base import Batch
 from fitmm.models.ssr import SSR, SSRConfig, band_infonce
 from fitmm.spectral.graph_bands import resolve_band_path
 from fitmm.trainer import build_model, train
@@ -24,8 +25,8 @@ def config(**overrides) -> SSRConfig:
 
 def batch(data, n=64, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randint(0, data.n_users, (n,), generator=g), torch.randint(0, data.n_items, (n,), generator=g),
-            torch.randint(0, data.n_items, (n,), generator=g))
+    return Batch.of(torch.randint(0, data.n_users, (n,), generator=g), torch.randint(0, data.n_items, (n,), generator=g),
+                    torch.randint(0, data.n_items, (n,), generator=g))
 
 
 def model(data, **overrides) -> SSR:
@@ -95,23 +96,23 @@ def test_code_reading_initial_values_and_sizes(data):
     assert paper.operators["user"].gamma.abs().max() == 0 and paper.operators["user"].context[0].out_features == 64
     # the operator's regulariser counts twice under the code's reading (the masked pass adds it again)
     torch.manual_seed(0)
-    reg_code = m.loss_terms(*batch(data))["reg"]
+    reg_code = m.loss_terms(batch(data))["reg"]
     expected = 0.1 * 2 * sum(o.regularizer() for o in m.operators.values())
     torch.testing.assert_close(reg_code, expected)
-    reg_paper = paper.loss_terms(*batch(data))["reg"]
+    reg_paper = paper.loss_terms(batch(data))["reg"]
     torch.testing.assert_close(reg_paper, 0.1 * sum(o.regularizer() for o in paper.operators.values()))
 
 
 def test_masking_only_in_training(data):
     m = model(data)
     m.eval()
-    first, second = m.loss_terms(*batch(data)), m.loss_terms(*batch(data))
+    first, second = m.loss_terms(batch(data)), m.loss_terms(batch(data))
     assert "mask" not in first and first == second
     torch.testing.assert_close(m.embeddings(), m.embeddings(), atol=0, rtol=0)
     m.train()
     torch.manual_seed(1)
-    a = m.loss_terms(*batch(data))["mask"]
-    b = m.loss_terms(*batch(data))["mask"]
+    a = m.loss_terms(batch(data))["mask"]
+    b = m.loss_terms(batch(data))["mask"]
     assert a > 0 and a != b
 
 
@@ -137,7 +138,7 @@ ABLATIONS = [
 @pytest.mark.parametrize("overrides", ABLATIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
 def test_ablations_train_with_finite_losses_and_gradients(data, overrides):
     m = model(data, **overrides)
-    terms = m.loss_terms(*batch(data))
+    terms = m.loss_terms(batch(data))
     expected = {"bce"} | {k for k, on in [("reg", overrides.get("operator", True)), ("mask", overrides.get("masking", True)),
                                           ("contrast", overrides.get("contrastive", True))] if on}
     assert set(terms) == expected
@@ -188,7 +189,7 @@ def test_fixed_seed_is_deterministic(data):
     first, second = model(data, bands="scalable", scalable_order=20), model(data, bands="scalable", scalable_order=20)
     for m in (first, second):
         torch.manual_seed(3)
-        m.terms = m.loss_terms(*batch(data))
+        m.terms = m.loss_terms(batch(data))
     assert {k: v.item() for k, v in first.terms.items()} == {k: v.item() for k, v in second.terms.items()}
 
 

@@ -17,6 +17,8 @@ from fitmm.models.bpr import BPRMF
 from fitmm.metrics import evaluate
 from fitmm import trainer
 from fitmm.models.lightgcn import LightGCN
+from fitmm.models import MODELS
+from fitmm.models.base import Batch
 from fitmm.trainer import NegativeSampler, build_model, learning_rate, train
 
 
@@ -44,8 +46,46 @@ def test_negatives_are_never_train_positives():
     sampler = NegativeSampler(data, batch_size=100)
     known = set(map(tuple, data.train.tolist()))
     for epoch in range(3):
-        for users, _, negatives in sampler.epoch(np.random.default_rng(epoch)):
-            assert not any((u, n) in known for u, n in zip(users.tolist(), negatives.tolist()))
+        for b in sampler.epoch(np.random.default_rng(epoch)):
+            assert not any((u, n) in known for u, n in zip(b.users.tolist(), b.neg_items.tolist()))
+
+
+def test_a_batch_carries_its_distinct_ids():
+    rng = np.random.default_rng(0)
+    users, pos, neg = rng.integers(0, 30, 200), rng.integers(0, 20, 200), rng.integers(0, 20, 200)
+    b = Batch.of(users, pos, neg)
+    for x, d in ((users, b.distinct_users), (np.concatenate([pos, neg]), b.distinct_items), (pos, b.distinct_pos)):
+        ids, counts = torch.from_numpy(x).unique(return_counts=True)
+        assert torch.equal(d.ids, ids) and torch.equal(d.counts, counts)
+        assert torch.equal(d.ids[d.index], torch.from_numpy(x)) and torch.equal(torch.from_numpy(x)[d.first], d.ids)
+        assert all((x[: f] != v).all() for f, v in zip(d.first.tolist(), d.ids.tolist()))  # the first copy
+    assert torch.equal(b.distinct_items.ids[b.pos_in_items], b.distinct_pos.ids)
+    moved = b.to(torch.device("cpu"))
+    assert isinstance(moved.distinct_users, type(b.distinct_users)) and torch.equal(moved.users, b.users)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/device_batch.sh runs it)")
+@pytest.mark.parametrize("name", [m for m, c in MODELS.items() if c.trainable])
+def test_a_training_step_never_waits_for_the_device(synthetic, name):
+    """Nothing in a step (loss, backward, the recorded gradient norms, Adam) copies to the host or waits for the GPU."""
+    device = torch.device("cuda")
+    model = build_model(synthetic, config(name, device="cuda"), device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    groups = [list(ps) for ps in model.parameter_groups().values()]
+    model.on_epoch_start(0)
+    model.train()
+    batches = [b.to(device) for b in NegativeSampler(synthetic, 128).epoch(np.random.default_rng(0))][:3]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for batch in batches:
+            loss = sum(model.loss_terms(batch).values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            trainer._squared_norms(groups, device)
+            optimizer.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def with_untrained_items(data: Interactions, n_new: int = 5) -> Interactions:
@@ -134,7 +174,7 @@ def test_epoch_covers_every_train_pair_once():
     sampler = NegativeSampler(data, batch_size=100)
     batches = list(sampler.epoch(np.random.default_rng(0)))
     assert len(batches) == len(sampler)
-    pairs = torch.cat([torch.stack([u, p], 1) for u, p, _ in batches]).numpy()
+    pairs = torch.cat([torch.stack([b.users, b.pos_items], 1) for b in batches]).numpy()
     assert sorted(map(tuple, pairs.tolist())) == sorted(map(tuple, data.train.tolist()))
 
 
@@ -176,8 +216,8 @@ def test_early_stopping_and_record(tmp_path):
 
 
 def test_non_finite_loss_names_epoch_and_term(monkeypatch):
-    def broken(self, users, pos, neg):
-        return {"bpr": (self.user_emb[users] * np.nan).sum()}
+    def broken(self, batch):
+        return {"bpr": (self.user_emb[batch.users] * np.nan).sum()}
 
     monkeypatch.setattr(BPRMF, "loss_terms", broken)
     with pytest.raises(TrainingError, match=r"'bpr'.*epoch 0"):

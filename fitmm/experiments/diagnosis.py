@@ -315,8 +315,8 @@ def term_gradients(model, data: Interactions, n_batches: int = 4, seed: int = 0)
     owner = [g for g, ps in groups.items() for _ in ps]
     model.train()
     sq: dict[str, dict[str, float]] = {}
-    for (users, pos, neg), _ in zip(sampler.epoch(np.random.default_rng([seed, 0])), range(n_batches)):
-        terms = model.loss_terms(users, pos, neg)
+    for batch, _ in zip(sampler.epoch(np.random.default_rng([seed, 0])), range(n_batches)):
+        terms = model.loss_terms(batch)
         terms["all terms"] = sum(terms.values())
         for name, value in terms.items():
             row = sq.setdefault(name, dict.fromkeys(groups, 0.0))

@@ -14,8 +14,10 @@ checks read their bands and gates and drop one band at a time through that inter
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from dataclasses import dataclass, fields
+from typing import Callable, Iterator, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -26,6 +28,50 @@ from fitmm.errors import ConfigError, TrainingError
 from fitmm.graphs import csr_mm, spmm
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Distinct(NamedTuple):
+    """The distinct values of an id vector x: `ids` sorted, x == ids[index], `counts` copies of each, and
+    `first`, the position in x of each one's first copy."""
+
+    ids: torch.Tensor
+    index: torch.Tensor
+    counts: torch.Tensor
+    first: torch.Tensor
+
+    @classmethod
+    def of(cls, x: np.ndarray) -> "Distinct":
+        ids, first, index, counts = np.unique(x, return_index=True, return_inverse=True, return_counts=True)
+        return cls(*(torch.from_numpy(a.astype(np.int64, copy=False)) for a in (ids, index, counts, first)))
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One training batch: users[j] interacted with pos_items[j] and not with neg_items[j], and the distinct ids that
+    FITMM, SMORE and SSR compute each node once for. These are found on the host, before the batch moves to
+    the device: `torch.unique` on a GPU waits for the device, its output size being data-dependent."""
+
+    users: torch.Tensor
+    pos_items: torch.Tensor
+    neg_items: torch.Tensor
+    distinct_users: Distinct
+    distinct_items: Distinct  # of pos_items followed by neg_items
+    distinct_pos: Distinct
+    pos_in_items: torch.Tensor  # distinct_items.ids[pos_in_items] == distinct_pos.ids
+
+    @classmethod
+    def of(cls, users, pos_items, neg_items) -> "Batch":
+        """From int id vectors (numpy arrays or CPU tensors)."""
+        users, pos, neg = (np.asarray(x, dtype=np.int64) for x in (users, pos_items, neg_items))
+        items, positives = Distinct.of(np.concatenate([pos, neg])), Distinct.of(pos)
+        pos_in_items = torch.from_numpy(np.searchsorted(items.ids.numpy(), positives.ids.numpy()))
+        return cls(*(torch.from_numpy(x) for x in (users, pos, neg)), Distinct.of(users), items, positives, pos_in_items)
+
+    def to(self, device: torch.device) -> "Batch":
+        def move(x):
+            return Distinct(*(t.to(device, non_blocking=True) for t in x)) if isinstance(x, Distinct) \
+                else x.to(device, non_blocking=True)
+        return Batch(*(move(getattr(self, f.name)) for f in fields(self)))
 
 
 class Recommender(nn.Module):
@@ -45,7 +91,7 @@ class Recommender(nn.Module):
         self.n_items = data.n_items
         self.config = config
 
-    def loss_terms(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Weighted scalar loss terms of one batch, by name; the trainer minimises their sum."""
         raise NotImplementedError
 

@@ -35,7 +35,8 @@ class BPRMF(Recommender):
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user_emb, self.item_emb
 
-    def loss_terms(self, users, pos_items, neg_items):
+    def loss_terms(self, batch):
+        users, pos_items, neg_items = batch.users, batch.pos_items, batch.neg_items
         u, p, n = self.user_emb[users], self.item_emb[pos_items], self.item_emb[neg_items]
         return {
             "bpr": bpr_loss((u * p).sum(1), (u * n).sum(1)),

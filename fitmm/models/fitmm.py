@@ -42,7 +42,7 @@ from fitmm.config import Config, option
 from fitmm.data.dataset import Interactions
 from fitmm.errors import ConfigError
 from fitmm.models.backbone import Backbone, Views
-from fitmm.models.base import BandedRecommender, bce_loss, require_modalities
+from fitmm.models.base import BandedRecommender, Batch, bce_loss, require_modalities
 from fitmm.spectral.feature_bands import apply_bands, band_projectors, band_sum
 
 
@@ -246,29 +246,27 @@ class FITMM(BandedRecommender):
             g = g[rows]
         return (self.user_fusion if side == "user" else self.item_fusion)(bands, g), bands
 
-    def loss_terms(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
         # Bands and embeddings are computed once per distinct user / item of the batch.
-        users, user_index, user_counts = users.unique(return_inverse=True, return_counts=True)
-        items, item_index = torch.cat([pos_items, neg_items]).unique(return_inverse=True)
+        users, items = batch.distinct_users, batch.distinct_items
         state = self._encode()
-        e_u, user_bands = self._side(state, "user", users)
-        e_i, item_bands = self._side(state, "item", items)
-        e_u, (e_pos, e_neg) = e_u[user_index], e_i[item_index].split(len(pos_items))
+        e_u, user_bands = self._side(state, "user", users.ids)
+        e_i, item_bands = self._side(state, "item", items.ids)
+        e_u, (e_pos, e_neg) = e_u[users.index], e_i[items.index].split(len(batch.pos_items))
         terms = {"bce": bce_loss((e_u * e_pos).sum(-1), (e_u * e_neg).sum(-1))}
         gates = state[2]
         if self.spectral and self.gated and self.lambda_ib > 0:
             terms["ib"] = self.lambda_ib * sum(ib_penalty(g, *self.ib_args) for g in gates.values())
         if self.spectral and self.lambda_c > 0:
-            pos, pos_counts = pos_items.unique(return_counts=True)
-            pos_bands = item_bands[:, torch.searchsorted(items, pos)]
-            args = (user_bands, user_counts.to(user_bands.dtype), pos_bands, pos_counts.to(pos_bands.dtype))
+            pos_bands = item_bands[:, batch.pos_in_items]
+            args = (user_bands, users.counts.to(user_bands.dtype), pos_bands, batch.distinct_pos.counts.to(pos_bands.dtype))
             if self.consistency == "code":
                 loss = consistency_code(*args)
             else:
                 loss = consistency_paper(*args, self.backbone.n_blocks)
             terms["consistency"] = self.lambda_c * loss
         if self.lambda_emb > 0:
-            terms["emb"] = self.lambda_emb * self.embedding_penalty(users, user_counts)
+            terms["emb"] = self.lambda_emb * self.embedding_penalty(users.ids, users.counts)
         return terms
 
     def embedding_penalty(self, users: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

@@ -100,7 +100,8 @@ class FREEDOM(Recommender):
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.propagate(self.adj)
 
-    def loss_terms(self, users, pos_items, neg_items):
+    def loss_terms(self, batch):
+        users, pos_items, neg_items = batch.users, batch.pos_items, batch.neg_items
         user_out, item_out = self.propagate(self.train_adj)
         u = user_out[users]
         modal = sum(bpr_loss((u * self.proj[m](x[pos_items])).sum(1), (u * self.proj[m](x[neg_items])).sum(1))

@@ -42,7 +42,8 @@ class LightGCN(Recommender):
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         return propagate_mean(self.adj, self.n_layers, self.user_emb, self.item_emb)
 
-    def loss_terms(self, users, pos_items, neg_items):
+    def loss_terms(self, batch):
+        users, pos_items, neg_items = batch.users, batch.pos_items, batch.neg_items
         user_out, item_out = self.embeddings()
         u, p, n = user_out[users], item_out[pos_items], item_out[neg_items]
         ego_u, ego_p, ego_n = self.user_emb[users], self.item_emb[pos_items], self.item_emb[neg_items]

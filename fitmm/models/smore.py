@@ -194,12 +194,12 @@ class SMORE(Recommender):
         out = behaviour + side
         return out[: self.n_users], out[self.n_users :]
 
-    def loss_terms(self, users, pos_items, neg_items):
-        nodes, index = torch.unique(torch.cat([users, pos_items + self.n_users, neg_items + self.n_users]), return_inverse=True)
-        behaviour, side = self.forward(nodes)
+    def loss_terms(self, batch):
+        # each distinct node of the batch once: users first, then items (offset by n_users), as graph node ids
+        users, items = batch.distinct_users, batch.distinct_items
+        behaviour, side = self.forward(torch.cat([users.ids, items.ids + self.n_users]))
         out = behaviour + side
-        b = len(users)
-        users, pos, neg = index[:b], index[b : 2 * b], index[2 * b :]
+        users, (pos, neg) = users.index, (items.index + len(users.ids)).split(len(batch.pos_items))
         u, p, n = out[users], out[pos], out[neg]
         cl = info_nce(side[pos], behaviour[pos], self.temperature) + info_nce(side[users], behaviour[users], self.temperature)
         return {

@@ -64,7 +64,7 @@ from fitmm.config import Config, option
 from fitmm.data.dataset import Interactions
 from fitmm.errors import ConfigError
 from fitmm.models.backbone import Backbone
-from fitmm.models.base import BandedRecommender, bce_loss, require_modalities
+from fitmm.models.base import BandedRecommender, Batch, bce_loss, require_modalities
 from fitmm.spectral.graph_bands import BAND_PATHS, check_dense_eigh, make_graph_bands, resolve_band_path
 
 
@@ -150,12 +150,6 @@ def band_infonce(z: torch.Tensor, n_blocks: int, pairs: list[tuple[int, int]], t
         logits[torch.arange(len(rows), device=z.device), rows] = float("-inf")  # an anchor is not its own candidate
         losses.append(F.cross_entropy(logits, target[rows]))
     return torch.stack(losses).mean()
-
-
-def first_occurrence(ids: torch.Tensor) -> torch.Tensor:
-    """Positions in `ids` of one copy of each distinct value."""
-    uniq, inverse = ids.unique(return_inverse=True)
-    return torch.empty(len(uniq), dtype=torch.long, device=ids.device).scatter_(0, inverse, torch.arange(len(ids), device=ids.device))
 
 
 @dataclass(frozen=True)
@@ -275,9 +269,9 @@ class SSR(BandedRecommender):
         keep[0] |= ~keep.any(0)
         return bands * keep[..., None] / (1 - self.mask_prob)
 
-    def loss_terms(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> dict[str, torch.Tensor]:
-        n_u, n_p = len(users), len(pos_items)
-        bands, context = self.encode(torch.cat([users, self.n_users + pos_items, self.n_users + neg_items]))
+    def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
+        n_u, n_p = len(batch.users), len(batch.pos_items)
+        bands, context = self.encode(torch.cat([batch.users, self.n_users + batch.pos_items, self.n_users + batch.neg_items]))
         split = {"user": slice(0, n_u), "item": slice(n_u, None)}
         out = {s: self.reason(s, bands[:, r], context[r]) for s, r in split.items()}
         e_u, e_i = out["user"][0].sum(1), out["item"][0].sum(1)
@@ -292,9 +286,9 @@ class SSR(BandedRecommender):
             terms["mask"] = self.lambda_mask * sum(mse) / 3
         if self.contrastive and self.lambda_contrast > 0:
             # Z' is node-wise deterministic, so one row per unique user / positive item stands for all its copies.
-            loss = sum(band_infonce(out[s][0][first_occurrence(ids)], self.backbone.n_blocks, self.pairs, self.temperature,
+            loss = sum(band_infonce(out[s][0][first], self.backbone.n_blocks, self.pairs, self.temperature,
                                     self.contrast_anchors, self.halves)
-                       for s, ids in (("user", users), ("item", pos_items)))
+                       for s, first in (("user", batch.distinct_users.first), ("item", batch.distinct_pos.first)))
             terms["contrast"] = self.lambda_contrast * loss / 2
         return terms
 

@@ -49,7 +49,8 @@ class VBPR(Recommender):
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user_emb, torch.cat([self.item_emb, self.content_proj(self.content)], dim=1)
 
-    def loss_terms(self, users, pos_items, neg_items):
+    def loss_terms(self, batch):
+        users, pos_items, neg_items = batch.users, batch.pos_items, batch.neg_items
         u = self.user_emb[users]
         p, n = (torch.cat([self.item_emb[i], self.content_proj(self.content[i])], dim=1) for i in (pos_items, neg_items))
         return {
