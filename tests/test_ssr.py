@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch.nn import functional as F
 
 from fitmm.config import load_config
 from fitmm.data.loader import load_dataset
@@ -183,6 +184,32 @@ def test_gate_preserves_the_norm_of_the_sum(data):
     gated, a = m.gates["item"](z, torch.randn(7, 192))
     torch.testing.assert_close(gated.sum(1).norm(dim=-1), z.sum(1).norm(dim=-1))
     assert a.shape == (7, 3) and (a - 1).abs().max() <= 0.1
+
+
+@pytest.mark.parametrize("overrides", [{"contrast_anchors": 100}, {"bands": "chebyshev", "band_input": "concat"}], ids=str)
+def test_batch_terms_match_the_per_row_computation(data, overrides):
+    """The loss computes each distinct node once: the same terms as every batch row computed on its own."""
+    m, b = model(data, **overrides), batch(data, n=96)
+    m.train()
+    torch.manual_seed(5)
+    terms = m.loss_terms(b)
+    torch.manual_seed(5)  # the straightforward computation, one row per batch row, the same random draws
+    n = len(b.users)
+    bands, context = m.encode(torch.cat([b.users, m.n_users + b.pos_items, m.n_users + b.neg_items]))
+    rows = {"user": slice(0, n), "item": slice(n, None)}
+    out = {s: m.reason(s, bands[:, r], context[r])[0] for s, r in rows.items()}
+    e_u, (e_pos, e_neg) = out["user"].sum(1), out["item"].sum(1).split(n)
+    bce = F.binary_cross_entropy_with_logits(torch.cat([(e_u * e_pos).sum(-1), (e_u * e_neg).sum(-1)]),
+                                             torch.cat([torch.ones(n), torch.zeros(n)]))
+    masked = {s: m.reason(s, m.mask(bands[:, r]), context[r])[0].sum(1) for s, r in rows.items()}
+    mask = sum(F.mse_loss(x, e.detach()) for x, e in zip((masked["user"], *masked["item"].split(n)), (e_u, e_pos, e_neg)))
+    first = {s: torch.tensor([ids.tolist().index(v) for v in sorted(set(ids.tolist()))])
+             for s, ids in (("user", b.users), ("item", b.pos_items))}
+    contrast = sum(band_infonce(out[s][first[s]], m.backbone.n_blocks, m.pairs, m.temperature, m.contrast_anchors, m.halves)
+                   for s in ("user", "item"))
+    torch.testing.assert_close(terms["bce"], bce)
+    torch.testing.assert_close(terms["mask"], m.lambda_mask * mask / 3)
+    torch.testing.assert_close(terms["contrast"], m.lambda_contrast * contrast / 2)
 
 
 def test_fixed_seed_is_deterministic(data):

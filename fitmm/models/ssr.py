@@ -270,25 +270,28 @@ class SSR(BandedRecommender):
         return bands * keep[..., None] / (1 - self.mask_prob)
 
     def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
-        n_u, n_p = len(batch.users), len(batch.pos_items)
-        bands, context = self.encode(torch.cat([batch.users, self.n_users + batch.pos_items, self.n_users + batch.neg_items]))
+        # Z' is node-wise deterministic: the bands and output bands of each distinct node are computed once.
+        users, items = batch.distinct_users, batch.distinct_items
+        n_u = len(users.ids)
+        bands, context = self.encode(torch.cat([users.ids, self.n_users + items.ids]))
         split = {"user": slice(0, n_u), "item": slice(n_u, None)}
         out = {s: self.reason(s, bands[:, r], context[r]) for s, r in split.items()}
-        e_u, e_i = out["user"][0].sum(1), out["item"][0].sum(1)
-        e_pos, e_neg = e_i.split(n_p)
+        e_u, e_i = out["user"][0].sum(1)[users.index], out["item"][0].sum(1)[items.index]
+        e_pos, e_neg = e_i.split(len(batch.pos_items))
         terms = {"bce": bce_loss((e_u * e_pos).sum(-1), (e_u * e_neg).sum(-1))}
         if self.use_operator and self.lambda_reg > 0:
             terms["reg"] = self.lambda_reg * self.reg_passes * sum(op.regularizer() for op in self.operators.values())
-        if self.training and self.masking and self.lambda_mask > 0:
-            masked = {s: self.reason(s, self.mask(bands[:, r]), context[r])[0].sum(1) for s, r in split.items()}
-            m_pos, m_neg = masked["item"].split(n_p)
+        if self.training and self.masking and self.lambda_mask > 0:  # a mask per batch row: each copy its own
+            copies = {"user": users.index, "item": n_u + items.index}
+            masked = {s: self.reason(s, self.mask(bands[:, r]), context[r])[0].sum(1) for s, r in copies.items()}
+            m_pos, m_neg = masked["item"].split(len(batch.pos_items))
             mse = [F.mse_loss(m, e.detach()) for m, e in ((masked["user"], e_u), (m_pos, e_pos), (m_neg, e_neg))]
             terms["mask"] = self.lambda_mask * sum(mse) / 3
         if self.contrastive and self.lambda_contrast > 0:
-            # Z' is node-wise deterministic, so one row per unique user / positive item stands for all its copies.
-            loss = sum(band_infonce(out[s][0][first], self.backbone.n_blocks, self.pairs, self.temperature,
-                                    self.contrast_anchors, self.halves)
-                       for s, first in (("user", batch.distinct_users.first), ("item", batch.distinct_pos.first)))
+            # one row per distinct user / positive item stands for all its copies
+            loss = sum(band_infonce(z, self.backbone.n_blocks, self.pairs, self.temperature, self.contrast_anchors,
+                                    self.halves)
+                       for z in (out["user"][0], out["item"][0][batch.pos_in_items]))
             terms["contrast"] = self.lambda_contrast * loss / 2
         return terms
 
