@@ -240,10 +240,10 @@ def reproduce(profile_name: str, root: Path, only: list[str] | None = None, forc
     return outcome
 
 
-def run_batch(profile_name: str, root: Path, only: list[str] | None = None, executor: str = "local", jobs: int = 1,
-              slurm: SlurmOptions | None = None, results_dir: str | Path | None = None,
-              data_dir: str | Path | None = None) -> Summary:
-    """Execute every run the (selected) chapters plan under the profile; logs in results_dir/logs.
+def planned_runs(profile_name: str, root: Path, only: list[str] | None, results_dir: str | Path | None,
+                 data_dir: str | Path | None) -> tuple[list[str], Path, dict[str, list]]:
+    """The selected chapters, the results folder, and each chapter's planned runs (`Training` tasks) of the
+    registered models, with configs and dataset folders checked, before any compute starts.
 
     `results_dir` / `data_dir` replace the profile's folders (as `fitmm.settings` resolves them)."""
     from fitmm.experiments.plan import plan
@@ -254,18 +254,54 @@ def run_batch(profile_name: str, root: Path, only: list[str] | None = None, exec
     # Workers (and SLURM jobs) need not share this working directory: the folders are resolved here.
     where = locations(profile, results_dir, data_dir)
     results_dir = where[settings.ENV["results"]]
-    specs = plan({**profile, "data_dir": str(where[settings.ENV["data"]]), "results_dir": str(results_dir)}, chapters)
-    present, missing = split_models(list(dict.fromkeys(s.model for s in specs)))
+    resolved = {**profile, "data_dir": str(where[settings.ENV["data"]]), "results_dir": str(results_dir)}
+    by_chapter = {chapter: plan(resolved, [chapter]) for chapter in chapters}
+    present, missing = split_models(list(dict.fromkeys(s.model for specs in by_chapter.values() for s in specs)))
     for model in missing:
         print(f"{model}: not in fitmm.models.MODELS yet, its runs are skipped")
-    tasks = [Training(s, str(results_dir)) for s in specs if s.model in present]
-    for task in tasks:  # bad config keys and missing dataset folders fail here, before any compute starts
+    tasks = {chapter: [Training(s, str(results_dir)) for s in specs if s.model in present]
+             for chapter, specs in by_chapter.items()}
+    for task in (t for ts in tasks.values() for t in ts):  # bad config keys fail here, before any compute starts
         task.spec.config()
-    for name, data_dir in {(t.spec.data.name, t.spec.data.data_dir) for t in tasks if t.spec.data.size is None}:
-        dataset_folder(name, data_dir)
+    for name, folder in {(t.spec.data.name, t.spec.data.data_dir) for ts in tasks.values() for t in ts
+                         if t.spec.data.size is None}:
+        dataset_folder(name, folder)  # and missing dataset folders
+    return chapters, results_dir, tasks
+
+
+def run_batch(profile_name: str, root: Path, only: list[str] | None = None, executor: str = "local", jobs: int = 1,
+              slurm: SlurmOptions | None = None, results_dir: str | Path | None = None,
+              data_dir: str | Path | None = None) -> Summary:
+    """Execute every run the (selected) chapters plan under the profile, each once; logs in results_dir/logs."""
+    chapters, results_dir, by_chapter = planned_runs(profile_name, root, only, results_dir, data_dir)
+    tasks = list({t.spec.key(): t for ts in by_chapter.values() for t in ts}.values())
     print(f"runs ({profile_name}): {len(tasks)} planned for {', '.join(chapters) or 'no chapter'}, executor {executor}"
           + (f", {jobs} job(s)" if executor == "local" else f", {slurm}"))
     return execute_tasks(tasks, executor, jobs, slurm, results_dir / "logs")
+
+
+def dry_run(profile_name: str, root: Path, only: list[str] | None = None, results_dir: str | Path | None = None,
+            data_dir: str | Path | None = None) -> str:
+    """What is left of a profile, training nothing: the searches it needs that have not finished (their runs
+    cannot be planned yet) and, per chapter, the runs planned, finished and still to train."""
+    from fitmm.experiments.plan import pending_searches
+    from fitmm.tune import tune_command
+
+    with pending_searches() as pending:
+        chapters, results, by_chapter = planned_runs(profile_name, root, only, results_dir, data_dir)
+    lines = []
+    if pending:
+        lines.append(f"searches not finished ({len(pending)}; the runs that need them are not planned yet):")
+        trials = profiles()[profile_name]["tuning_trials"]
+        lines += [f"  {dataset:10s} {model:9s} {done:3d}/{size:<3d} {tune_command(model, dataset, trials, results, fixed)}"
+                  for (dataset, model), (done, size, fixed) in sorted(pending.items())]
+    rows = [(chapter, len(ts), sum(t.finished() for t in ts)) for chapter, ts in by_chapter.items()]
+    distinct = {t.spec.key(): t for ts in by_chapter.values() for t in ts}.values()
+    rows.append(("all (each run once)", len(distinct), sum(t.finished() for t in distinct)))
+    lines.append(f"runs ({profile_name}, results in {results}):")
+    lines.append(f"  {'chapter':26s} {'planned':>8s} {'finished':>9s} {'to train':>9s}")
+    lines += [f"  {name:26s} {n:8d} {done:9d} {n - done:9d}" for name, n, done in rows]
+    return "\n".join(lines)
 
 
 def fetch_mathjax(root: Path) -> Path:
@@ -379,6 +415,9 @@ def _reproduce(args: argparse.Namespace) -> int:
     try:
         profile = profiles()[args.profile]
         slurm = slurm_options(args, profile.get("slurm"), f"fitmm/experiments/profiles.yaml: profile {args.profile!r}, ")
+        if args.dry_run:
+            print(dry_run(args.profile, root, args.only, args.results_dir, args.data_dir))
+            return 0
         batch = Summary() if args.records_only else run_batch(args.profile, root, args.only, args.executor, args.jobs,
                                                               slurm, args.results_dir, args.data_dir)
     except KeyError as err:  # an --only name, or a parameter the profile does not set
@@ -451,6 +490,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     runs.add_argument("--runs-only", action="store_true", help="stop after the runs (no notebooks, no book)")
     runs.add_argument("--records-only", action="store_true",
                       help="train nothing: the notebooks show the records there are and note the missing runs")
+    runs.add_argument("--dry-run", action="store_true",
+                      help="train and execute nothing: list the searches not finished and, per chapter, the runs "
+                           "planned, finished and still to train")
     add_executor_arguments(cmd, "run")  # SLURM resources default to the profile's slurm: section
     cmd.set_defaults(func=_reproduce)
     book = subparsers.add_parser("book", help="build the book from a profile's executed notebooks, executing nothing")

@@ -298,6 +298,22 @@ def search_size(model: str, trials: int) -> int:
     return min(trials, math.prod(len(values) for values in grids()[model]["grid"].values()))
 
 
+def search_progress(model: str, dataset: str, trials: int, results_dir: str | Path) -> tuple[int, int]:
+    """(finished trials, trials it needs) of the search of `model` on `dataset` with budget `trials`."""
+    journal = journal_path(results_dir, dataset, model)
+    if not journal.exists():
+        return 0, search_size(model, trials)
+    trials_run = open_study(journal, model, dataset).get_trials(deepcopy=False)
+    done = sum(holds_point(t) and t.state != optuna.trial.TrialState.RUNNING for t in trials_run)
+    return done, search_size(model, trials)
+
+
+def tune_command(model: str, dataset: str, trials: int, results_dir: str | Path, fixed: dict | None = None) -> str:
+    """The `fitmm tune` command line of a search (`fixed`: its --set overrides)."""
+    sets = "".join(f" --set {key}={json.dumps(value)}" for key, value in (fixed or {}).items())
+    return f"fitmm tune --model {model} --dataset {dataset} --trials {trials}{sets} --results-dir {results_dir}"
+
+
 def chosen_overrides(model: str, dataset: str, trials: int, results_dir: str | Path) -> dict[str, Any]:
     """What a tuned profile's runs of `model` on `dataset` use: `best_overrides` of a finished search of
     budget `trials` under `results_dir`; {} for a model without a grid (EASE picks its own on valid). ConfigError,
@@ -305,14 +321,13 @@ def chosen_overrides(model: str, dataset: str, trials: int, results_dir: str | P
     if model not in grids():
         return {}
     journal = journal_path(results_dir, dataset, model)
-    command = f"fitmm tune --model {model} --dataset {dataset} --trials {trials} --results-dir {results_dir}"
+    command = tune_command(model, dataset, trials, results_dir)
     if not journal.exists():
         raise ConfigError(f"{journal}: {model} is not tuned on {dataset} yet, and this profile runs every model in "
                           f"its tuned configuration; run `{command}` (with --data-dir) first")
-    trials_run = open_study(journal, model, dataset).get_trials(deepcopy=False)
-    done = sum(holds_point(t) and t.state != optuna.trial.TrialState.RUNNING for t in trials_run)
-    if done < search_size(model, trials):
-        raise ConfigError(f"{journal}: {done} of the {search_size(model, trials)} trials of the {model} search on "
+    done, size = search_progress(model, dataset, trials, results_dir)
+    if done < size:
+        raise ConfigError(f"{journal}: {done} of the {size} trials of the {model} search on "
                           f"{dataset} have finished; run `{command}` (with --data-dir) to finish it")
     return best_overrides(model, dataset, results_dir)
 

@@ -7,6 +7,7 @@ import ast
 import inspect
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -127,6 +128,25 @@ def test_reproduce_runs_only_executes_the_plan_then_reuses_it(tmp_path, monkeypa
     assert len(list((tmp_path / "out" / "logs").glob("*.0.log"))) == 2
     assert main(argv) == 0
     assert "runs (smoke): 0 done, 2 reused, 0 failed" in capsys.readouterr().out
+
+
+def test_dry_run_counts_the_runs_planned_finished_and_to_train(tmp_path, monkeypatch, capsys):
+    """`--dry-run` trains and executes nothing; per chapter it counts the planned runs and those finished."""
+    monkeypatch.setenv("FITMM_CACHE", str(tmp_path / "cache"))
+    tiny = {**PROFILES["smoke"], "models": ["bpr"], "cost_models": ["bpr"], "cost_sizes": [[300, 200]],
+            "budget": {"epochs": 1, "batch_size": 4096}, "cost_budget": {"epochs": 1, "batch_size": 4096}}
+    monkeypatch.setattr(reproduce, "profiles", lambda: {"smoke": tiny})
+    argv = ["reproduce", "--profile", "smoke", "--only", "01", "06", "--dry-run", "--root", str(ROOT),
+            "--results-dir", str(tmp_path / "out")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"01_main_results +1 +0 +1\n +06_cost +2 +0 +2\n +all \(each run once\) +2 +0 +2", out), out
+    assert "searches not finished" not in out and not (tmp_path / "out").exists()
+    (task,) = [t for ts in reproduce.planned_runs("smoke", ROOT, ["01"], tmp_path / "out", None)[2].values() for t in ts]
+    task()  # train the main run: the dry run counts it finished, for both chapters
+    assert main(argv) == 0
+    assert re.search(r"01_main_results +1 +1 +0\n +06_cost +2 +1 +1\n +all \(each run once\) +2 +1 +1",
+                     capsys.readouterr().out)
 
 
 def test_a_missing_dataset_folder_exits_2_before_any_run(tmp_path, monkeypatch, capsys):

@@ -274,3 +274,22 @@ def test_a_tuned_profile_plans_the_valid_choice_only_once_the_search_has_finishe
                               tuned=planner.tuning(5, str(tmp_path)))
     assert skipped.overrides == {"epochs": 3}
 
+
+def test_pending_searches_leave_their_runs_out_and_name_each_search(tmp_path, monkeypatch):
+    """Planning inside `pending_searches()` notes each unfinished search (with the --set a model needs on the
+    dataset: SSR without its contrastive term where there is one modality) instead of refusing the plan."""
+    from fitmm.data.synthetic import generate
+    from fitmm.experiments import plan as planner
+
+    monkeypatch.setattr(tune_mod, "train", fake_train)
+    tune(synthetic_dataset(), "bpr", trials=5, results_dir=tmp_path, progress=False)
+    generate(tmp_path / "data", "onetext", 120, 80, seed=0, modalities={"text": 16})
+    with planner.pending_searches() as pending:
+        specs = planner.main_runs(["synthetic"], None, ["bpr", "lightgcn"], [1, 2], {}, 5, str(tmp_path))
+        specs += planner.main_runs(["onetext"], str(tmp_path / "data"), ["ssr"], [1], {}, 5, str(tmp_path))
+    assert [(s.model, s.seed) for s in specs] == [("bpr", 1), ("bpr", 2)]
+    assert pending == {("synthetic", "lightgcn"): (0, 5, {}), ("onetext", "ssr"): (0, 5, {"contrastive": False})}
+    with pytest.raises(ConfigError, match=r"ssr is not tuned on onetext yet.*its search runs as `fitmm tune --model ssr "
+                                          r"--dataset onetext --trials 5 --set contrastive=false"):
+        planner.main_runs(["onetext"], str(tmp_path / "data"), ["ssr"], [1], {}, 5, str(tmp_path))
+

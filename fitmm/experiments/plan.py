@@ -13,6 +13,8 @@ execute every run up front (`fitmm.executor`) and the notebooks then only read r
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 import inspect
@@ -28,6 +30,8 @@ from fitmm.data.dataset import Interactions
 
 
 SNR_CHECK = "snr check"  # the label of the theory chapter's band-weight run (`theory_runs`)
+# Inside `pending_searches()`: where unfinished searches are noted instead of raised (`Tuning.overrides`).
+_PENDING: contextvars.ContextVar[dict | None] = contextvars.ContextVar("pending_searches", default=None)
 
 
 @dataclass(frozen=True)
@@ -97,11 +101,13 @@ class Tuning:
     trials: int
     results_dir: str
 
-    def overrides(self, model: str, data: DataSpec) -> dict:
+    def overrides(self, model: str, data: DataSpec) -> dict | None:
         """The chosen overrides of `model` on `data`'s base dataset; {} when there is no search because the model
-        cannot run on that dataset (no item content): the run is then skipped with the model's own message."""
+        cannot run on that dataset (no item content): the run is then skipped with the model's own message.
+        A search that has not finished raises ConfigError, or inside `pending_searches()` is noted there and
+        gives None (the runs that need it are left out of the plan)."""
         from fitmm.models import MODELS
-        from fitmm.tune import chosen_overrides  # the search module is only needed by tuned profiles
+        from fitmm.tune import chosen_overrides, search_progress, tune_command  # only tuned profiles need these
 
         try:
             return chosen_overrides(model, data.name, self.trials, self.results_dir)
@@ -110,11 +116,30 @@ class Tuning:
                 base = dataclasses.replace(data, drop=0.0, seed=0).load()
             except DataError:
                 raise untuned from None
+            fixed = MODELS[model].fallback_overrides(base)
             try:
-                MODELS[model].check_data(load_config(model), base)
+                MODELS[model].check_data(load_config(model, fixed), base)
             except ConfigError:
                 return {}
-            raise
+            pending = _PENDING.get()
+            if pending is None:
+                if not fixed:
+                    raise
+                raise ConfigError(f"{untuned}; on {data.name} its search runs as "
+                                  f"`{tune_command(model, data.name, self.trials, self.results_dir, fixed)}`") from None
+            pending[data.name, model] = (*search_progress(model, data.name, self.trials, self.results_dir), fixed)
+            return None
+
+
+@contextlib.contextmanager
+def pending_searches():
+    """Plan leniently: inside the block, {(dataset, model): (finished trials, trials needed, the search's --set
+    overrides)} of each search the plan needs that has not finished, whose runs the plan leaves out."""
+    token = _PENDING.set({})
+    try:
+        yield _PENDING.get()
+    finally:
+        _PENDING.reset(token)
 
 
 def tuning(tuning_trials: int | None, results_dir: str) -> Tuning | None:
@@ -133,8 +158,8 @@ def grid(data: Sequence[DataSpec], models: Sequence[str], seeds: Sequence[int], 
     chosen = {(d.name, model): tuned.overrides(model, d) if tuned else {} for d in data for model in models}
     runs_of = {model: seeds if getattr(MODELS.get(model), "trainable", True) else seeds[:1] for model in models}
     return [RunSpec(d, model, seed, {**chosen[d.name, model], **(overrides or {}), **extra}, label)
-            for d in data for model in models for label, extra in (variants or {"": {}}).items()
-            for seed in runs_of[model]]
+            for d in data for model in models if chosen[d.name, model] is not None
+            for label, extra in (variants or {"": {}}).items() for seed in runs_of[model]]
 
 
 def named(datasets: Sequence[str], data_dir: str | None) -> list[DataSpec]:

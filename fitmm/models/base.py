@@ -85,6 +85,12 @@ class Recommender(nn.Module):
     def check_data(cls, config: Config, data: Interactions) -> None:
         """Raise ConfigError when `data` cannot feed this model under `config` (called before any compute)."""
 
+    @classmethod
+    def fallback_overrides(cls, data: Interactions) -> dict:
+        """The config overrides this study runs the model with on `data` where its defaults cannot run there
+        (SSR's contrastive term on a dataset with one content modality); {}: none."""
+        return {}
+
     def __init__(self, data: Interactions, config: Config):
         super().__init__()
         self.n_users = data.n_users

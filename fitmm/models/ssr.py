@@ -205,6 +205,11 @@ class SSR(BandedRecommender):
             raise ConfigError(f"n_bands: {config.n_bands} is not allowed with the chebyshev path (bands: {config.bands}, "
                               f"{data.n_users + data.n_items:,} nodes): its split has 3 bands; use bands: exact or scalable")
 
+    @classmethod
+    def fallback_overrides(cls, data: Interactions) -> dict:
+        """Without two item modalities there is no pair to contrast: SSR runs without its contrastive term."""
+        return {"contrastive": False} if len(data.modalities) == 1 else {}
+
     def __init__(self, data: Interactions, config: SSRConfig):
         super().__init__(data, config)
         c = config
