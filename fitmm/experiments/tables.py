@@ -94,6 +94,29 @@ def mean_std(frame: pd.DataFrame, metrics: Sequence[str] = HEADLINE, by: Sequenc
     return out
 
 
+def training_summary(frame: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """One dataset's training per model (display names): the best epoch and the epochs run of each seed (seed
+    order), whether any seed stopped at its epoch cap, and the mean seconds per training epoch over seeds.
+
+    >>> runs = pd.DataFrame({"dataset": "baby", "model": "lightgcn", "seed": [2, 1], "best_epoch": [40, 51],
+    ...                      "epochs": [62, 73], "stopped_early": [True, True], "seconds_per_epoch": [3.0, 4.0]})
+    >>> training_summary(runs, "baby").loc["LightGCN"].astype(str).tolist()
+    ['1, 2', '51, 40', '73, 62', 'no', '3.5']
+    >>> training_summary(runs.assign(stopped_early=[True, False]), "baby").loc["LightGCN", "cut at the epoch cap"]
+    'yes'
+    """
+    rows = {}
+    for model, group in frame[frame.dataset == dataset].sort_values("seed").groupby("model", sort=False):
+        trained = group.dropna(subset=["best_epoch"])
+        rows[DISPLAY.get(model, model)] = {
+            "seeds": ", ".join(str(s) for s in group.seed),
+            "best epoch": ", ".join(str(int(e)) for e in trained.best_epoch) or "–",
+            "epochs run": ", ".join(str(int(e)) for e in trained.epochs) or "–",
+            "cut at the epoch cap": "–" if trained.empty else "yes" if (trained.stopped_early == False).any() else "no",
+            "s / epoch": round(float(trained.seconds_per_epoch.mean()), 2) if not trained.empty else np.nan}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
 def with_published(frame: pd.DataFrame, dataset: str, metrics: Sequence[str] = HEADLINE, digits: int = 4) -> pd.DataFrame:
     """One dataset's table: ours (mean ± std) and each published source side by side, per metric.
 
