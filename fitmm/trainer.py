@@ -49,10 +49,11 @@ class NegativeSampler:
     data loader: its item set is the train split's), "all" among every item.
     """
 
-    def __init__(self, data: Interactions, batch_size: int, negative_items: str = "train"):
+    def __init__(self, data: Interactions, batch_size: int, negative_items: str = "train", distinct: bool = True):
         self.pairs = data.train
         self.n_items = data.n_items
         self.batch_size = batch_size
+        self.distinct = distinct  # batches carry their distinct ids (Batch)
         self.known = np.sort(self.pairs[:, 0].astype(np.int64) * self.n_items + self.pairs[:, 1])
         self.candidates = (np.unique(self.pairs[:, 1]).astype(np.int64) if negative_items == "train"
                            else np.arange(self.n_items, dtype=np.int64))
@@ -80,7 +81,7 @@ class NegativeSampler:
         negatives = self.sample_negatives(users, rng)
         for start in range(0, len(order), self.batch_size):
             s = slice(start, start + self.batch_size)
-            yield Batch.of(users[s], positives[s], negatives[s])
+            yield Batch.of(users[s], positives[s], negatives[s], self.distinct)
 
     def __len__(self) -> int:
         return math.ceil(len(self.pairs) / self.batch_size)
@@ -248,8 +249,8 @@ def _load_checkpoint(path: Path) -> dict:
 
 def _train_sgd(data: Interactions, config: Config, device: torch.device, out: Path | None, progress: bool,
                trace: bool = False):
-    sampler = NegativeSampler(data, config.batch_size, config.negative_items)
     model = build_model(data, config, device)
+    sampler = NegativeSampler(data, config.batch_size, config.negative_items, model.batch_distinct_ids)
     # fused: one pass per parameter for the whole update (the same Adam; a third of the unfused step on CPU)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
     metric = config.valid_metric

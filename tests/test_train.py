@@ -62,6 +62,8 @@ def test_a_batch_carries_its_distinct_ids():
     assert torch.equal(b.distinct_items.ids[b.pos_in_items], b.distinct_pos.ids)
     moved = b.to(torch.device("cpu"))
     assert isinstance(moved.distinct_users, type(b.distinct_users)) and torch.equal(moved.users, b.users)
+    bare = Batch.of(users, pos, neg, distinct=False).to(torch.device("cpu"))  # for the models that do not read them
+    assert bare.distinct_users is None and bare.pos_in_items is None and torch.equal(bare.neg_items, b.neg_items)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/device_batch.sh runs it)")

@@ -47,30 +47,34 @@ class Distinct(NamedTuple):
 
 @dataclass(frozen=True)
 class Batch:
-    """One training batch: users[j] interacted with pos_items[j] and not with neg_items[j], and the distinct ids that
-    FITMM, SMORE and SSR compute each node once for. These are found on the host, before the batch moves to
-    the device: `torch.unique` on a GPU waits for the device, its output size being data-dependent."""
+    """One training batch: users[j] interacted with pos_items[j] and not with neg_items[j], and (with `distinct`)
+    the distinct ids that FITMM, SMORE and SSR compute each node once for. These are found on the host, before the
+    batch moves to the device: `torch.unique` on a GPU waits for the device, its output size being data-dependent."""
 
     users: torch.Tensor
     pos_items: torch.Tensor
     neg_items: torch.Tensor
-    distinct_users: Distinct
-    distinct_items: Distinct  # of pos_items followed by neg_items
-    distinct_pos: Distinct
-    pos_in_items: torch.Tensor  # distinct_items.ids[pos_in_items] == distinct_pos.ids
+    distinct_users: Distinct | None = None
+    distinct_items: Distinct | None = None  # of pos_items followed by neg_items
+    distinct_pos: Distinct | None = None
+    pos_in_items: torch.Tensor | None = None  # distinct_items.ids[pos_in_items] == distinct_pos.ids
 
     @classmethod
-    def of(cls, users, pos_items, neg_items) -> "Batch":
-        """From int id vectors (numpy arrays or CPU tensors)."""
+    def of(cls, users, pos_items, neg_items, distinct: bool = True) -> "Batch":
+        """From int id vectors (numpy arrays or CPU tensors); `distinct`: find the distinct ids too."""
         users, pos, neg = (np.asarray(x, dtype=np.int64) for x in (users, pos_items, neg_items))
+        ids = [torch.from_numpy(x) for x in (users, pos, neg)]
+        if not distinct:
+            return cls(*ids)
         items, positives = Distinct.of(np.concatenate([pos, neg])), Distinct.of(pos)
         pos_in_items = torch.from_numpy(np.searchsorted(items.ids.numpy(), positives.ids.numpy()))
-        return cls(*(torch.from_numpy(x) for x in (users, pos, neg)), Distinct.of(users), items, positives, pos_in_items)
+        return cls(*ids, Distinct.of(users), items, positives, pos_in_items)
 
     def to(self, device: torch.device) -> "Batch":
         def move(x):
-            return Distinct(*(t.to(device, non_blocking=True) for t in x)) if isinstance(x, Distinct) \
-                else x.to(device, non_blocking=True)
+            if isinstance(x, Distinct):
+                return Distinct(*(t.to(device, non_blocking=True) for t in x))
+            return None if x is None else x.to(device, non_blocking=True)
         return Batch(*(move(getattr(self, f.name)) for f in fields(self)))
 
 
@@ -80,6 +84,7 @@ class Recommender(nn.Module):
     trainable: bool = True
     config_class: type[Config] = Config
     version: int = 1
+    batch_distinct_ids: bool = False  # whether loss_terms reads the batch's distinct ids (Batch)
 
     @classmethod
     def check_data(cls, config: Config, data: Interactions) -> None:
