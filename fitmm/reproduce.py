@@ -293,7 +293,8 @@ def dry_run(profile_name: str, root: Path, only: list[str] | None = None, result
     if pending:
         lines.append(f"searches not finished ({len(pending)}; the runs that need them are not planned yet):")
         trials = profiles()[profile_name]["tuning_trials"]
-        lines += [f"  {dataset:10s} {model:9s} {done:3d}/{size:<3d} {tune_command(model, dataset, trials, results, fixed)}"
+        lines += [f"  {dataset:10s} {model:9s} {done:3d}/{size:<3d} "
+                  f"{tune_command(model, dataset, trials, results, fixed)}"
                   for (dataset, model), (done, size, fixed) in sorted(pending.items())]
     rows = [(chapter, len(ts), sum(t.finished() for t in ts)) for chapter, ts in by_chapter.items()]
     distinct = {t.spec.key(): t for ts in by_chapter.values() for t in ts}.values()

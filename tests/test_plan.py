@@ -142,7 +142,8 @@ def test_dry_run_counts_the_runs_planned_finished_and_to_train(tmp_path, monkeyp
     out = capsys.readouterr().out
     assert re.search(r"01_main_results +1 +0 +1\n +06_cost +2 +0 +2\n +all \(each run once\) +2 +0 +2", out), out
     assert "searches not finished" not in out and not (tmp_path / "out").exists()
-    (task,) = [t for ts in reproduce.planned_runs("smoke", ROOT, ["01"], tmp_path / "out", None)[2].values() for t in ts]
+    _, _, by_chapter = reproduce.planned_runs("smoke", ROOT, ["01"], tmp_path / "out", None)
+    (task,) = by_chapter["01_main_results"]
     task()  # train the main run: the dry run counts it finished, for both chapters
     assert main(argv) == 0
     assert re.search(r"01_main_results +1 +1 +0\n +06_cost +2 +1 +1\n +all \(each run once\) +2 +1 +1",

@@ -26,8 +26,8 @@ def config(**overrides) -> SSRConfig:
 
 def batch(data, n=64, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return Batch.of(torch.randint(0, data.n_users, (n,), generator=g), torch.randint(0, data.n_items, (n,), generator=g),
-                    torch.randint(0, data.n_items, (n,), generator=g))
+    users, pos, neg = (torch.randint(0, size, (n,), generator=g) for size in (data.n_users, data.n_items, data.n_items))
+    return Batch.of(users, pos, neg)
 
 
 def model(data, **overrides) -> SSR:
@@ -186,7 +186,8 @@ def test_gate_preserves_the_norm_of_the_sum(data):
     assert a.shape == (7, 3) and (a - 1).abs().max() <= 0.1
 
 
-@pytest.mark.parametrize("overrides", [{"contrast_anchors": 100}, {"bands": "chebyshev", "band_input": "concat"}], ids=str)
+@pytest.mark.parametrize("overrides", [{"contrast_anchors": 100}, {"bands": "chebyshev", "band_input": "concat"}],
+                         ids=str)
 def test_batch_terms_match_the_per_row_computation(data, overrides):
     """The loss computes each distinct node once: the same terms as every batch row computed on its own."""
     m, b = model(data, **overrides), batch(data, n=96)
@@ -202,11 +203,12 @@ def test_batch_terms_match_the_per_row_computation(data, overrides):
     bce = F.binary_cross_entropy_with_logits(torch.cat([(e_u * e_pos).sum(-1), (e_u * e_neg).sum(-1)]),
                                              torch.cat([torch.ones(n), torch.zeros(n)]))
     masked = {s: m.reason(s, m.mask(bands[:, r]), context[r])[0].sum(1) for s, r in rows.items()}
-    mask = sum(F.mse_loss(x, e.detach()) for x, e in zip((masked["user"], *masked["item"].split(n)), (e_u, e_pos, e_neg)))
+    mask = sum(F.mse_loss(x, e.detach())
+               for x, e in zip((masked["user"], *masked["item"].split(n)), (e_u, e_pos, e_neg)))
     first = {s: torch.tensor([ids.tolist().index(v) for v in sorted(set(ids.tolist()))])
              for s, ids in (("user", b.users), ("item", b.pos_items))}
-    contrast = sum(band_infonce(out[s][first[s]], m.backbone.n_blocks, m.pairs, m.temperature, m.contrast_anchors, m.halves)
-                   for s in ("user", "item"))
+    contrast = sum(band_infonce(out[s][first[s]], m.backbone.n_blocks, m.pairs, m.temperature, m.contrast_anchors,
+                                m.halves) for s in ("user", "item"))
     torch.testing.assert_close(terms["bce"], bce)
     torch.testing.assert_close(terms["mask"], m.lambda_mask * mask / 3)
     torch.testing.assert_close(terms["contrast"], m.lambda_contrast * contrast / 2)

@@ -289,7 +289,7 @@ def test_pending_searches_leave_their_runs_out_and_name_each_search(tmp_path, mo
         specs += planner.main_runs(["onetext"], str(tmp_path / "data"), ["ssr"], [1], {}, 5, str(tmp_path))
     assert [(s.model, s.seed) for s in specs] == [("bpr", 1), ("bpr", 2)]
     assert pending == {("synthetic", "lightgcn"): (0, 5, {}), ("onetext", "ssr"): (0, 5, {"contrastive": False})}
-    with pytest.raises(ConfigError, match=r"ssr is not tuned on onetext yet.*its search runs as `fitmm tune --model ssr "
-                                          r"--dataset onetext --trials 5 --set contrastive=false"):
+    with pytest.raises(ConfigError, match=r"ssr is not tuned on onetext yet.*its search runs as `fitmm tune "
+                                          r"--model ssr --dataset onetext --trials 5 --set contrastive=false"):
         planner.main_runs(["onetext"], str(tmp_path / "data"), ["ssr"], [1], {}, 5, str(tmp_path))
 

@@ -112,7 +112,7 @@ def training_summary(frame: pd.DataFrame, dataset: str) -> pd.DataFrame:
             "seeds": ", ".join(str(s) for s in group.seed),
             "best epoch": ", ".join(str(int(e)) for e in trained.best_epoch) or "–",
             "epochs run": ", ".join(str(int(e)) for e in trained.epochs) or "–",
-            "cut at the epoch cap": "–" if trained.empty else "yes" if (trained.stopped_early == False).any() else "no",
+            "cut at the epoch cap": "–" if trained.empty else "no" if trained.stopped_early.all() else "yes",
             "s / epoch": round(float(trained.seconds_per_epoch.mean()), 2) if not trained.empty else np.nan}
     return pd.DataFrame.from_dict(rows, orient="index")
 

@@ -31,18 +31,16 @@ Scorer = Callable[[torch.Tensor], torch.Tensor]
 
 
 class Distinct(NamedTuple):
-    """The distinct values of an id vector x: `ids` sorted, x == ids[index], `counts` copies of each, and
-    `first`, the position in x of each one's first copy."""
+    """The distinct values of an id vector x: `ids` sorted, x == ids[index], and `counts` copies of each."""
 
     ids: torch.Tensor
     index: torch.Tensor
     counts: torch.Tensor
-    first: torch.Tensor
 
     @classmethod
     def of(cls, x: np.ndarray) -> "Distinct":
-        ids, first, index, counts = np.unique(x, return_index=True, return_inverse=True, return_counts=True)
-        return cls(*(torch.from_numpy(a.astype(np.int64, copy=False)) for a in (ids, index, counts, first)))
+        ids, index, counts = np.unique(x, return_inverse=True, return_counts=True)
+        return cls(*(torch.from_numpy(a.astype(np.int64, copy=False)) for a in (ids, index, counts)))
 
 
 @dataclass(frozen=True)

@@ -260,7 +260,8 @@ class FITMM(BandedRecommender):
             terms["ib"] = self.lambda_ib * sum(ib_penalty(g, *self.ib_args) for g in gates.values())
         if self.spectral and self.lambda_c > 0:
             pos_bands = item_bands[:, batch.pos_in_items]
-            args = (user_bands, users.counts.to(user_bands.dtype), pos_bands, batch.distinct_pos.counts.to(pos_bands.dtype))
+            pos_counts = batch.distinct_pos.counts.to(pos_bands.dtype)
+            args = (user_bands, users.counts.to(user_bands.dtype), pos_bands, pos_counts)
             if self.consistency == "code":
                 loss = consistency_code(*args)
             else:
