@@ -12,10 +12,10 @@
 #   0. The sync check: tests/test_train.py's `never_waits` test, a few training steps of every model under
 #      torch.cuda.set_sync_debug_mode("error"); its output goes to $OUT/sync_check.log.
 #   1. GPU timings: FITMM, SSR and LightGCN (TIMED_MODELS), TIMED_EPOCHS epochs each (default 3) on every dataset
-#      under .device/data named in TIMED_DATASETS (default: tiktok sports); s/epoch, valid-eval s and peak
+#      under .device/data named in TIMED_DATASETS (default: tiktok sports baby); s/epoch, valid-eval s and peak
 #      memory from each record, printed and written to $OUT/gpu_timings.tsv with the device's name.
-#   2. The heaviest work: WORK, one `fitmm` command per line (default: the TikTok searches of SMORE, SSR and
-#      FITMM, two workers each), all at once, each stopped at the deadline. A stopped run leaves its
+#   2. The heaviest work: WORK, one `fitmm` command per line (default: the TikTok searches of SSR and SMORE and
+#      FITMM's on Baby, two workers each; a finished search ends at once), all at once, each stopped at the deadline. A stopped run leaves its
 #      checkpoint behind (it does not travel), so plan work that finishes; a stopped search trial is freed
 #      here by `fitmm tune ... --reclaim`.
 #   3. Every record, trace and search journal written meanwhile -> $OUT/records.tar.gz (no checkpoints).
@@ -53,7 +53,7 @@ run() {
     tail -n 1 "$OUT/sync_check.log" | sed 's/^/sync check: /'
 
     local timing=/tmp/device_batch.timing
-    for dataset in ${TIMED_DATASETS:-tiktok sports}; do
+    for dataset in ${TIMED_DATASETS:-tiktok sports baby}; do
         [ -d "$data/$dataset" ] || { echo "timing: no $data/$dataset, skipped"; continue; }
         for model in ${TIMED_MODELS:-fitmm ssr lightgcn}; do
             local left=$(( deadline - $(date +%s) ))
@@ -76,9 +76,9 @@ Path(sys.argv[2]).write_text("\n".join(rows) + "\n")
 print("\n".join(rows))
 EOF
 
-    local work=${WORK:-"tune --model smore --dataset tiktok --jobs 2
-tune --model ssr --dataset tiktok --jobs 2
-tune --model fitmm --dataset tiktok --jobs 2"}
+    local work=${WORK:-"tune --model ssr --dataset tiktok --jobs 2
+tune --model smore --dataset tiktok --jobs 2
+tune --model fitmm --dataset baby --jobs 2"}
     local left=$(( deadline - $(date +%s) )) i=0
     if [ "$left" -gt 30 ]; then
         while IFS= read -r line; do
