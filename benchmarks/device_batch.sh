@@ -53,6 +53,7 @@ run() {
     tail -n 1 "$OUT/sync_check.log" | sed 's/^/sync check: /'
 
     local timing=/tmp/device_batch.timing
+    rm -rf "$timing"  # this run's timings only
     for dataset in ${TIMED_DATASETS:-tiktok sports baby}; do
         [ -d "$data/$dataset" ] || { echo "timing: no $data/$dataset, skipped"; continue; }
         for model in ${TIMED_MODELS:-fitmm ssr lightgcn}; do
