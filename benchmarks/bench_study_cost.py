@@ -15,8 +15,9 @@ processes on a shared machine do not count. E: the epochs a run takes, by the fi
 model's own epoch cap), (2) the same model's mean over the other datasets' such records, (3) the cap.
 The test evaluation at the end of a run (one per run) is left out.
 
-Datasets: every folder of --data-dir holding `<name>.inter`. A model that needs item features runs only where
-`<modality>_feat.npy` files exist; where none do, its row is `extrapolated`: its TikTok epoch scaled by
+Datasets: every folder of --data-dir holding `<name>.inter`. Each model runs as the study runs it there (SSR
+without its contrastive term on one modality: `Recommender.fallback_overrides`). A model that needs item
+features runs only where `<modality>_feat.npy` files exist; where none do, its row is `extrapolated`: its TikTok epoch scaled by
 LightGCN's epoch on that dataset over LightGCN's on TikTok (every batch of every graph model propagates
 over the whole graph, so its epoch grows like LightGCN's). Pairs in --skip are left out of the table and the
 totals. Prints one row per pair and the total per dataset.
@@ -67,9 +68,9 @@ def needed_epochs(results_dir: Path, model: str, dataset: str) -> tuple[float, s
     return float(cap), "cap"
 
 
-def measure(data, model: str) -> dict:
+def measure(data, model: str, overrides: dict) -> dict:
     """CPU seconds per training epoch and per valid evaluation (epoch 1), or per fit for closed-form models."""
-    config = load_config(model, {"epochs": 2, "patience": 100, "device": "cpu"})
+    config = load_config(model, {**overrides, "epochs": 2, "patience": 100, "device": "cpu"})
     wall, cpu = time.perf_counter(), time.process_time()
     record = train(data, config, progress=False)
     scale = (time.process_time() - cpu) / (time.perf_counter() - wall)
@@ -98,12 +99,13 @@ def main() -> None:
         for model in args.models:
             if f"{name}:{model}" in args.skip:
                 continue
+            overrides = MODELS[model].fallback_overrides(data)  # as the study runs it (SSR on one modality)
             try:
-                MODELS[model].check_data(load_config(model), data)
+                MODELS[model].check_data(load_config(model, overrides), data)
             except ConfigError:
                 rows.append({"dataset": name, "model": model, "measured": "extrapolated"})
                 continue
-            rows.append({"dataset": name, "model": model, "measured": "yes", **measure(data, model)})
+            rows.append({"dataset": name, "model": model, "measured": "yes", **measure(data, model, overrides)})
             print(f"  {model}: {json.dumps({k: round(v, 2) for k, v in rows[-1].items() if isinstance(v, float)})}",
                   flush=True)
     table = pd.DataFrame(rows).set_index(["dataset", "model"])
