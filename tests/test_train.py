@@ -233,6 +233,18 @@ def test_ease_picks_l2_on_valid():
     assert record["best_valid"]["recall@20"] == max(scores.values())
 
 
+def test_ease_weights_are_the_closed_form():
+    """B = I − P · diagMat(1 / diag(P)), P = (XᵀX + λI)⁻¹ (Steck, WWW 2019, eq. 8), from a dense float64 solve."""
+    data = planted()
+    model = build_model(data, config("ease", l2=30.0, l2_grid=[]), torch.device("cpu"))
+    model.fit()
+    x = data.train_matrix.toarray().astype(np.float64)
+    p = np.linalg.inv(x.T @ x + 30.0 * np.eye(data.n_items))
+    expected = np.eye(data.n_items) - p / np.diag(p)
+    np.testing.assert_allclose(model.weights.numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert (model.weights.diagonal() == 0).all()
+
+
 def test_unknown_override_is_an_error():
     with pytest.raises(ConfigError, match="unknown config key .n_layer. for model .lightgcn."):
         load_config("lightgcn", {"n_layer": 3})

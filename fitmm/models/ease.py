@@ -36,11 +36,15 @@ class EASE(Recommender):
         self.register_buffer("weights", torch.zeros(0))
 
     def fit(self) -> None:
-        x = torch.from_numpy(self.train_matrix.toarray()).double()
-        gram = x.T @ x
+        """B from the sparse XᵀX (integer co-counts, exact), with two dense n_items² float64 matrices alive at most."""
+        x = self.train_matrix.astype(np.float64)
+        gram = torch.from_numpy((x.T @ x).toarray())
         gram.diagonal().add_(self.l2)
-        precision = torch.cholesky_inverse(torch.linalg.cholesky(gram))
-        weights = -precision / precision.diagonal()
+        factor = torch.linalg.cholesky(gram)
+        del gram
+        weights = torch.cholesky_inverse(factor)  # P
+        del factor
+        weights.div_(-weights.diagonal().clone())  # B_ij = −P_ij / P_jj
         weights.diagonal().zero_()
         self.weights = weights.float()
 
