@@ -243,6 +243,8 @@ def test_ease_weights_are_the_closed_form():
     expected = np.eye(data.n_items) - p / np.diag(p)
     np.testing.assert_allclose(model.weights.numpy(), expected, rtol=1e-5, atol=1e-6)
     assert (model.weights.diagonal() == 0).all()
+    users = torch.tensor([3, 0, 7])  # ŷ_u = x_u B, from the sparse rows
+    np.testing.assert_allclose(model.scorer()(users).numpy(), x[users.numpy()] @ expected, rtol=1e-5, atol=1e-5)
 
 
 def test_unknown_override_is_an_error():

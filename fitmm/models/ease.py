@@ -16,6 +16,7 @@ import torch
 
 from fitmm.config import Config, option
 from fitmm.data.dataset import Interactions
+from fitmm.graphs import scipy_to_torch_csr
 from fitmm.models.base import Recommender, Scorer
 
 
@@ -50,10 +51,11 @@ class EASE(Recommender):
 
     @torch.no_grad()
     def scorer(self) -> Scorer:
+        """x_u B with the users' train rows x_u sparse: nnz · n_items multiply-adds, not n_users · n_items²."""
         weights = self.weights
 
         def score(users: torch.Tensor) -> torch.Tensor:
-            rows = self.train_matrix[users.cpu().numpy()].toarray().astype(np.float32)
-            return torch.from_numpy(rows).to(weights.device) @ weights
+            rows = scipy_to_torch_csr(self.train_matrix[users.cpu().numpy()]).to(weights.device)
+            return torch.sparse.mm(rows, weights)
 
         return score
