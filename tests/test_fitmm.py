@@ -11,7 +11,8 @@ from fitmm.errors import ConfigError
 from fitmm.models.backbone import Backbone, BlockNormalize
 from fitmm.models.base import Batch
 from fitmm.models.fitmm import FITMM, FITMMConfig, BandFusion, consistency_code, consistency_paper, ib_penalty
-from fitmm.spectral.feature_bands import apply_bands, band_projectors, band_sum, feature_bands, group_sizes
+from fitmm.spectral.feature_bands import (apply_bands, band_projectors, band_sum, equal_membership, feature_bands,
+                                          group_sizes)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -62,6 +63,14 @@ def test_group_sizes_are_contiguous_and_larger_first():
     assert group_sizes(64, 1) == [64]
     with pytest.raises(ValueError):
         group_sizes(64, 0)
+
+
+@pytest.mark.parametrize("dim,n_bands", [(64, 3), (64, 6), (64, 1), (7, 7), (10, 4)])
+def test_equal_membership_is_one_contiguous_group_per_direction(dim, n_bands):
+    mask = equal_membership(dim, n_bands, batch=2)
+    assert mask.shape == (2, n_bands, dim) and mask.dtype == torch.float64 and (mask.sum(1) == 1).all()
+    assert mask[0].sum(1).long().tolist() == group_sizes(dim, n_bands)
+    assert (mask[0].argmax(0).diff() >= 0).all()  # strongest directions in the first group
 
 
 @pytest.mark.parametrize("borders", ["equal", "energy"])

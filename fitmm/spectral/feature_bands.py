@@ -44,10 +44,15 @@ def group_sizes(dim: int, n_bands: int) -> list[int]:
     return [base + (k < extra) for k in range(n_bands)]
 
 
-def equal_membership(dim: int, n_bands: int, batch: int = 1) -> torch.Tensor:
-    """(batch, M, d) one-hot group membership of the d directions (strongest first)."""
-    group = torch.repeat_interleave(torch.arange(n_bands), torch.tensor(group_sizes(dim, n_bands)))
-    return torch.nn.functional.one_hot(group, n_bands).T.to(torch.float64).expand(batch, n_bands, dim)
+def equal_membership(dim: int, n_bands: int, batch: int = 1, device: torch.device | None = None) -> torch.Tensor:
+    """(batch, M, d) one-hot group membership of the d directions (strongest first), made on `device` (no copy
+    from the host, so no wait for a GPU)."""
+    large, base = group_sizes(dim, n_bands)[0], dim // n_bands
+    extra = dim - base * n_bands  # the first `extra` groups have `large` = base + 1 directions
+    index = torch.arange(dim, device=device)
+    group = torch.where(index < extra * large, index // large, extra + (index - extra * large) // base)
+    mask = group == torch.arange(n_bands, device=device)[:, None]
+    return mask.to(torch.float64).expand(batch, n_bands, dim)
 
 
 def energy_membership(eigenvalues: torch.Tensor, n_bands: int) -> torch.Tensor:
@@ -103,7 +108,7 @@ class BandProjectors(torch.autograd.Function):
             lam, vec = torch.linalg.eigh(gram)  # ascending
         lam, vec = lam.flip(-1), vec.flip(-1)
         if borders == "equal":
-            mask = equal_membership(gram.shape[-1], n_bands, gram.shape[0]).to(gram.device)
+            mask = equal_membership(gram.shape[-1], n_bands, gram.shape[0], gram.device)
         elif borders == "energy":
             mask = energy_membership(lam, n_bands)
         else:
