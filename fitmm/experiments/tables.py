@@ -100,8 +100,8 @@ def training_summary(frame: pd.DataFrame, dataset: str) -> pd.DataFrame:
 
     >>> runs = pd.DataFrame({"dataset": "baby", "model": "lightgcn", "seed": [2, 1], "best_epoch": [40, 51],
     ...                      "epochs": [62, 73], "stopped_early": [True, True], "seconds_per_epoch": [3.0, 4.0]})
-    >>> training_summary(runs, "baby").loc["LightGCN"].astype(str).tolist()
-    ['1, 2', '51, 40', '73, 62', 'no', '3.5']
+    >>> training_summary(runs, "baby").loc["LightGCN"].tolist()
+    ['1, 2', '51, 40', '73, 62', 'no', '3.50']
     >>> training_summary(runs.assign(stopped_early=[True, False]), "baby").loc["LightGCN", "cut at the epoch cap"]
     'yes'
     """
@@ -113,7 +113,7 @@ def training_summary(frame: pd.DataFrame, dataset: str) -> pd.DataFrame:
             "best epoch": ", ".join(str(int(e)) for e in trained.best_epoch) or "–",
             "epochs run": ", ".join(str(int(e)) for e in trained.epochs) or "–",
             "cut at the epoch cap": "–" if trained.empty else "no" if trained.stopped_early.all() else "yes",
-            "s / epoch": round(float(trained.seconds_per_epoch.mean()), 2) if not trained.empty else np.nan}
+            "s / epoch": "–" if trained.empty else f"{trained.seconds_per_epoch.mean():.2f}"}
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
