@@ -292,9 +292,10 @@ def dry_run(profile_name: str, root: Path, only: list[str] | None = None, result
     lines = []
     if pending:
         lines.append(f"searches not finished ({len(pending)}; the runs that need them are not planned yet):")
-        trials = profiles()[profile_name]["tuning_trials"]
+        profile = profiles()[profile_name]
+        folder = locations(profile, results_dir, data_dir)[settings.ENV["data"]]
         lines += [f"  {dataset:10s} {model:9s} {done:3d}/{size:<3d} "
-                  f"{tune_command(model, dataset, trials, results, fixed)}"
+                  f"{tune_command(model, dataset, profile['tuning_trials'], results, fixed, folder)}"
                   for (dataset, model), (done, size, fixed) in sorted(pending.items())]
     rows = [(chapter, len(ts), sum(t.finished() for t in ts)) for chapter, ts in by_chapter.items()]
     distinct = {t.spec.key(): t for ts in by_chapter.values() for t in ts}.values()

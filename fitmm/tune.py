@@ -308,10 +308,12 @@ def search_progress(model: str, dataset: str, trials: int, results_dir: str | Pa
     return done, search_size(model, trials)
 
 
-def tune_command(model: str, dataset: str, trials: int, results_dir: str | Path, fixed: dict | None = None) -> str:
+def tune_command(model: str, dataset: str, trials: int, results_dir: str | Path, fixed: dict | None = None,
+                 data_dir: str | Path | None = None) -> str:
     """The `fitmm tune` command line of a search (`fixed`: its --set overrides)."""
     sets = "".join(f" --set {key}={json.dumps(value)}" for key, value in (fixed or {}).items())
-    return f"fitmm tune --model {model} --dataset {dataset} --trials {trials}{sets} --results-dir {results_dir}"
+    where = f" --data-dir {data_dir}" if data_dir is not None else ""
+    return f"fitmm tune --model {model} --dataset {dataset} --trials {trials}{sets}{where} --results-dir {results_dir}"
 
 
 def chosen_overrides(model: str, dataset: str, trials: int, results_dir: str | Path) -> dict[str, Any]:

@@ -148,6 +148,13 @@ def test_dry_run_counts_the_runs_planned_finished_and_to_train(tmp_path, monkeyp
     assert main(argv) == 0
     assert re.search(r"01_main_results +1 +1 +0\n +06_cost +2 +1 +1\n +all \(each run once\) +2 +1 +1",
                      capsys.readouterr().out)
+    # a tuned profile: the search not run yet is listed with the command that runs it, and its runs are not planned
+    monkeypatch.setattr(reproduce, "profiles", lambda: {"smoke": {**tiny, "tuning_trials": 5}})
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"searches not finished \(1;.*\n +synthetic +bpr +0/5 +fitmm tune --model bpr --dataset synthetic "
+                     r"--trials 5 --data-dir \S+ --results-dir \S+out\n", out), out
+    assert re.search(r"all \(each run once\) +1 +0 +1", out)  # the cost chapter's growth run, which is not tuned
 
 
 def test_a_missing_dataset_folder_exits_2_before_any_run(tmp_path, monkeypatch, capsys):
