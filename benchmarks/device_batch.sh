@@ -15,9 +15,9 @@
 #      under .device/data named in TIMED_DATASETS (default: tiktok sports baby); s/epoch, valid-eval s and peak
 #      memory from each record, printed and written to $OUT/gpu_timings.tsv with the device's name.
 #   2. The heaviest work: WORK, one `fitmm` command per line (default: SSR's search on TikTok, FITMM's and SSR's
-#      on Baby, two workers each; a finished search ends at once), all at once, each stopped at the deadline. A stopped run leaves its
-#      checkpoint behind (it does not travel), so plan work that finishes; a stopped search trial is freed
-#      here by `fitmm tune ... --reclaim`.
+#      on Baby, two workers each; a finished search ends at once), all at once, each stopped at the deadline.
+#      A stopped run leaves its checkpoint behind (it does not travel), so plan work that finishes; a stopped
+#      search trial is freed here by `fitmm tune ... --reclaim`.
 #   3. Every record, trace and search journal written meanwhile -> $OUT/records.tar.gz (no checkpoints).
 # The device tree is a copy of this checkout, so results/ there starts as the committed one: a search goes
 # on where it stands here.

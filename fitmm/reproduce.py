@@ -241,9 +241,9 @@ def reproduce(profile_name: str, root: Path, only: list[str] | None = None, forc
 
 
 def planned_runs(profile_name: str, root: Path, only: list[str] | None, results_dir: str | Path | None,
-                 data_dir: str | Path | None) -> tuple[list[str], Path, dict[str, list]]:
-    """The selected chapters, the results folder, and each chapter's planned runs (`Training` tasks) of the
-    registered models, with configs and dataset folders checked, before any compute starts.
+                 data_dir: str | Path | None) -> tuple[list[str], dict[str, Path], dict[str, list]]:
+    """The selected chapters, the resolved folders (`locations`), and each chapter's planned runs (`Training`
+    tasks) of the registered models, with configs and dataset folders checked, before any compute starts.
 
     `results_dir` / `data_dir` replace the profile's folders (as `fitmm.settings` resolves them)."""
     from fitmm.experiments.plan import plan
@@ -266,18 +266,18 @@ def planned_runs(profile_name: str, root: Path, only: list[str] | None, results_
     for name, folder in {(t.spec.data.name, t.spec.data.data_dir) for ts in tasks.values() for t in ts
                          if t.spec.data.size is None}:
         dataset_folder(name, folder)  # and missing dataset folders
-    return chapters, results_dir, tasks
+    return chapters, where, tasks
 
 
 def run_batch(profile_name: str, root: Path, only: list[str] | None = None, executor: str = "local", jobs: int = 1,
               slurm: SlurmOptions | None = None, results_dir: str | Path | None = None,
               data_dir: str | Path | None = None) -> Summary:
     """Execute every run the (selected) chapters plan under the profile, each once; logs in results_dir/logs."""
-    chapters, results_dir, by_chapter = planned_runs(profile_name, root, only, results_dir, data_dir)
+    chapters, where, by_chapter = planned_runs(profile_name, root, only, results_dir, data_dir)
     tasks = list({t.spec.key(): t for ts in by_chapter.values() for t in ts}.values())
     print(f"runs ({profile_name}): {len(tasks)} planned for {', '.join(chapters) or 'no chapter'}, executor {executor}"
           + (f", {jobs} job(s)" if executor == "local" else f", {slurm}"))
-    return execute_tasks(tasks, executor, jobs, slurm, results_dir / "logs")
+    return execute_tasks(tasks, executor, jobs, slurm, where[settings.ENV["results"]] / "logs")
 
 
 def dry_run(profile_name: str, root: Path, only: list[str] | None = None, results_dir: str | Path | None = None,
@@ -288,21 +288,21 @@ def dry_run(profile_name: str, root: Path, only: list[str] | None = None, result
     from fitmm.tune import tune_command
 
     with pending_searches() as pending:
-        chapters, results, by_chapter = planned_runs(profile_name, root, only, results_dir, data_dir)
+        _, where, by_chapter = planned_runs(profile_name, root, only, results_dir, data_dir)
+    results = where[settings.ENV["results"]]
     lines = []
     if pending:
         lines.append(f"searches not finished ({len(pending)}; the runs that need them are not planned yet):")
-        profile = profiles()[profile_name]
-        folder = locations(profile, results_dir, data_dir)[settings.ENV["data"]]
-        lines += [f"  {dataset:10s} {model:9s} {done:3d}/{size:<3d} "
-                  f"{tune_command(model, dataset, profile['tuning_trials'], results, fixed, folder)}"
-                  for (dataset, model), (done, size, fixed) in sorted(pending.items())]
-    rows = [(chapter, len(ts), sum(t.finished() for t in ts)) for chapter, ts in by_chapter.items()]
-    distinct = {t.spec.key(): t for ts in by_chapter.values() for t in ts}.values()
-    rows.append(("all (each run once)", len(distinct), sum(t.finished() for t in distinct)))
+        trials = profiles()[profile_name]["tuning_trials"]
+        lines += [f"  {dataset:10s} {model:9s} {trials_done:3d}/{size:<3d} "
+                  f"{tune_command(model, dataset, trials, results, fixed, where[settings.ENV['data']])}"
+                  for (dataset, model), (trials_done, size, fixed) in sorted(pending.items())]
+    done = {t.spec.key(): t.finished() for ts in by_chapter.values() for t in ts}  # each run looked up once
+    rows = [(chapter, len(ts), sum(done[t.spec.key()] for t in ts)) for chapter, ts in by_chapter.items()]
+    rows.append(("all (each run once)", len(done), sum(done.values())))
     lines.append(f"runs ({profile_name}, results in {results}):")
     lines.append(f"  {'chapter':26s} {'planned':>8s} {'finished':>9s} {'to train':>9s}")
-    lines += [f"  {name:26s} {n:8d} {done:9d} {n - done:9d}" for name, n, done in rows]
+    lines += [f"  {name:26s} {n:8d} {finished:9d} {n - finished:9d}" for name, n, finished in rows]
     return "\n".join(lines)
 
 

@@ -295,8 +295,8 @@ def early_peak(record: dict, metric: str = "recall@20") -> dict:
     decline = 1 - last["valid"][metric] / best["valid"][metric]
     loss_best, loss_last = sum(best["losses"].values()), sum(last["losses"].values())
     return {"dataset": record.get("dataset", {}).get("name", ""), "seed": record["seed"],
-            "best_epoch": record["best_epoch"], "epochs": record["epochs"], "stopped_early": record.get("stopped_early"), "decline": decline, "loss_at_best": loss_best,
-            "loss_at_last": loss_last,
+            "best_epoch": record["best_epoch"], "epochs": record["epochs"], "stopped_early": record.get("stopped_early"),
+            "decline": decline, "loss_at_best": loss_best, "loss_at_last": loss_last,
             "early_peak": record["best_epoch"] <= EARLY_PEAK_MAX_EPOCH and decline >= EARLY_PEAK_DECLINE
             and loss_last < loss_best}
 

@@ -29,6 +29,7 @@ eigenvalue. The d x d eigenproblems are solved in float64.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from typing import Iterator, Literal
 
 import torch
@@ -47,11 +48,9 @@ def group_sizes(dim: int, n_bands: int) -> list[int]:
 def equal_membership(dim: int, n_bands: int, batch: int = 1, device: torch.device | None = None) -> torch.Tensor:
     """(batch, M, d) one-hot group membership of the d directions (strongest first), made on `device` (no copy
     from the host, so no wait for a GPU)."""
-    large, base = group_sizes(dim, n_bands)[0], dim // n_bands
-    extra = dim - base * n_bands  # the first `extra` groups have `large` = base + 1 directions
+    ends = list(itertools.accumulate(group_sizes(dim, n_bands)))
     index = torch.arange(dim, device=device)
-    group = torch.where(index < extra * large, index // large, extra + (index - extra * large) // base)
-    mask = group == torch.arange(n_bands, device=device)[:, None]
+    mask = torch.stack([(index >= start) & (index < end) for start, end in zip([0, *ends], ends)])
     return mask.to(torch.float64).expand(batch, n_bands, dim)
 
 
