@@ -2,13 +2,15 @@
 then build the book; `fitmm book`: build the book from a profile's executed notebooks, executing nothing.
 
     profile --plan.plan--> RunSpecs --fitmm.executor (local processes | SLURM array)--> results_dir/runs
-    notebooks/NN_name.ipynb --papermill(profile parameters)--> <results_dir>/notebooks/NN_name.ipynb
-    <results_dir>/notebooks/ --stage--> book/notebooks/ (+ book/status.md, the execution-status page)
+    notebooks/NN_name.ipynb --papermill(profile parameters)--> <results_dir>/notebooks/<profile>/NN_name.ipynb
+    <results_dir>/notebooks/<profile>/ --stage--> book/notebooks/ (+ book/status.md, the execution-status page)
     book/ (markdown pages + executed notebooks) --jupyter-book build --all -W--> book/_build/html
 
-A profile's executed notebooks are results, kept with its run records: the published profile's
-(`cpu`, results_dir `results`) in `results/notebooks/`, committed, so that `fitmm book` renders the
-study on a fresh clone in minutes; the smoke profile's in the ignored `results/smoke/notebooks/`.
+A profile's executed notebooks are results, kept with its run records, one folder per profile (profiles
+may share a results_dir and its records): the published profile's (`cpu`, results_dir `results`) in
+`results/notebooks/cpu/`, committed, so that `fitmm book` renders the study on a fresh clone in minutes,
+the full profile's beside them in `results/notebooks/full/`; the smoke profile's in the ignored
+`results/smoke/notebooks/smoke/`.
 book/notebooks/ and book/status.md are build inputs, written by `stage` and ignored by git.
 
 Paths in a profile (`results_dir`, `data_dir`) are relative to the project root; `--results-dir`,
@@ -194,11 +196,12 @@ def select(notebooks: list[Path], only: list[str] | None) -> list[Path]:
     return chosen
 
 
-def executed_dir(results: Path) -> Path:
-    """Where a profile's executed notebooks are kept: with its run records, `<results_dir>/notebooks/`. The
-    published profile's are committed there (results/notebooks/); the smoke profile's stay in the ignored
-    results/smoke/notebooks/. `stage` copies them into book/notebooks/ for the build."""
-    return Path(results) / "notebooks"
+def executed_dir(results: Path, profile: str) -> Path:
+    """Where a profile's executed notebooks are kept: with its run records, `<results_dir>/notebooks/<profile>/`
+    (the cpu and full profiles share `results/` and its records, not their chapters). The published profile's are
+    committed (results/notebooks/cpu/); the smoke profile's stay in the ignored results/smoke/. `stage` copies
+    them into book/notebooks/ for the build."""
+    return Path(results) / "notebooks" / profile
 
 
 def reproduce(profile_name: str, root: Path, only: list[str] | None = None, force: bool = False,
@@ -213,7 +216,7 @@ def reproduce(profile_name: str, root: Path, only: list[str] | None = None, forc
     where = locations(profile, results_dir, data_dir)
     where_key = json.dumps({k: os.path.relpath(v, root) for k, v in where.items()})
     notebooks = sorted((root / NOTEBOOKS).glob("[0-9][0-9]_*.ipynb"), key=lambda nb: (nb.stem == REPORT, nb.stem))
-    executed = executed_dir(where[settings.ENV["results"]])
+    executed = executed_dir(where[settings.ENV["results"]], profile_name)
     # The kernel ("python3", started as `python`) must be this interpreter.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     outcome = {}
@@ -384,7 +387,7 @@ def publish(root: Path, profile: str, results_dir: str | Path | None = None) -> 
     """Stage the profile's executed notebooks and build the book; print what it holds and where it is.
     Returns the build's exit code (2: MathJax could not be fetched) and the chapters without results."""
     results = locations(profiles()[profile], results_dir)[settings.ENV["results"]]
-    rows = stage(root, executed_dir(results), profile)
+    rows = stage(root, executed_dir(results, profile), profile)
     for r in rows:
         print(f"  {r['name']:28s} {r['status']}" + (f" ({r['executed'][:16]} UTC)" if r["executed"] else ""))
     try:

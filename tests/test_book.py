@@ -141,7 +141,8 @@ def test_reproduce_resumes_and_reports_failures(tmp_path):
     assert first["00_ok"].startswith("ok") and first["01_bad"] == "failed: ValueError: boom"
     assert first["02_dead"].startswith("failed: DeadKernelError")
     assert first[reproduce.REPORT].startswith("ok")  # failures do not stop the others
-    out = reproduce.executed_dir(results)
+    out = reproduce.executed_dir(results, "smoke")
+    assert out == results / "notebooks" / "smoke"  # profiles sharing a results_dir keep their own chapters
     for name in ("01_bad", "02_dead"):
         failed = nbformat.read(out / f"{name}.ipynb", as_version=4)
         assert reproduce.executed_state(out / f"{name}.ipynb")["status"] == "failed"

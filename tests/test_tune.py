@@ -293,3 +293,30 @@ def test_pending_searches_leave_their_runs_out_and_name_each_search(tmp_path, mo
                                           r"--model ssr --dataset onetext --trials 5 --set contrastive=false"):
         planner.main_runs(["onetext"], str(tmp_path / "data"), ["ssr"], [1], {}, 5, str(tmp_path))
 
+
+
+def test_records_only_chapters_note_the_runs_whose_search_has_not_finished(tmp_path, monkeypatch):
+    """When a chapter only reads records (`fitmm reproduce --records-only`), a tuned plan with unfinished searches
+    does not fail the chapter: their runs are noted with the command that finishes each search, nothing trains."""
+    from fitmm.data.synthetic import generate
+    from fitmm.experiments import plan as planner, runs
+
+    monkeypatch.setattr(tune_mod, "train", fake_train)
+    tune(synthetic_dataset(), "bpr", trials=5, results_dir=tmp_path, progress=False)
+    generate(tmp_path / "data", "onetext", 120, 80, seed=0, modalities={"text": 16})
+    monkeypatch.setenv(planner.RECORDS_ONLY, "1")
+    specs = planner.main_runs(["synthetic"], None, ["bpr", "lightgcn"], [1], {}, 5, str(tmp_path))
+    specs += planner.main_runs(["onetext"], str(tmp_path / "data"), ["ssr"], [1], {}, 5, str(tmp_path))
+    assert [(s.model, bool(s.waiting_for)) for s in specs] == [("bpr", False), ("lightgcn", True), ("ssr", True)]
+    assert specs[2].overrides == {"contrastive": False}
+    monkeypatch.setattr(runs, "train", lambda *a, **k: pytest.fail("a records-only chapter trained"))
+    notes = runs.run_specs(specs, tmp_path).notes
+    assert notes[0].startswith("bpr on synthetic, seed 1: no record yet")
+    assert notes[1:] == [
+        f"lightgcn on synthetic: not run yet: its 5-trial search has 0 finished; run "
+        f"`fitmm tune --model lightgcn --dataset synthetic --trials 5 --results-dir {tmp_path}` (with --data-dir)",
+        f"ssr on onetext: not run yet: its 5-trial search has 0 finished; run `fitmm tune --model ssr --dataset "
+        f"onetext --trials 5 --set contrastive=false --results-dir {tmp_path}` (with --data-dir)"]
+    with planner.pending_searches() as pending:  # the dry run still leaves them out, whatever the environment
+        assert planner.main_runs(["synthetic"], None, ["lightgcn"], [1], {}, 5, str(tmp_path)) == []
+    assert list(pending) == [("synthetic", "lightgcn")]

@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -30,6 +31,7 @@ from fitmm.data.dataset import Interactions
 
 
 SNR_CHECK = "snr check"  # the label of the theory chapter's band-weight run (`theory_runs`)
+RECORDS_ONLY = "FITMM_RECORDS_ONLY"  # set to 1: read records, train nothing (`runs.run_specs`)
 # Inside `pending_searches()`: where unfinished searches are noted instead of raised (`Tuning.overrides`).
 _PENDING: contextvars.ContextVar[dict | None] = contextvars.ContextVar("pending_searches", default=None)
 
@@ -73,7 +75,9 @@ def _load(spec: DataSpec) -> Interactions:
 @dataclass(frozen=True)
 class RunSpec:
     """One training run: `config()` is what `fitmm.trainer.train` gets, `data.load()` its data; `trace`
-    asks for its per-epoch trace too (which does not change what it trains, so it is not part of `key`)."""
+    asks for its per-epoch trace too (which does not change what it trains, so it is not part of `key`).
+    `waiting_for`, set only when records are read (`RECORDS_ONLY`): the unfinished search its configuration
+    comes from, so the chapter notes the run instead of reading it."""
 
     data: DataSpec
     model: str
@@ -81,6 +85,7 @@ class RunSpec:
     overrides: dict[str, Any] = field(default_factory=dict, hash=False)
     variant: str = ""
     trace: bool = False
+    waiting_for: str = ""
 
     def config(self) -> Config:
         return load_config(self.model, {**self.overrides, "seed": self.seed})
@@ -155,11 +160,35 @@ def grid(data: Sequence[DataSpec], models: Sequence[str], seeds: Sequence[int], 
     runs once, with the first seed."""
     from fitmm.models import MODELS
 
-    chosen = {(d.name, model): tuned.overrides(model, d) if tuned else {} for d in data for model in models}
+    chosen, waiting = _configurations(data, models, tuned)
     runs_of = {model: seeds if getattr(MODELS.get(model), "trainable", True) else seeds[:1] for model in models}
-    return [RunSpec(d, model, seed, {**chosen[d.name, model], **(overrides or {}), **extra}, label)
+    return [RunSpec(d, model, seed, {**chosen[d.name, model], **(overrides or {}), **extra}, label,
+                    waiting_for=waiting.get((d.name, model), ""))
             for d in data for model in models if chosen[d.name, model] is not None
             for label, extra in (variants or {"": {}}).items() for seed in runs_of[model]]
+
+
+def _configurations(data: Sequence[DataSpec], models: Sequence[str],
+                    tuned: Tuning | None) -> tuple[dict[tuple[str, str], dict | None], dict[tuple[str, str], str]]:
+    """Each (dataset, model)'s overrides (`Tuning.overrides`; {} untuned), and why a run waits: {(dataset, model):
+    message}. Inside `pending_searches()` a run whose search has not finished is left out (None); when records are
+    only read (`RECORDS_ONLY`), it is kept with its search's fixed overrides and the message, so that a chapter
+    shows the study as far as it has gone and names each search still to run."""
+    if tuned is None:
+        return {(d.name, model): {} for d in data for model in models}, {}
+    lenient = _PENDING.get() is None and os.environ.get(RECORDS_ONLY) == "1"
+    with pending_searches() if lenient else contextlib.nullcontext({}) as pending:
+        chosen = {(d.name, model): tuned.overrides(model, d) for d in data for model in models}
+    if not lenient:
+        return chosen, {}
+    from fitmm.tune import tune_command
+
+    waiting = {}
+    for (name, model), (done, size, fixed) in pending.items():
+        chosen[name, model] = fixed
+        waiting[name, model] = (f"its {size}-trial search has {done} finished; run "
+                                f"`{tune_command(model, name, tuned.trials, tuned.results_dir, fixed)}` (with --data-dir)")
+    return chosen, waiting
 
 
 def named(datasets: Sequence[str], data_dir: str | None) -> list[DataSpec]:

@@ -4,7 +4,8 @@
 each run a planner function lists (`fitmm.experiments.plan`), so running a notebook twice
 trains only what is missing. Under `fitmm reproduce` every planned run has already been
 executed (`fitmm.executor`) and `FITMM_RECORDS_ONLY=1` is set: a run without a record then
-failed there and is noted, not trained a third time in the notebook. Models not (yet) in
+failed there and is noted, not trained a third time in the notebook, and a run whose configuration
+waits for an unfinished search is noted with the command that finishes it. Models not (yet) in
 `fitmm.models.MODELS`, config variants a model does not know, and runs that fail are reported
 as notes, never raised: one missing model must not lose a chapter.
 """
@@ -22,7 +23,7 @@ import torch
 
 from fitmm.config import load_config
 from fitmm.data.dataset import Interactions
-from fitmm.experiments.plan import DataSpec, RunSpec
+from fitmm.experiments.plan import RECORDS_ONLY, DataSpec, RunSpec
 from fitmm.io import write_json
 from fitmm.models import MODELS
 from fitmm.models.base import Recommender
@@ -33,7 +34,6 @@ NO_ANALYSIS = ("its run has no stored analysis (analysis.json: made before runs 
                "to compute it from); rerun it to make one")
 HEADLINE = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 COST_FIELDS = ("best_epoch", "epochs", "seconds_per_epoch", "eval_seconds", "wall_seconds", "peak_memory_mb")
-RECORDS_ONLY = "FITMM_RECORDS_ONLY"  # set to 1: read records, train nothing
 
 
 @dataclass
@@ -105,6 +105,9 @@ def run_specs(specs: list[RunSpec], results_dir: str | Path, data: dict[str, Int
     rows, records, kept, used = [], [], [], {}
     for spec in specs:
         if spec.model not in MODELS:
+            continue
+        if spec.waiting_for:
+            notes.append(f"{spec.model} on {spec.data.label}: not run yet: {spec.waiting_for}")
             continue
         try:
             if spec.data.label not in built:
