@@ -227,6 +227,21 @@ def test_comparison_verdict():
     assert claims.comparison_verdict(pd.DataFrame()) == "pending"
 
 
+def test_a_win_on_the_datasets_run_so_far_is_only_partly_while_planned_ones_have_no_runs():
+    from fitmm.experiments.plan import DataSpec, RunSpec
+
+    tested = pd.DataFrame({"dataset": ["tiktok"], "mean_diff": [0.1], "wilcoxon_p": [0.001]})
+    missing = [RunSpec(DataSpec("baby"), "fitmm", 1), RunSpec(DataSpec("sports"), "ssr", 1),
+               RunSpec(DataSpec("tiktok"), "fitmm", 4)]  # one seed missing where the others ran: tested there
+    untested = claims.untested_datasets(missing, "fitmm", tested.dataset)
+    assert untested == ["baby"]
+    assert claims.comparison_verdict(tested, untested=untested) == "partly"
+    assert claims.comparison_verdict(tested.assign(mean_diff=-0.1), untested=untested) == "not reproduced"
+    assert claims.comparison_verdict(tested, untested=[]) == "reproduced"
+    assert claims.untested_note(untested) == "; no runs yet on baby (the verdict rests on the others)"
+    assert claims.untested_note([]) == ""
+
+
 def run_rows(*runs) -> pd.DataFrame:
     """Runs as (dataset, model, variant, best_epoch, epochs, stopped_early)."""
     return pd.DataFrame(runs, columns=["dataset", "model", "variant", "best_epoch", "epochs", "stopped_early"])

@@ -17,6 +17,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -183,15 +184,29 @@ def with_budget(verdict: str, runs: pd.DataFrame | None) -> str:
     return INCONCLUSIVE
 
 
-def comparison_verdict(tests: pd.DataFrame, runs: pd.DataFrame | None = None) -> str:
+def comparison_verdict(tests: pd.DataFrame, runs: pd.DataFrame | None = None, untested: Sequence[str] = ()) -> str:
     """From paired tests (rows with mean_diff, wilcoxon_p; one per dataset): better and significant
     everywhere -> reproduced; better somewhere -> partly; never better -> not reproduced; none -> pending.
-    `runs`: the runs behind the tests (`runs_behind`), for the budget rule (`with_budget`)."""
+    `runs`: the runs behind the tests (`runs_behind`), for the budget rule (`with_budget`). `untested`: datasets
+    the comparison is planned on that have no runs yet (`Runs.missing`): "everywhere" is not shown then, so a
+    win on every tested dataset is only partly (the evidence names them: `untested_note`)."""
     if tests.empty:
         return "pending"
     wins = (tests.mean_diff > 0) & (tests.wilcoxon_p < SIGNIFICANCE_ALPHA)
-    verdict = "reproduced" if wins.all() else "partly" if (tests.mean_diff > 0).any() else "not reproduced"
+    verdict = ("reproduced" if wins.all() and not untested else "partly" if (tests.mean_diff > 0).any()
+               else "not reproduced")
     return with_budget(verdict, runs)
+
+
+def untested_datasets(missing: Sequence, model: str, tested: Iterable[str]) -> list[str]:
+    """The datasets on which `model` has planned runs missing (`Runs.missing`, specs) and no test: what
+    `comparison_verdict`'s `untested` takes."""
+    return sorted({spec.data.label for spec in missing if spec.model == model} - set(tested))
+
+
+def untested_note(untested: Sequence[str]) -> str:
+    """The evidence's clause for datasets a verdict could not test yet ('' when none)."""
+    return f"; no runs yet on {', '.join(untested)} (the verdict rests on the others)" if untested else ""
 
 
 def decoupling_verdict(error_at_zero: float, slope: float) -> str:

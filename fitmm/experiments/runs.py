@@ -39,13 +39,16 @@ COST_FIELDS = ("best_epoch", "epochs", "seconds_per_epoch", "eval_seconds", "wal
 @dataclass
 class Runs:
     """Finished runs (one row each, `frame`), their full records, their specs, the datasets they
-    ran on (by name), and notes on what was skipped."""
+    ran on (by name), notes on what was skipped, and the planned runs a records-only chapter found
+    no record of yet (`missing`: not run, or waiting for their search), which a verdict must not
+    treat as tested."""
 
     frame: pd.DataFrame
     records: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     specs: list[RunSpec] = field(default_factory=list)
     data: dict[str, Interactions] = field(default_factory=dict)
+    missing: list[RunSpec] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -102,12 +105,13 @@ def run_specs(specs: list[RunSpec], results_dir: str | Path, data: dict[str, Int
     notes = [f"{m}: not in fitmm.models.MODELS yet, skipped" for m in missing]
     records_only = os.environ.get(RECORDS_ONLY) == "1"
     built = dict(data or {})
-    rows, records, kept, used = [], [], [], {}
+    rows, records, kept, used, missing = [], [], [], {}, []
     for spec in specs:
         if spec.model not in MODELS:
             continue
         if spec.waiting_for:
             notes.append(f"{spec.model} on {spec.data.label}: not run yet: {spec.waiting_for}")
+            missing.append(spec)
             continue
         try:
             if spec.data.label not in built:
@@ -117,6 +121,7 @@ def run_specs(specs: list[RunSpec], results_dir: str | Path, data: dict[str, Int
             if records_only and not (path / "record.json").exists():
                 notes.append(f"{spec}: no record yet (it failed in the batch before the notebooks, see its log, "
                              "or the batch was skipped with --records-only)")
+                missing.append(spec)
                 continue
             record = train(d, config, results_dir=results_dir, progress=False, trace=spec.trace and not records_only)
             ensure_analysis(d, path)
@@ -127,7 +132,7 @@ def run_specs(specs: list[RunSpec], results_dir: str | Path, data: dict[str, Int
         rows.append(record_row(record, path, spec.variant))
         kept.append(spec)
         used[d.name] = d
-    return Runs(pd.DataFrame(rows), records, list(dict.fromkeys(notes)), kept, used)
+    return Runs(pd.DataFrame(rows), records, list(dict.fromkeys(notes)), kept, used, missing)
 
 
 def per_user(path: str | Path) -> dict[str, np.ndarray]:
