@@ -244,13 +244,17 @@ def reproduce(profile_name: str, root: Path, only: list[str] | None = None, forc
 
 
 def planned_runs(profile_name: str, root: Path, only: list[str] | None, results_dir: str | Path | None,
-                 data_dir: str | Path | None) -> tuple[list[str], dict[str, Path], dict[str, list]]:
-    """The selected chapters, the resolved folders (`locations`), and each chapter's planned runs (`Training`
-    tasks) of the registered models, with configs and dataset folders checked, before any compute starts.
+                 data_dir: str | Path | None) -> tuple[list[str], dict[str, Path], dict[str, list], dict[str, str]]:
+    """The selected chapters, the resolved folders (`locations`), each chapter's planned runs (`Training` tasks)
+    of the registered models, with configs and dataset folders checked, before any compute starts, and the runs
+    left out because their model cannot run on their data ({run: why}, e.g. VBPR on a set without item content:
+    the chapters note them; executing them would only fail).
 
     `results_dir` / `data_dir` replace the profile's folders (as `fitmm.settings` resolves them)."""
-    from fitmm.experiments.plan import plan
+    from fitmm.errors import ConfigError
+    from fitmm.experiments.plan import DataSpec, plan
     from fitmm.experiments.runs import Training, split_models
+    from fitmm.models import MODELS
 
     profile = profiles()[profile_name]
     chapters = [nb.stem for nb in select(sorted((root / NOTEBOOKS).glob("[0-9][0-9]_*.ipynb")), only)]
@@ -269,17 +273,28 @@ def planned_runs(profile_name: str, root: Path, only: list[str] | None, results_
     for name, folder in {(t.spec.data.name, t.spec.data.data_dir) for ts in tasks.values() for t in ts
                          if t.spec.data.size is None}:
         dataset_folder(name, folder)  # and missing dataset folders
-    return chapters, where, tasks
+    left_out = {}
+    for task in {t.spec.key(): t for ts in tasks.values() for t in ts}.values():
+        spec = task.spec
+        if spec.data.size is None:  # a named set (or a sparsified copy, which keeps its features)
+            try:
+                MODELS[spec.model].check_data(spec.config(), DataSpec(spec.data.name, spec.data.data_dir).load())
+            except ConfigError as err:
+                left_out[spec.key()] = f"{spec}: {err}"
+    tasks = {chapter: [t for t in ts if t.spec.key() not in left_out] for chapter, ts in tasks.items()}
+    return chapters, where, tasks, left_out
 
 
 def run_batch(profile_name: str, root: Path, only: list[str] | None = None, executor: str = "local", jobs: int = 1,
               slurm: SlurmOptions | None = None, results_dir: str | Path | None = None,
               data_dir: str | Path | None = None) -> Summary:
     """Execute every run the (selected) chapters plan under the profile, each once; logs in results_dir/logs."""
-    chapters, where, by_chapter = planned_runs(profile_name, root, only, results_dir, data_dir)
+    chapters, where, by_chapter, left_out = planned_runs(profile_name, root, only, results_dir, data_dir)
     tasks = list({t.spec.key(): t for ts in by_chapter.values() for t in ts}.values())
     print(f"runs ({profile_name}): {len(tasks)} planned for {', '.join(chapters) or 'no chapter'}, executor {executor}"
-          + (f", {jobs} job(s)" if executor == "local" else f", {slurm}"))
+          + (f", {jobs} job(s)" if executor == "local" else f", {slurm}")
+          + (f"; {len(left_out)} left out, their model cannot run on their data (the chapters note why)"
+             if left_out else ""))
     return execute_tasks(tasks, executor, jobs, slurm, where[settings.ENV["results"]] / "logs")
 
 
@@ -291,7 +306,7 @@ def dry_run(profile_name: str, root: Path, only: list[str] | None = None, result
     from fitmm.tune import tune_command
 
     with pending_searches() as pending:
-        _, where, by_chapter = planned_runs(profile_name, root, only, results_dir, data_dir)
+        _, where, by_chapter, left_out = planned_runs(profile_name, root, only, results_dir, data_dir)
     results = where[settings.ENV["results"]]
     lines = []
     if pending:
@@ -303,7 +318,8 @@ def dry_run(profile_name: str, root: Path, only: list[str] | None = None, result
     done = {t.spec.key(): t.finished() for ts in by_chapter.values() for t in ts}  # each run looked up once
     rows = [(chapter, len(ts), sum(done[t.spec.key()] for t in ts)) for chapter, ts in by_chapter.items()]
     rows.append(("all (each run once)", len(done), sum(done.values())))
-    lines.append(f"runs ({profile_name}, results in {results}):")
+    lines.append(f"runs ({profile_name}, results in {results}"
+                 + (f"; {len(left_out)} left out, their model cannot run on their data" if left_out else "") + "):")
     lines.append(f"  {'chapter':26s} {'planned':>8s} {'finished':>9s} {'to train':>9s}")
     lines += [f"  {name:26s} {n:8d} {finished:9d} {n - finished:9d}" for name, n, finished in rows]
     return "\n".join(lines)

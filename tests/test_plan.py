@@ -142,7 +142,7 @@ def test_dry_run_counts_the_runs_planned_finished_and_to_train(tmp_path, monkeyp
     out = capsys.readouterr().out
     assert re.search(r"01_main_results +1 +0 +1\n +06_cost +2 +0 +2\n +all \(each run once\) +2 +0 +2", out), out
     assert "searches not finished" not in out and not (tmp_path / "out").exists()
-    _, _, by_chapter = reproduce.planned_runs("smoke", ROOT, ["01"], tmp_path / "out", None)
+    _, _, by_chapter, _ = reproduce.planned_runs("smoke", ROOT, ["01"], tmp_path / "out", None)
     (task,) = by_chapter["01_main_results"]
     task()  # train the main run: the dry run counts it finished, for both chapters
     assert main(argv) == 0
@@ -155,6 +155,27 @@ def test_dry_run_counts_the_runs_planned_finished_and_to_train(tmp_path, monkeyp
     assert re.search(r"searches not finished \(1;.*\n +synthetic +bpr +0/5 +fitmm tune --model bpr --dataset synthetic "
                      r"--trials 5 --data-dir \S+ --results-dir \S+out\n", out), out
     assert re.search(r"all \(each run once\) +1 +0 +1", out)  # the cost chapter's growth run, which is not tuned
+
+
+def test_runs_whose_model_cannot_run_on_their_data_are_left_out_of_the_batch(tmp_path, monkeypatch, capsys):
+    """A content model on a set without item content (VBPR on Clothing) is not executed (it would only fail, twice):
+    the batch and the dry run say how many were left out, and the chapter notes why."""
+    from fitmm.data.synthetic import generate
+
+    monkeypatch.setenv("FITMM_CACHE", str(tmp_path / "cache"))
+    generate(tmp_path / "data", "bare", 120, 80, seed=0, modalities={})
+    tiny = {**PROFILES["smoke"], "datasets": ["bare"], "models": ["bpr", "vbpr"], "seeds": [1],
+            "budget": {"epochs": 1, "batch_size": 4096}}
+    monkeypatch.setattr(reproduce, "profiles", lambda: {"smoke": tiny})
+    _, _, by_chapter, left_out = reproduce.planned_runs("smoke", ROOT, ["01"], tmp_path / "out", tmp_path / "data")
+    assert [t.spec.model for t in by_chapter["01_main_results"]] == ["bpr"]
+    (why,) = left_out.values()
+    assert why.startswith("vbpr on bare, seed 1: ") and "bare" in why
+    assert main(["reproduce", "--profile", "smoke", "--only", "01", "--dry-run", "--root", str(ROOT),
+                 "--data-dir", str(tmp_path / "data"), "--results-dir", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "1 left out, their model cannot run on their data" in out
+    assert re.search(r"01_main_results +1 +0 +1\n", out), out
 
 
 def test_a_missing_dataset_folder_exits_2_before_any_run(tmp_path, monkeypatch, capsys):
