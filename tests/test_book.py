@@ -172,3 +172,25 @@ def test_reproduce_resumes_and_reports_failures(tmp_path):
     status = (tmp_path / reproduce.BOOK / "status.md").read_text()
     assert "| [# 00_ok](notebooks/00_ok.ipynb) | smoke | ok |" not in status  # titles without the '#'
     assert "[00_ok](notebooks/00_ok.ipynb) | smoke | ok |" in status and "| not executed | – |" in status
+
+
+def test_chapters_of_a_study_in_progress_run_to_the_end(tmp_path, monkeypatch):
+    """Records-only chapters on a study part-way through: FITMM and SSR have runs on one dataset and none on another
+    (where they cannot run), the Explore variant has none. The chapters note what is missing and still finish."""
+    from fitmm.data.synthetic import generate
+    from fitmm.experiments import plan, runs
+
+    monkeypatch.setenv("FITMM_CACHE", str(tmp_path / "cache"))
+    generate(tmp_path / "data", "bare", 120, 80, seed=0, modalities={})
+    budget = {"epochs": 1, "batch_size": 4096}
+    results = tmp_path / "results"
+    runs.run_specs(plan.pair_runs(["synthetic"], None, ["fitmm", "ssr"], [999], budget, None, str(results)), results)
+    smoke = {**PROFILES["smoke"], "datasets": ["synthetic", "bare"], "models": ["fitmm", "ssr"], "budget": budget,
+             "data_dir": str(tmp_path / "data")}
+    monkeypatch.setattr(reproduce, "profiles", lambda: {"smoke": smoke})
+    monkeypatch.setenv(plan.RECORDS_ONLY, "1")
+    outcome = reproduce.reproduce("smoke", ROOT, ["02", "08"], results_dir=results)
+    assert all(status.startswith("ok") for status in outcome.values()), outcome
+    explore = nbformat.read(reproduce.executed_dir(results, "smoke") / "08_explore.ipynb", as_version=4)
+    shown = "".join(str(o.get("data", {})) for c in explore.cells for o in c.get("outputs", []))
+    assert "has no finished run yet" in shown
