@@ -251,10 +251,8 @@ def planned_runs(profile_name: str, root: Path, only: list[str] | None, results_
     the chapters note them; executing them would only fail).
 
     `results_dir` / `data_dir` replace the profile's folders (as `fitmm.settings` resolves them)."""
-    from fitmm.errors import ConfigError
     from fitmm.experiments.plan import DataSpec, plan
-    from fitmm.experiments.runs import Training, split_models
-    from fitmm.models import MODELS
+    from fitmm.experiments.runs import Training, split_models, unrunnable
 
     profile = profiles()[profile_name]
     chapters = [nb.stem for nb in select(sorted((root / NOTEBOOKS).glob("[0-9][0-9]_*.ipynb")), only)]
@@ -277,10 +275,9 @@ def planned_runs(profile_name: str, root: Path, only: list[str] | None, results_
     for task in {t.spec.key(): t for ts in tasks.values() for t in ts}.values():
         spec = task.spec
         if spec.data.size is None:  # a named set (or a sparsified copy, which keeps its features)
-            try:
-                MODELS[spec.model].check_data(spec.config(), DataSpec(spec.data.name, spec.data.data_dir).load())
-            except ConfigError as err:
-                left_out[spec.key()] = f"{spec}: {err}"
+            why = unrunnable(spec.config(), DataSpec(spec.data.name, spec.data.data_dir).load())
+            if why:
+                left_out[spec.key()] = f"{spec}: {why}"
     tasks = {chapter: [t for t in ts if t.spec.key() not in left_out] for chapter, ts in tasks.items()}
     return chapters, where, tasks, left_out
 

@@ -311,12 +311,12 @@ def test_records_only_chapters_note_the_runs_whose_search_has_not_finished(tmp_p
     assert specs[2].overrides == {"contrastive": False}
     monkeypatch.setattr(runs, "train", lambda *a, **k: pytest.fail("a records-only chapter trained"))
     notes = runs.run_specs(specs, tmp_path).notes
-    assert notes[0].startswith("bpr on synthetic, seed 1: no record yet")
-    assert notes[1:] == [
+    assert notes[:2] == [
         f"lightgcn on synthetic: not run yet: its 5-trial search has 0 finished; run "
-        f"`fitmm tune --model lightgcn --dataset synthetic --trials 5 --results-dir {tmp_path}` (with --data-dir)",
+        f"`fitmm tune --model lightgcn --dataset synthetic --trials 5 --results-dir {tmp_path}`",
         f"ssr on onetext: not run yet: its 5-trial search has 0 finished; run `fitmm tune --model ssr --dataset "
-        f"onetext --trials 5 --set contrastive=false --results-dir {tmp_path}` (with --data-dir)"]
+        f"onetext --trials 5 --set contrastive=false --data-dir {tmp_path / 'data'} --results-dir {tmp_path}`"]
+    assert notes[2].startswith("bpr on synthetic, seed 1: no record yet") and len(notes) == 3
     with planner.pending_searches() as pending:  # the dry run still leaves them out, whatever the environment
         assert planner.main_runs(["synthetic"], None, ["lightgcn"], [1], {}, 5, str(tmp_path)) == []
     assert list(pending) == [("synthetic", "lightgcn")]

@@ -183,11 +183,12 @@ def _configurations(data: Sequence[DataSpec], models: Sequence[str],
         return chosen, {}
     from fitmm.tune import tune_command
 
+    folders = {d.name: d.data_dir for d in data}
     waiting = {}
     for (name, model), (done, size, fixed) in pending.items():
         chosen[name, model] = fixed
-        waiting[name, model] = (f"its {size}-trial search has {done} finished; run "
-                                f"`{tune_command(model, name, tuned.trials, tuned.results_dir, fixed)}` (with --data-dir)")
+        command = tune_command(model, name, tuned.trials, tuned.results_dir, fixed, folders[name])
+        waiting[name, model] = f"its {size}-trial search has {done} finished; run `{command}`"
     return chosen, waiting
 
 

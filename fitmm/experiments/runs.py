@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fitmm.config import load_config
+from fitmm.config import Config, load_config
+from fitmm.errors import ConfigError
 from fitmm.data.dataset import Interactions
 from fitmm.experiments.plan import RECORDS_ONLY, DataSpec, RunSpec
 from fitmm.io import write_json
@@ -94,33 +95,48 @@ def record_row(record: dict, path: Path, variant: str) -> dict:
     return row
 
 
+def unrunnable(config: Config, data: Interactions) -> str | None:
+    """Why `config.model` cannot run on `data` (its `check_data` refusal, e.g. no item content), or None."""
+    try:
+        MODELS[config.model].check_data(config, data)
+    except ConfigError as err:
+        return str(err)
+    return None
+
+
 def run_specs(specs: list[RunSpec], results_dir: str | Path, data: dict[str, Interactions] | None = None) -> Runs:
     """Each planned run, trained only if its record is missing (read only under `FITMM_RECORDS_ONLY=1`).
 
     `data` supplies datasets already in memory by name (`DataSpec.label`); the others are built
     from their spec. A run whose config does not load (a variant key the model does not know),
-    whose model is not registered, or that fails, is skipped with a note.
+    whose model is not registered or cannot run on its data, or that fails, is skipped with a note;
+    the runs of one model on one dataset share a note, with their seeds.
     """
-    _, missing = split_models(list(dict.fromkeys(s.model for s in specs)))
-    notes = [f"{m}: not in fitmm.models.MODELS yet, skipped" for m in missing]
+    _, unregistered = split_models(list(dict.fromkeys(s.model for s in specs)))
+    notes = [f"{m}: not in fitmm.models.MODELS yet, skipped" for m in unregistered]
     records_only = os.environ.get(RECORDS_ONLY) == "1"
     built = dict(data or {})
     rows, records, kept, used, missing = [], [], [], {}, []
+    unrecorded: dict[str, list[int]] = {}  # "model [variant] on dataset" -> seeds without a record
     for spec in specs:
         if spec.model not in MODELS:
             continue
+        runs_of = f"{spec.model}{f' [{spec.variant}]' if spec.variant else ''} on {spec.data.label}"
         if spec.waiting_for:
-            notes.append(f"{spec.model} on {spec.data.label}: not run yet: {spec.waiting_for}")
+            notes.append(f"{runs_of}: not run yet: {spec.waiting_for}")
             missing.append(spec)
             continue
         try:
             if spec.data.label not in built:
                 built[spec.data.label] = spec.data.load()
             d, config = built[spec.data.label], spec.config()
+            why = unrunnable(config, d)
+            if why:
+                notes.append(f"{runs_of}: cannot run here: {why}")
+                continue
             path = run_dir(d, config, results_dir)
             if records_only and not (path / "record.json").exists():
-                notes.append(f"{spec}: no record yet (it failed in the batch before the notebooks, see its log, "
-                             "or the batch was skipped with --records-only)")
+                unrecorded.setdefault(runs_of, []).append(spec.seed)
                 missing.append(spec)
                 continue
             record = train(d, config, results_dir=results_dir, progress=False, trace=spec.trace and not records_only)
@@ -132,6 +148,9 @@ def run_specs(specs: list[RunSpec], results_dir: str | Path, data: dict[str, Int
         rows.append(record_row(record, path, spec.variant))
         kept.append(spec)
         used[d.name] = d
+    notes += [f"{runs_of}, seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}: no record yet (failed in the "
+              "batch before the notebooks, see its log, or not run: the batch was skipped with `--records-only`)"
+              for runs_of, seeds in unrecorded.items()]
     return Runs(pd.DataFrame(rows), records, list(dict.fromkeys(notes)), kept, used, missing)
 
 
