@@ -20,7 +20,9 @@ CAVEATS = {
                     "published numbers up to split variance.",
     "amazon features": "The official image (4096-d) and text (384-d) feature files could not be obtained here. "
                        "Multimodal models on Amazon can only use a text modality rebuilt from `item_text.tsv` "
-                       "(partial for Baby, attributes only for Sports), and that is a different input from the papers'.",
+                       "(partial for Baby, attributes only for Sports), and that is a different input from the papers'. "
+                       "With one content modality, FITMM's and SSR's representations have two blocks there (id and "
+                       "text) instead of three, and SSR runs without its cross-modal contrastive term.",
     "tiktok text": "TikTok's text features (768-d in its original release) are not included: models see the "
                    "128-d image and 128-d audio features only, while the published TikTok numbers also used text.",
 }
