@@ -251,7 +251,7 @@ def planned_runs(profile_name: str, root: Path, only: list[str] | None, results_
     the chapters note them; executing them would only fail).
 
     `results_dir` / `data_dir` replace the profile's folders (as `fitmm.settings` resolves them)."""
-    from fitmm.experiments.plan import DataSpec, plan
+    from fitmm.experiments.plan import RECORDS_ONLY, DataSpec, plan
     from fitmm.experiments.runs import Training, split_models, unrunnable
 
     profile = profiles()[profile_name]
@@ -260,7 +260,9 @@ def planned_runs(profile_name: str, root: Path, only: list[str] | None, results_
     where = locations(profile, results_dir, data_dir)
     results_dir = where[settings.ENV["results"]]
     resolved = {**profile, "data_dir": str(where[settings.ENV["data"]]), "results_dir": str(results_dir)}
-    by_chapter = {chapter: plan(resolved, [chapter]) for chapter in chapters}
+    with mock.patch.dict(os.environ):  # a batch trains: its plan never takes the records-only leniency
+        os.environ.pop(RECORDS_ONLY, None)
+        by_chapter = {chapter: plan(resolved, [chapter]) for chapter in chapters}
     present, missing = split_models(list(dict.fromkeys(s.model for specs in by_chapter.values() for s in specs)))
     for model in missing:
         print(f"{model}: not in fitmm.models.MODELS yet, its runs are skipped")

@@ -206,3 +206,13 @@ def test_records_only_trains_nothing_and_excludes_runs_only(tmp_path, monkeypatc
     assert "runs (smoke): none trained (--records-only)" in capsys.readouterr().out
     assert not (tmp_path / "out" / "runs").exists()
     assert seen == ["1"] and runs.RECORDS_ONLY not in os.environ  # the kernels read only; this process trains again
+
+
+def test_a_batch_plan_refuses_an_unfinished_search_whatever_the_environment(tmp_path, monkeypatch):
+    """FITMM_RECORDS_ONLY=1 left in a shell must not let `fitmm reproduce` train untuned runs in place of a search."""
+    tiny = {**PROFILES["smoke"], "models": ["bpr"], "tuning_trials": 5, "budget": {"epochs": 1, "batch_size": 4096}}
+    monkeypatch.setattr(reproduce, "profiles", lambda: {"smoke": tiny})
+    monkeypatch.setenv(plan.RECORDS_ONLY, "1")
+    with pytest.raises(ConfigError, match="bpr is not tuned on synthetic yet"):
+        reproduce.planned_runs("smoke", ROOT, ["01"], tmp_path / "out", None)
+    assert os.environ[plan.RECORDS_ONLY] == "1"
