@@ -513,3 +513,22 @@ def test_report_counts_only_this_builds_verdicts(tmp_path):
     assert used.model.tolist() == ["bpr"] and used.chapters.tolist() == ["01"]
     assert used.commit.iloc[0] == "–" or len(used.commit.iloc[0].removesuffix("+dirty")) == 12
     assert report.used_runs(tmp_path, "smoke", {}).empty  # the chapter is not in this build
+
+
+def test_compute_spent_counts_the_used_runs_and_the_other_search_trials_once(tmp_path, monkeypatch):
+    from fitmm import tune
+
+    monkeypatch.setenv("FITMM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(runs.RECORDS_ONLY, raising=False)
+    budget = {"epochs": 1, "batch_size": 16, "embedding_dim": 8, "device": "cpu"}
+    done = runs.run_specs(plan.grid([plan.DataSpec("tiny")], ["bpr"], [0, 1], budget), tmp_path,
+                          {"tiny": tiny(n_items=60)}).frame
+    used = done.iloc[:1].rename(columns={"run_id": "run"})  # seed 0 used by a chapter; seed 1 only a trial
+    trials = pd.DataFrame({"dataset": "tiny", "model": "bpr", "run_id": done.run_id})
+    monkeypatch.setattr(tune, "load_trials", lambda results_dir: trials)
+    spent = report.compute_spent(used, tmp_path, ["tiny"], tuned=True)
+    device = done.device.iloc[0]
+    assert spent.runs.to_dict() == {("tiny", device, "search trial"): 1, ("tiny", device, "used by a chapter"): 1}
+    assert spent.wall_hours.sum() == pytest.approx(done.wall_seconds.sum() / 3600)
+    assert report.compute_spent(used, tmp_path, ["tiny"], tuned=False).runs.sum() == 1  # an untuned profile ran no search
+    assert report.compute_spent(used, tmp_path, ["other"], tuned=True).runs.sum() == 1

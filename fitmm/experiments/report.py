@@ -245,3 +245,26 @@ def used_runs(results_dir: str | Path, profile: str, states: dict[str, dict]) ->
                      "device": record["provenance"]["device"], "wall_seconds": record["wall_seconds"],
                      "chapters": ", ".join(c[:2] for c in chapters)})
     return pd.DataFrame(rows)
+
+
+def compute_spent(used: pd.DataFrame, results_dir: str | Path, datasets: Iterable[str], tuned: bool) -> pd.DataFrame:
+    """The compute behind this build, from the run records: per dataset and device, the runs and their wall hours,
+    for the runs the chapters used (`used_runs`) and, under a tuned profile, the trials of the searches on
+    `datasets` that chose their configurations (a search's trial of the first seed that a chapter also used is
+    counted once, as used). A CPU run's device names its threads, so CPU-hours are wall hours times threads."""
+    from fitmm.store import read_record
+    from fitmm.tune import load_trials
+
+    rows = [{"dataset": r.dataset, "device": r.device, "kind": "used by a chapter", "run": r.run,
+             "wall_seconds": r.wall_seconds} for r in used.itertuples()]
+    if tuned:
+        seen = set(used.get("run", []))
+        trials = load_trials(results_dir)
+        for t in trials[trials.dataset.isin(list(datasets))].itertuples():
+            if t.run_id not in seen:
+                record = read_record(Path(results_dir) / "runs" / t.dataset / t.model / t.run_id / "record.json")
+                rows.append({"dataset": t.dataset, "device": record["provenance"]["device"],
+                             "kind": "search trial", "run": t.run_id, "wall_seconds": record["wall_seconds"]})
+    frame = pd.DataFrame(rows, columns=["dataset", "device", "kind", "run", "wall_seconds"])
+    return (frame.groupby(["dataset", "device", "kind"])
+            .agg(runs=("run", "size"), wall_hours=("wall_seconds", lambda x: x.sum() / 3600)))
