@@ -22,8 +22,8 @@ import pandas as pd
 import torch
 
 from fitmm.config import Config, load_config
-from fitmm.errors import ConfigError
 from fitmm.data.dataset import Interactions
+from fitmm.errors import ConfigError
 from fitmm.experiments.plan import RECORDS_ONLY, DataSpec, RunSpec
 from fitmm.io import write_json
 from fitmm.models import MODELS
