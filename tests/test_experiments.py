@@ -238,8 +238,9 @@ def test_a_win_on_the_datasets_run_so_far_is_only_partly_while_planned_ones_have
     assert claims.comparison_verdict(tested, untested=untested) == "partly"
     assert claims.comparison_verdict(tested.assign(mean_diff=-0.1), untested=untested) == "not reproduced"
     assert claims.comparison_verdict(tested, untested=[]) == "reproduced"
-    assert claims.untested_note(untested) == "; no runs yet on baby (the verdict rests on the others)"
-    assert claims.untested_note([]) == ""
+    assert claims.untested_note(untested, tested.dataset) == "; no runs yet on baby (the verdict rests on tiktok)"
+    assert claims.untested_note(untested, []) == "; no runs yet on baby"  # a pending verdict rests on nothing
+    assert claims.untested_note([], tested.dataset) == ""
 
 
 def run_rows(*runs) -> pd.DataFrame:

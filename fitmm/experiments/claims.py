@@ -204,9 +204,12 @@ def untested_datasets(missing: Sequence, model: str, tested: Iterable[str]) -> l
     return sorted({spec.data.label for spec in missing if spec.model == model} - set(tested))
 
 
-def untested_note(untested: Sequence[str]) -> str:
-    """The evidence's clause for datasets a verdict could not test yet ('' when none)."""
-    return f"; no runs yet on {', '.join(untested)} (the verdict rests on the others)" if untested else ""
+def untested_note(untested: Sequence[str], tested: Iterable[str]) -> str:
+    """The evidence's clause for datasets a verdict could not test yet ('' when none), naming what it rests on."""
+    if not untested:
+        return ""
+    tested = sorted(set(tested))
+    return f"; no runs yet on {', '.join(untested)}" + (f" (the verdict rests on {', '.join(tested)})" if tested else "")
 
 
 def decoupling_verdict(error_at_zero: float, slope: float) -> str:
