@@ -69,13 +69,18 @@ def setup() -> None:
 
 def words(name) -> str:
     """The printed name of a column or index key: 'recall@20' -> 'Recall@20', 'valid_recall@20' -> 'valid
-    Recall@20', 'wilcoxon_p' -> 'Wilcoxon p', other snake_case keys with spaces."""
+    Recall@20', 'wilcoxon_p' -> 'Wilcoxon p', other snake_case keys with spaces; any other text (a device
+    'cpu (x86_64, 1 threads)', a variant 'fitmm (lambda_ib=0.0)') as it is.
+
+    >>> words("stopped_early"), words("cpu (x86_64, 1 threads)")
+    ('stopped early', 'cpu (x86_64, 1 threads)')
+    """
     if not isinstance(name, str):
         return name
     found = METRIC.match(name)
     if found:
         return f"{'valid ' if found[1] else ''}{METRIC_NAMES[found[2]]}@{found[3]}"
-    return WORDS.get(name, name.replace("_", " "))
+    return WORDS.get(name, name.replace("_", " ") if re.fullmatch(r"\w+", name) else name)
 
 
 def quantity_words(key: str) -> str:
