@@ -40,6 +40,18 @@ def project_root() -> Path | None:
     return root if (root / "pyproject.toml").is_file() else None
 
 
+def as_typed(path: str | os.PathLike) -> str:
+    """`path` as a command in the book shows it: relative to the project root when it lies under it (what a reader
+    types in a clone), else as it is.
+
+    >>> as_typed(project_root() / "data"), as_typed("/elsewhere/data")
+    ('data', '/elsewhere/data')
+    """
+    root = project_root()
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(root)) if root is not None and resolved.is_relative_to(root) else str(path)
+
+
 def project_path(value: str | os.PathLike) -> Path:
     """A folder named by a profile: relative to the project root (the current directory without one)."""
     root = project_root()

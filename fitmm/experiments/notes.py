@@ -57,10 +57,22 @@ def show_caveats(datasets: Iterable[str]) -> None:
     note(lines, "warning" if real else "note", "Data caveats" if real else "Data")
 
 
+def literal(text: str) -> str:
+    """Plain text (an error message, a command) for markdown: outside `code spans`, '<' is not taken for an HTML tag
+    nor '--' for a dash.
+
+    >>> print(literal("a <modality>_feat.npy file; use --set x=1, or `fitmm tune --trials 5`"))
+    a &lt;modality>_feat.npy file; use -\\-set x=1, or `fitmm tune --trials 5`
+    """
+    parts = text.split("`")
+    parts[::2] = [p.replace("<", "&lt;").replace("--", "-\\-") for p in parts[::2]]
+    return "`".join(parts)
+
+
 def show_skipped(notes: list[str]) -> None:
     """Runs or models that were skipped, as a visible note (nothing when the list is empty)."""
     if notes:
-        note(notes, "note", "Skipped here")
+        note([literal(n) for n in notes], "note", "Skipped here")
 
 
 def fmt(value, spec: str = ".4f") -> str:

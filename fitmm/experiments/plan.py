@@ -187,7 +187,8 @@ def _configurations(data: Sequence[DataSpec], models: Sequence[str],
     waiting = {}
     for (name, model), (done, size, fixed) in pending.items():
         chosen[name, model] = fixed
-        command = tune_command(model, name, tuned.trials, tuned.results_dir, fixed, folders[name])
+        data_dir = None if folders[name] is None else settings.as_typed(folders[name])
+        command = tune_command(model, name, tuned.trials, settings.as_typed(tuned.results_dir), fixed, data_dir)
         waiting[name, model] = f"its {size}-trial search has {done} finished; run `{command}`"
     return chosen, waiting
 
