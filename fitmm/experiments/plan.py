@@ -94,8 +94,13 @@ class RunSpec:
         """What makes two specs the same run (the variant label is only a name, the trace an extra output)."""
         return json.dumps([dataclasses.asdict(self.data), self.model, self.seed, self.overrides], sort_keys=True)
 
+    @property
+    def group(self) -> str:
+        """The runs this one belongs with, whatever the seed: 'model [variant] on dataset'."""
+        return f"{self.model}{f' [{self.variant}]' if self.variant else ''} on {self.data.label}"
+
     def __str__(self) -> str:
-        return f"{self.model}{f' [{self.variant}]' if self.variant else ''} on {self.data.label}, seed {self.seed}"
+        return f"{self.group}, seed {self.seed}"
 
 
 @dataclass(frozen=True)

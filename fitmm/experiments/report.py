@@ -209,8 +209,10 @@ class Chapter:
 def chapter_states(results_dir: str | Path, profile: str) -> dict[str, dict]:
     """The state of each executed chapter of a profile (`fitmm.reproduce.executed_dir`): status, executed,
     finished, seconds, profile, from the metadata `fitmm reproduce` writes."""
+    from fitmm.reproduce import executed_dir
+
     states = {}
-    for path in sorted((Path(results_dir) / "notebooks" / profile).glob("[0-9][0-9]_*.ipynb")):
+    for path in sorted(executed_dir(Path(results_dir), profile).glob("[0-9][0-9]_*.ipynb")):
         state = json.loads(path.read_text()).get("metadata", {}).get("fitmm")
         if state:
             states[path.stem] = state

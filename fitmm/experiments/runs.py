@@ -117,13 +117,11 @@ def run_specs(specs: list[RunSpec], results_dir: str | Path, data: dict[str, Int
     records_only = os.environ.get(RECORDS_ONLY) == "1"
     built = dict(data or {})
     rows, records, kept, used, missing = [], [], [], {}, []
-    unrecorded: dict[str, list[int]] = {}  # "model [variant] on dataset" -> seeds without a record
     for spec in specs:
         if spec.model not in MODELS:
             continue
-        runs_of = f"{spec.model}{f' [{spec.variant}]' if spec.variant else ''} on {spec.data.label}"
         if spec.waiting_for:
-            notes.append(f"{runs_of}: not run yet: {spec.waiting_for}")
+            notes.append(f"{spec.group}: not run yet: {spec.waiting_for}")
             missing.append(spec)
             continue
         try:
@@ -132,11 +130,10 @@ def run_specs(specs: list[RunSpec], results_dir: str | Path, data: dict[str, Int
             d, config = built[spec.data.label], spec.config()
             why = unrunnable(config, d)
             if why:
-                notes.append(f"{runs_of}: cannot run here: {why}")
+                notes.append(f"{spec.group}: cannot run here: {why}")
                 continue
             path = run_dir(d, config, results_dir)
             if records_only and not (path / "record.json").exists():
-                unrecorded.setdefault(runs_of, []).append(spec.seed)
                 missing.append(spec)
                 continue
             record = train(d, config, results_dir=results_dir, progress=False, trace=spec.trace and not records_only)
@@ -148,9 +145,13 @@ def run_specs(specs: list[RunSpec], results_dir: str | Path, data: dict[str, Int
         rows.append(record_row(record, path, spec.variant))
         kept.append(spec)
         used[d.name] = d
-    notes += [f"{runs_of}, seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}: no record yet (failed in the "
+    unrecorded: dict[str, list[int]] = {}  # the seeds of each group planned without a record
+    for spec in missing:
+        if not spec.waiting_for:
+            unrecorded.setdefault(spec.group, []).append(spec.seed)
+    notes += [f"{group}, seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}: no record yet (failed in the "
               "batch before the notebooks, see its log, or not run: the batch was skipped with `--records-only`)"
-              for runs_of, seeds in unrecorded.items()]
+              for group, seeds in unrecorded.items()]
     return Runs(pd.DataFrame(rows), records, list(dict.fromkeys(notes)), kept, used, missing)
 
 
