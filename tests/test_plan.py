@@ -18,7 +18,7 @@ from fitmm import reproduce
 from fitmm.cli import main
 from fitmm.errors import ConfigError, DataError
 from fitmm.executor import slurm_options
-from fitmm.experiments import plan, runs
+from fitmm.experiments import claims, plan, runs
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = {p.stem: p for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))}
@@ -82,6 +82,26 @@ def test_smoke_plan_covers_every_chapter_once():
     assert fitmm_runs[-3:] == [(label, True) for label in PROFILES["smoke"]["diagnosis_runs"]]
     only = plan.plan(PROFILES["smoke"], ["05_ablations"])
     assert {s.variant for s in only} == {label for table in PROFILES["smoke"]["ablations"].values() for label in table}
+
+
+def test_paper_readings_and_references_run_on_the_main_seeds_on_the_first_dataset():
+    """A discrepancy's paper reading is a finding of its own: it and its reference get the main seeds on the first
+    secondary dataset; the other variants, and every variant elsewhere, the ablations' seeds."""
+    ablations = {"fitmm": {"reference": {}, "backbone only": {"spectral": False},
+                           "paper consistency": {"consistency": "paper"}},
+                 "ssr": {"reference": {}, "band input concat": {"band_input": "concat"}, "2 bands": {"n_bands": 2}}}
+    specs = plan.ablation_runs(["synthetic", "tiktok"], None, ablations, [999], [999, 1, 2], {}, None, "results")
+    seeds = {}
+    for s in specs:
+        seeds.setdefault((s.model, s.variant, s.data.name), []).append(s.seed)
+    assert seeds == {
+        ("fitmm", "reference", "synthetic"): [999, 1, 2], ("fitmm", "paper consistency", "synthetic"): [999, 1, 2],
+        ("fitmm", "backbone only", "synthetic"): [999],
+        ("ssr", "reference", "synthetic"): [999, 1, 2], ("ssr", "band input concat", "synthetic"): [999, 1, 2],
+        ("ssr", "2 bands", "synthetic"): [999],
+        **{(m, label, "tiktok"): [999] for m, table in ablations.items() for label in table}}
+    assert len({s.key() for s in specs}) == len(specs)
+    assert claims.reading_overrides("fitmm") == [{"consistency": "paper"}] and claims.reading_overrides("bpr") == []
 
 
 @pytest.mark.parametrize("name", PROFILES)

@@ -86,6 +86,10 @@ CLAIMS = (
           "while its training loss keeps falling (this study's finding, not a paper's claim).", "09_fitmm_diagnosis"),
 )
 
+# The ablation variant that tests '<model>-spectral-helps' (chapter 05): the whole spectral part switched off.
+BACKBONE_ONLY = {"fitmm": {"spectral": False},
+                 "ssr": {"operator": False, "gating": False, "masking": False, "contrastive": False}}
+
 
 @dataclass(frozen=True)
 class Discrepancy:
@@ -96,20 +100,24 @@ class Discrepancy:
     switch: str
     chapter: str
     finding: str | None = None  # fixed, for discrepancies no run decides
+    model_id: str | None = None  # the model (fitmm.models.MODELS) whose variants decide it ...
+    readings: tuple[dict, ...] = ()  # ... the overrides of the paper's reading, in order: the first with runs decides
 
 
 DISCREPANCIES = (
     Discrepancy("fitmm-consistency", "FITMM", "modality blocks aligned within each band",
-                "the bands of a node pulled together", "consistency: paper | code", "05_ablations"),
+                "the bands of a node pulled together", "consistency: paper | code", "05_ablations",
+                model_id="fitmm", readings=({"consistency": "paper"},)),
     Discrepancy("ssr-bands", "SSR", "equal-energy bands from the Laplacian's eigenvectors",
                 "fixed Chebyshev filters (not band-pass) on every Amazon set; exact bands only when N ≤ 5000",
-                "bands: exact | chebyshev (and this study's scalable)", "05_ablations"),
+                "bands: exact | chebyshev (and this study's scalable)", "05_ablations",
+                model_id="ssr", readings=({"bands": "exact"}, {"bands": "scalable"})),  # exact, else scalable
     Discrepancy("ssr-band-input", "SSR", "bands of [R | H]; how R and H meet is not said",
                 "each band's R and H halves summed before the operator, so scores carry R-H cross terms",
-                "band_input: sum | concat", "05_ablations"),
+                "band_input: sum | concat", "05_ablations", model_id="ssr", readings=({"band_input": "concat"},)),
     Discrepancy("ssr-initial-values", "SSR", "initial values and sizes not given; the regulariser counted once",
                 "γ ~ N(0, 1), gate's last layer N(0, 1e-3), MLP width 48; the regulariser added again for the "
-                "masked pass", "reading: code | paper", "05_ablations"),
+                "masked pass", "reading: code | paper", "05_ablations", model_id="ssr", readings=({"reading": "paper"},)),
     Discrepancy("fitmm-epochs", "FITMM", "MMRec's protocol: at most 1000 epochs", "at most 300 epochs",
                 "epochs", "06_cost", "the study uses the code's 300 (fitmm.yaml); profiles may lower it"),
     Discrepancy("model-selection", "both", "hyper-parameters chosen by validation",
@@ -118,6 +126,11 @@ DISCREPANCIES = (
     Discrepancy("ssr-baby-size", "SSR", "Baby has 139,110 interactions", "the MMRec Baby set has 160,792",
                 "none", "00_data", "139,110 is train + valid of the same data, not a different set"),
 )
+
+
+def reading_overrides(model: str) -> list[dict]:
+    """The overrides of every paper reading that decides a discrepancy of `model` (a variant of chapter 05)."""
+    return [overrides for d in DISCREPANCIES if d.model_id == model for overrides in d.readings]
 
 
 def claim(claim_id: str) -> Claim:

@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 from fitmm import settings
 from fitmm.config import Config, load_config
 from fitmm.errors import ConfigError, DataError
+from fitmm.experiments import claims
 from fitmm.data import get_dataset, synthetic_dataset
 from fitmm.data.dataset import Interactions
 
@@ -238,11 +239,21 @@ def theory_runs(theory_dataset: str, band_datasets: list[str], data_dir: str | N
 
 
 def ablation_runs(secondary_datasets: list[str], data_dir: str | None, ablations: dict[str, dict[str, dict]],
-                  secondary_seeds: list[int], budget: dict, tuning_trials: int | None, results_dir: str) -> list[RunSpec]:
-    """Each model's labelled variants (model -> label -> overrides, on top of its tuned configuration)."""
+                  secondary_seeds: list[int], seeds: list[int], budget: dict, tuning_trials: int | None,
+                  results_dir: str) -> list[RunSpec]:
+    """Each model's labelled variants (model -> label -> overrides, on top of its tuned configuration) on the
+    secondary datasets and seeds. A paper reading that decides a discrepancy (`claims.reading_overrides`) and the
+    model's reference (its first variant) also run on the main seeds on the first secondary dataset: a finding
+    rests on as many seeds as a main result."""
     tuned = tuning(tuning_trials, results_dir)
-    return [spec for model, table in ablations.items()
-            for spec in grid(named(secondary_datasets, data_dir), [model], secondary_seeds, budget, table, tuned)]
+    extra_seeds = [seed for seed in seeds if seed not in secondary_seeds]
+    specs = []
+    for model, table in ablations.items():
+        readings = {label: overrides for i, (label, overrides) in enumerate(table.items())
+                    if i == 0 or overrides in claims.reading_overrides(model)}
+        specs += grid(named(secondary_datasets, data_dir), [model], secondary_seeds, budget, table, tuned)
+        specs += grid(named(secondary_datasets[:1], data_dir), [model], extra_seeds, budget, readings, tuned)
+    return specs
 
 
 def growth_runs(cost_models: list[str], cost_sizes: list[list[int]], cost_budget: dict, seed: int = 0) -> list[RunSpec]:
