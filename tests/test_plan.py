@@ -101,7 +101,11 @@ def test_paper_readings_and_references_run_on_the_main_seeds_on_the_first_datase
         ("ssr", "2 bands", "synthetic"): [999],
         **{(m, label, "tiktok"): [999] for m, table in ablations.items() for label in table}}
     assert len({s.key() for s in specs}) == len(specs)
-    assert claims.reading_overrides("fitmm") == [{"consistency": "paper"}] and claims.reading_overrides("bpr") == []
+    # per discrepancy only the first reading run decides it: SSR's exact bands where they run, else the scalable
+    scalable, exact = {"bands": "scalable"}, {"bands": "exact"}
+    assert claims.deciding_readings("ssr", [{}, scalable, {"n_bands": 2}]) == [scalable]
+    assert claims.deciding_readings("ssr", [{}, scalable, exact, {"band_input": "concat"}]) == [exact, {"band_input": "concat"}]
+    assert claims.deciding_readings("bpr", [{}, {"consistency": "paper"}]) == []
 
 
 @pytest.mark.parametrize("name", PROFILES)

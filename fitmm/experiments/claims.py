@@ -128,9 +128,12 @@ DISCREPANCIES = (
 )
 
 
-def reading_overrides(model: str) -> list[dict]:
-    """The overrides of every paper reading that decides a discrepancy of `model` (a variant of chapter 05)."""
-    return [overrides for d in DISCREPANCIES if d.model_id == model for overrides in d.readings]
+def deciding_readings(model: str, variants: Iterable[dict]) -> list[dict]:
+    """Of the variants' overrides, those that decide a discrepancy of `model`: per discrepancy, its first reading
+    among them (chapter 05 compares that one with the model's reference)."""
+    variants = list(variants)
+    return [next(r for r in d.readings if r in variants) for d in DISCREPANCIES
+            if d.model_id == model and any(r in variants for r in d.readings)]
 
 
 def claim(claim_id: str) -> Claim:

@@ -242,15 +242,16 @@ def ablation_runs(secondary_datasets: list[str], data_dir: str | None, ablations
                   secondary_seeds: list[int], seeds: list[int], budget: dict, tuning_trials: int | None,
                   results_dir: str) -> list[RunSpec]:
     """Each model's labelled variants (model -> label -> overrides, on top of its tuned configuration) on the
-    secondary datasets and seeds. A paper reading that decides a discrepancy (`claims.reading_overrides`) and the
+    secondary datasets and seeds. The paper readings that decide a discrepancy (`claims.deciding_readings`) and the
     model's reference (its first variant) also run on the main seeds on the first secondary dataset: a finding
     rests on as many seeds as a main result."""
     tuned = tuning(tuning_trials, results_dir)
     extra_seeds = [seed for seed in seeds if seed not in secondary_seeds]
     specs = []
     for model, table in ablations.items():
+        deciding = claims.deciding_readings(model, table.values())
         readings = {label: overrides for i, (label, overrides) in enumerate(table.items())
-                    if i == 0 or overrides in claims.reading_overrides(model)}
+                    if i == 0 or overrides in deciding}
         specs += grid(named(secondary_datasets, data_dir), [model], secondary_seeds, budget, table, tuned)
         specs += grid(named(secondary_datasets[:1], data_dir), [model], extra_seeds, budget, readings, tuned)
     return specs
