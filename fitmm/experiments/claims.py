@@ -136,6 +136,22 @@ def deciding_readings(model: str, variants: Iterable[dict]) -> list[dict]:
             if d.model_id == model and any(r in variants for r in d.readings)]
 
 
+
+def reading_findings(tests: pd.DataFrame, runs: pd.DataFrame, reference: str, label: str) -> list[str]:
+    """Per dataset, which reading of a discrepancy the numbers support: the one with the higher mean valid
+    Recall@20 (the code's on a tie), as a practitioner would select; then the paired test on test users.
+
+    `tests`: `significance.versus_reference` rows of the paper reading `label` against the code's `reference`;
+    `runs`: the model's runs (columns dataset, variant, valid_recall@20)."""
+    found = []
+    for r in tests.rename(columns={"paired seeds": "seeds"}).itertuples():
+        valid = runs[runs.dataset == r.dataset].groupby("variant")["valid_recall@20"].mean()
+        better = "the code's" if valid[reference] >= valid[label] else f"'{label}'"
+        found.append(f"{r.dataset}: valid Recall@20 code {valid[reference]:.4f} vs '{label}' {valid[label]:.4f} "
+                     f"({better} reading better on valid); test {r.mean_a:.4f} vs {r.mean_b:.4f}, "
+                     f"Wilcoxon p = {r.wilcoxon_p:.2e}, seeds {r.seeds}")
+    return found
+
 def claim(claim_id: str) -> Claim:
     for c in CLAIMS:
         if c.id == claim_id:
