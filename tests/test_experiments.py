@@ -351,15 +351,20 @@ def test_claims_table_roundtrip(tmp_path):
 
 
 def test_reading_findings_name_the_reading_valid_supports_and_the_seeds():
-    runs = pd.DataFrame({"dataset": ["a"] * 4 + ["b"] * 2, "variant": ["code", "code", "paper", "paper", "code", "paper"],
-                         "valid_recall@20": [0.10, 0.12, 0.10, 0.10, 0.05, 0.05]})
+    runs = pd.DataFrame({"dataset": ["a"] * 5 + ["b"] * 2,
+                         "variant": ["code", "code", "code", "paper", "paper", "code", "paper"],
+                         "seed": [1, 2, 3, 1, 2, 999, 999],  # seed 3: the code's reading only, left out
+                         "valid_recall@20": [0.10, 0.12, 0.50, 0.10, 0.10, 0.05, 0.05]})
     tests = pd.DataFrame({"dataset": ["a", "b"], "paired seeds": ["1, 2", "999"], "mean_a": [0.2, 0.1],
                           "mean_b": [0.19, 0.1], "wilcoxon_p": [0.01, 1.0]})
     first, second = claims.reading_findings(tests, runs, "code", "paper")
     assert first == ("a: valid Recall@20 code 0.1100 vs 'paper' 0.1000 (the code's reading better on valid); "
                      "test 0.2000 vs 0.1900, Wilcoxon p = 1.00e-02, seeds 1, 2")
     assert second.startswith("b:") and "(the code's reading better on valid)" in second  # a tie: the code's
-    runs.loc[2, "valid_recall@20"] = 0.2
+    paper_seed_7 = runs.assign(seed=[1, 2, 3, 7, 7, 999, 999])  # no seed in common: every seed of each side
+    tested_on_7 = tests.assign(**{"paired seeds": ["7", "999"]})
+    assert "code 0.2400 vs 'paper' 0.1000" in claims.reading_findings(tested_on_7, paper_seed_7, "code", "paper")[0]
+    runs.loc[3, "valid_recall@20"] = 0.2
     assert "('paper' reading better on valid)" in claims.reading_findings(tests, runs, "code", "paper")[0]
 
 # --- data and spectral checks -------------------------------------------------------------------

@@ -139,13 +139,19 @@ def deciding_readings(model: str, variants: Iterable[dict]) -> list[dict]:
 
 def reading_findings(tests: pd.DataFrame, runs: pd.DataFrame, reference: str, label: str) -> list[str]:
     """Per dataset, which reading of a discrepancy the numbers support: the one with the higher mean valid
-    Recall@20 (the code's on a tie), as a practitioner would select; then the paired test on test users.
+    Recall@20 over the seeds both ran (the code's on a tie), as a practitioner would select; then the paired
+    test on test users, over the same seeds.
 
     `tests`: `significance.versus_reference` rows of the paper reading `label` against the code's `reference`;
-    `runs`: the model's runs (columns dataset, variant, valid_recall@20)."""
+    `runs`: the model's runs (columns dataset, variant, seed, valid_recall@20)."""
     found = []
     for r in tests.rename(columns={"paired seeds": "seeds"}).itertuples():
-        valid = runs[runs.dataset == r.dataset].groupby("variant")["valid_recall@20"].mean()
+        seeds = [int(seed) for seed in r.seeds.split(", ")]
+        on_dataset = runs[runs.dataset == r.dataset]
+        shared = on_dataset[on_dataset.seed.isin(seeds)]
+        if not {reference, label} <= set(shared.variant):  # no seed in common: the test took all of each side's
+            shared = on_dataset
+        valid = shared.groupby("variant")["valid_recall@20"].mean()
         better = "the code's" if valid[reference] >= valid[label] else f"'{label}'"
         found.append(f"{r.dataset}: valid Recall@20 code {valid[reference]:.4f} vs '{label}' {valid[label]:.4f} "
                      f"({better} reading better on valid); test {r.mean_a:.4f} vs {r.mean_b:.4f}, "
