@@ -349,7 +349,6 @@ def test_claims_table_roundtrip(tmp_path):
     assert found.loc["ssr-bands", "finding"] == found.loc["ssr-band-input", "finding"] == "pending"
 
 
-
 def test_reading_findings_name_the_reading_valid_supports_and_the_seeds():
     runs = pd.DataFrame({"dataset": ["a"] * 5 + ["b"] * 2,
                          "variant": ["code", "code", "code", "paper", "paper", "code", "paper"],
@@ -366,6 +365,7 @@ def test_reading_findings_name_the_reading_valid_supports_and_the_seeds():
     assert "code 0.2400 vs 'paper' 0.1000" in claims.reading_findings(tested_on_7, paper_seed_7, "code", "paper")[0]
     runs.loc[3, "valid_recall@20"] = 0.2
     assert "('paper' reading better on valid)" in claims.reading_findings(tests, runs, "code", "paper")[0]
+
 
 # --- data and spectral checks -------------------------------------------------------------------
 

@@ -100,24 +100,24 @@ class Discrepancy:
     switch: str
     chapter: str
     finding: str | None = None  # fixed, for discrepancies no run decides
-    model_id: str | None = None  # the model (fitmm.models.MODELS) whose variants decide it ...
-    readings: tuple[dict, ...] = ()  # ... the overrides of the paper's reading, in order: the first with runs decides
+    readings: tuple[dict, ...] = ()  # overrides of the paper's reading (a variant of `model.lower()`), in order:
+                                     # the first with runs decides
 
 
 DISCREPANCIES = (
     Discrepancy("fitmm-consistency", "FITMM", "modality blocks aligned within each band",
                 "the bands of a node pulled together", "consistency: paper | code", "05_ablations",
-                model_id="fitmm", readings=({"consistency": "paper"},)),
+                readings=({"consistency": "paper"},)),
     Discrepancy("ssr-bands", "SSR", "equal-energy bands from the Laplacian's eigenvectors",
                 "fixed Chebyshev filters (not band-pass) on every Amazon set; exact bands only when N ≤ 5000",
                 "bands: exact | chebyshev (and this study's scalable)", "05_ablations",
-                model_id="ssr", readings=({"bands": "exact"}, {"bands": "scalable"})),  # exact, else scalable
+                readings=({"bands": "exact"}, {"bands": "scalable"})),  # exact, else scalable
     Discrepancy("ssr-band-input", "SSR", "bands of [R | H]; how R and H meet is not said",
                 "each band's R and H halves summed before the operator, so scores carry R-H cross terms",
-                "band_input: sum | concat", "05_ablations", model_id="ssr", readings=({"band_input": "concat"},)),
+                "band_input: sum | concat", "05_ablations", readings=({"band_input": "concat"},)),
     Discrepancy("ssr-initial-values", "SSR", "initial values and sizes not given; the regulariser counted once",
                 "γ ~ N(0, 1), gate's last layer N(0, 1e-3), MLP width 48; the regulariser added again for the "
-                "masked pass", "reading: code | paper", "05_ablations", model_id="ssr", readings=({"reading": "paper"},)),
+                "masked pass", "reading: code | paper", "05_ablations", readings=({"reading": "paper"},)),
     Discrepancy("fitmm-epochs", "FITMM", "MMRec's protocol: at most 1000 epochs", "at most 300 epochs",
                 "epochs", "06_cost", "the study uses the code's 300 (fitmm.yaml); profiles may lower it"),
     Discrepancy("model-selection", "both", "hyper-parameters chosen by validation",
@@ -132,9 +132,8 @@ def deciding_readings(model: str, variants: Iterable[dict]) -> list[dict]:
     """Of the variants' overrides, those that decide a discrepancy of `model`: per discrepancy, its first reading
     among them (chapter 05 compares that one with the model's reference)."""
     variants = list(variants)
-    return [next(r for r in d.readings if r in variants) for d in DISCREPANCIES
-            if d.model_id == model and any(r in variants for r in d.readings)]
-
+    firsts = (next((r for r in d.readings if r in variants), None) for d in DISCREPANCIES if d.model.lower() == model)
+    return [reading for reading in firsts if reading is not None]
 
 
 def reading_findings(tests: pd.DataFrame, runs: pd.DataFrame, reference: str, label: str) -> list[str]:
@@ -157,6 +156,7 @@ def reading_findings(tests: pd.DataFrame, runs: pd.DataFrame, reference: str, la
                      f"({better} reading better on valid); test {r.mean_a:.4f} vs {r.mean_b:.4f}, "
                      f"Wilcoxon p = {r.wilcoxon_p:.2e}, seeds {r.seeds}")
     return found
+
 
 def claim(claim_id: str) -> Claim:
     for c in CLAIMS:

@@ -25,10 +25,10 @@ from typing import Any, Callable, Sequence
 
 from fitmm import settings
 from fitmm.config import Config, load_config
-from fitmm.errors import ConfigError, DataError
-from fitmm.experiments import claims
 from fitmm.data import get_dataset, synthetic_dataset
 from fitmm.data.dataset import Interactions
+from fitmm.errors import ConfigError, DataError
+from fitmm.experiments import claims
 
 
 SNR_CHECK = "snr check"  # the label of the theory chapter's band-weight run (`theory_runs`)
