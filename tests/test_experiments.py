@@ -349,6 +349,18 @@ def test_claims_table_roundtrip(tmp_path):
     assert found.loc["ssr-bands", "finding"] == found.loc["ssr-band-input", "finding"] == "pending"
 
 
+def test_band_counts_are_compared_on_the_seeds_every_count_ran():
+    runs = pd.DataFrame({"dataset": ["a"] * 5 + ["b"] * 2, "bands": [3, 3, 4, 2, 3, 2, 4],
+                         "seed": [1, 2, 1, 1, 9, 5, 6],  # on a: seed 1 is shared; on b: no seed is
+                         "valid_recall@20": [0.10, 0.90, 0.20, 0.15, 0.99, 0.30, 0.10],
+                         "recall@20": [0.1, 0.8, 0.2, 0.1, 0.9, 0.3, 0.1]})
+    means = claims.band_count_means(runs)
+    assert means.loc[("a", 3), "valid_recall@20"] == pytest.approx(0.10)  # seeds 2 and 9 (3 bands only) left out
+    assert means.loc[("a", 3), "seeds"] == "1" and means.loc[("b", 2), "seeds"] == "5"
+    assert claims.best_band_counts(means).to_dict() == {"a": 4, "b": 2}
+    assert claims.best_band_counts(claims.band_count_means(runs[runs.dataset == "b"])).to_dict() == {"b": 2}
+
+
 def test_reading_findings_name_the_reading_valid_supports_and_the_seeds():
     runs = pd.DataFrame({"dataset": ["a"] * 5 + ["b"] * 2,
                          "variant": ["code", "code", "code", "paper", "paper", "code", "paper"],

@@ -302,6 +302,26 @@ def snr_tracking_verdict(rho: float, band_weights: dict[str, list[float]], run: 
     return with_budget(verdict, run)
 
 
+def band_count_means(band_runs: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset and SSR band count (columns dataset, bands, seed, valid_recall@20, recall@20): mean valid and
+    test Recall@20 over the seeds every count of that dataset ran (all seeds where none is shared), and those seeds,
+    so that no count is favoured by a luckier seed."""
+    frames = []
+    for dataset, runs in band_runs.groupby("dataset"):
+        shared = set.intersection(*(set(seeds) for _, seeds in runs.groupby("bands")["seed"]))
+        if shared:
+            runs = runs[runs.seed.isin(shared)]
+        means = runs.groupby("bands")[["valid_recall@20", "recall@20"]].mean()
+        seeds = runs.groupby("bands")["seed"].apply(lambda s: ", ".join(str(x) for x in sorted(s.unique())))
+        frames.append(means.assign(seeds=seeds, dataset=dataset).set_index("dataset", append=True).swaplevel())
+    return pd.concat(frames)
+
+
+def best_band_counts(means: pd.DataFrame) -> pd.Series:
+    """Per dataset, the band count with the highest mean valid Recall@20 in `band_count_means`."""
+    return means["valid_recall@20"].groupby(level="dataset").idxmax().map(lambda i: i[1])
+
+
 def band_count_verdict(best: pd.Series, runs: pd.DataFrame | None = None) -> str:
     """SSR's 'three to four bands work best', from the band count best on valid per dataset (`best`)."""
     if best.empty:
