@@ -14,8 +14,9 @@
 #   1. GPU timings: FITMM, SSR and LightGCN (TIMED_MODELS), TIMED_EPOCHS epochs each (default 3) on every dataset
 #      under .device/data named in TIMED_DATASETS (default: tiktok sports baby); s/epoch, valid-eval s and peak
 #      memory from each record, printed and written to $OUT/gpu_timings.tsv with the device's name.
-#   2. The heaviest work: WORK, one `fitmm` command per line (default: SSR's search on TikTok, FITMM's and SSR's
-#      on Baby, two workers each; a finished search ends at once), all at once, each stopped at the deadline.
+#   2. The heaviest work: WORK, one `fitmm` command per line (default: the Baby searches of FITMM, SSR and
+#      SMORE, the strongest baseline on TikTok, two workers each; a finished search ends at once), all at once,
+#      each stopped at the deadline.
 #      A stopped run leaves its checkpoint behind (it does not travel), so plan work that finishes; a stopped
 #      search trial is freed here by `fitmm tune ... --reclaim`.
 #   3. Every record, trace and search journal written meanwhile -> $OUT/records.tar.gz (no checkpoints).
@@ -77,9 +78,9 @@ Path(sys.argv[2]).write_text("\n".join(rows) + "\n")
 print("\n".join(rows))
 EOF
 
-    local work=${WORK:-"tune --model ssr --dataset tiktok --jobs 2
-tune --model fitmm --dataset baby --jobs 2
-tune --model ssr --dataset baby --set contrastive=false --jobs 2"}
+    local work=${WORK:-"tune --model fitmm --dataset baby --jobs 2
+tune --model ssr --dataset baby --set contrastive=false --jobs 2
+tune --model smore --dataset baby --jobs 2"}
     local left=$(( deadline - $(date +%s) )) i=0
     if [ "$left" -gt 30 ]; then
         while IFS= read -r line; do
