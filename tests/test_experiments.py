@@ -358,7 +358,6 @@ def test_band_counts_are_compared_on_the_seeds_every_count_ran():
     assert means.loc[("a", 3), "valid_recall@20"] == pytest.approx(0.10)  # seeds 2 and 9 (3 bands only) left out
     assert means.loc[("a", 3), "seeds"] == "1" and means.loc[("b", 2), "seeds"] == "5"
     assert claims.best_band_counts(means).to_dict() == {"a": 4, "b": 2}
-    assert claims.best_band_counts(claims.band_count_means(runs[runs.dataset == "b"])).to_dict() == {"b": 2}
 
 
 def test_reading_findings_name_the_reading_valid_supports_and_the_seeds():
