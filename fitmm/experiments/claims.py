@@ -136,6 +136,13 @@ def deciding_readings(model: str, variants: Iterable[dict]) -> list[dict]:
     return [reading for reading in firsts if reading is not None]
 
 
+def on_shared_seeds(runs: pd.DataFrame, by: str) -> pd.DataFrame:
+    """The runs (columns seed and `by`) of the seeds every value of `by` ran, as a paired test takes them; all of
+    them where no seed is shared."""
+    shared = set.intersection(*(set(seeds) for _, seeds in runs.groupby(by)["seed"]))
+    return runs[runs.seed.isin(shared)] if shared else runs
+
+
 def reading_findings(tests: pd.DataFrame, runs: pd.DataFrame, reference: str, label: str) -> list[str]:
     """Per dataset, which reading of a discrepancy the numbers support: the one with the higher mean valid
     Recall@20 over the seeds both ran (the code's on a tie), as a practitioner would select; then the paired
@@ -145,12 +152,8 @@ def reading_findings(tests: pd.DataFrame, runs: pd.DataFrame, reference: str, la
     `runs`: the model's runs (columns dataset, variant, seed, valid_recall@20)."""
     found = []
     for r in tests.rename(columns={"paired seeds": "seeds"}).itertuples():
-        seeds = [int(seed) for seed in r.seeds.split(", ")]
-        on_dataset = runs[runs.dataset == r.dataset]
-        shared = on_dataset[on_dataset.seed.isin(seeds)]
-        if not {reference, label} <= set(shared.variant):  # no seed in common: the test took all of each side's
-            shared = on_dataset
-        valid = shared.groupby("variant")["valid_recall@20"].mean()
+        pair = runs[(runs.dataset == r.dataset) & runs.variant.isin([reference, label])]
+        valid = on_shared_seeds(pair, "variant").groupby("variant")["valid_recall@20"].mean()
         better = "the code's" if valid[reference] >= valid[label] else f"'{label}'"
         found.append(f"{r.dataset}: valid Recall@20 code {valid[reference]:.4f} vs '{label}' {valid[label]:.4f} "
                      f"({better} reading better on valid); test {r.mean_a:.4f} vs {r.mean_b:.4f}, "
@@ -304,17 +307,12 @@ def snr_tracking_verdict(rho: float, band_weights: dict[str, list[float]], run: 
 
 def band_count_means(band_runs: pd.DataFrame) -> pd.DataFrame:
     """Per dataset and SSR band count (columns dataset, bands, seed, valid_recall@20, recall@20): mean valid and
-    test Recall@20 over the seeds every count of that dataset ran (all seeds where none is shared), and those seeds,
-    so that no count is favoured by a luckier seed."""
-    frames = []
-    for dataset, runs in band_runs.groupby("dataset"):
-        shared = set.intersection(*(set(seeds) for _, seeds in runs.groupby("bands")["seed"]))
-        if shared:
-            runs = runs[runs.seed.isin(shared)]
-        means = runs.groupby("bands")[["valid_recall@20", "recall@20"]].mean()
-        seeds = runs.groupby("bands")["seed"].apply(lambda s: ", ".join(str(x) for x in sorted(s.unique())))
-        frames.append(means.assign(seeds=seeds, dataset=dataset).set_index("dataset", append=True).swaplevel())
-    return pd.concat(frames)
+    test Recall@20 over the seeds every count of that dataset ran (`on_shared_seeds`), and those seeds, so that no
+    count is favoured by a luckier seed."""
+    summary = {"valid_recall@20": ("valid_recall@20", "mean"), "recall@20": ("recall@20", "mean"),
+               "seeds": ("seed", lambda s: ", ".join(str(seed) for seed in sorted(s.unique())))}
+    return pd.concat({dataset: on_shared_seeds(runs, "bands").groupby("bands").agg(**summary)
+                      for dataset, runs in band_runs.groupby("dataset")}, names=["dataset"])
 
 
 def best_band_counts(means: pd.DataFrame) -> pd.Series:

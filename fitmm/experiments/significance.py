@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
+from fitmm.experiments.claims import on_shared_seeds
 from fitmm.experiments.runs import per_user
 
 
@@ -108,8 +109,8 @@ def versus_reference(frame: pd.DataFrame, reference: str, metric: str = "recall@
             continue
         ref_runs = runs[runs.variant == reference]
         for variant, g in runs[runs.variant != reference].groupby("variant", sort=False):
-            shared = ref_runs[ref_runs.seed.isin(g.seed)]
-            ref, var = (shared, g[g.seed.isin(shared.seed)]) if len(shared) else (ref_runs, g)
+            pair = on_shared_seeds(pd.concat([ref_runs, g]), "variant")
+            ref, var = pair[pair.variant == reference], pair[pair.variant == variant]
             rows.append({"dataset": dataset, "model": model, "variant": variant, "metric": metric,
                          "paired seeds": ", ".join(map(str, sorted(set(var.seed)))),
                          **paired_test(seed_mean(ref["path"].tolist()), seed_mean(var["path"].tolist()), metric)})
