@@ -300,7 +300,8 @@ def run_batch(profile_name: str, root: Path, only: list[str] | None = None, exec
 def dry_run(profile_name: str, root: Path, only: list[str] | None = None, results_dir: str | Path | None = None,
             data_dir: str | Path | None = None) -> str:
     """What is left of a profile, training nothing: the searches it needs that have not finished (their runs
-    cannot be planned yet) and, per chapter, the runs planned, finished and still to train."""
+    cannot be planned yet), per chapter the runs planned, finished and still to train, then those runs (each once,
+    under the first chapter that plans it) with their seeds."""
     from fitmm.experiments.plan import pending_searches
     from fitmm.tune import tune_command
 
@@ -321,6 +322,15 @@ def dry_run(profile_name: str, root: Path, only: list[str] | None = None, result
                  + (f"; {len(left_out)} left out, their model cannot run on their data" if left_out else "") + "):")
     lines.append(f"  {'chapter':26s} {'planned':>8s} {'finished':>9s} {'to train':>9s}")
     lines += [f"  {name:26s} {n:8d} {finished:9d} {n - finished:9d}" for name, n, finished in rows]
+    left = {}  # (first chapter planning it, 'model [variant] on dataset') -> seeds still to train
+    for chapter, ts in by_chapter.items():
+        for task in ts:
+            if not done.pop(task.spec.key(), True):
+                left.setdefault((chapter, task.spec.group), []).append(str(task.spec.seed))
+    if left:
+        lines.append("still to train:")
+        lines += [f"  {chapter:26s} {group}: seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}"
+                  for (chapter, group), seeds in left.items()]
     return "\n".join(lines)
 
 
@@ -511,8 +521,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     runs.add_argument("--records-only", action="store_true",
                       help="train nothing: the notebooks show the records there are and note the missing runs")
     runs.add_argument("--dry-run", action="store_true",
-                      help="train and execute nothing: list the searches not finished and, per chapter, the runs "
-                           "planned, finished and still to train")
+                      help="train and execute nothing: list the searches not finished, per chapter the runs planned, "
+                           "finished and still to train, and those runs with their seeds")
     add_executor_arguments(cmd, "run")  # SLURM resources default to the profile's slurm: section
     cmd.set_defaults(func=_reproduce)
     book = subparsers.add_parser("book", help="build the book from a profile's executed notebooks, executing nothing")

@@ -165,13 +165,17 @@ def test_dry_run_counts_the_runs_planned_finished_and_to_train(tmp_path, monkeyp
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert re.search(r"01_main_results +1 +0 +1\n +06_cost +2 +0 +2\n +all \(each run once\) +2 +0 +2", out), out
+    # then each run still to train, once, under the first chapter that plans it, with its seeds
+    assert re.search(r"still to train:\n +01_main_results +bpr on synthetic: seed \d+\n +06_cost +bpr on synthetic-u300-i200: "
+                     r"seed \d+$", out), out
     assert "searches not finished" not in out and not (tmp_path / "out").exists()
     _, _, by_chapter, _ = reproduce.planned_runs("smoke", ROOT, ["01"], tmp_path / "out", None)
     (task,) = by_chapter["01_main_results"]
     task()  # train the main run: the dry run counts it finished, for both chapters
     assert main(argv) == 0
-    assert re.search(r"01_main_results +1 +1 +0\n +06_cost +2 +1 +1\n +all \(each run once\) +2 +1 +1",
-                     capsys.readouterr().out)
+    out = capsys.readouterr().out
+    assert re.search(r"01_main_results +1 +1 +0\n +06_cost +2 +1 +1\n +all \(each run once\) +2 +1 +1", out)
+    assert re.search(r"still to train:\n +06_cost +bpr on synthetic-u300-i200: seed \d+$", out), out
     # a tuned profile: the search not run yet is listed with the command that runs it, and its runs are not planned
     monkeypatch.setattr(reproduce, "profiles", lambda: {"smoke": {**tiny, "tuning_trials": 5}})
     assert main(argv) == 0
