@@ -332,6 +332,26 @@ def test_band_count_verdict():
     assert claims.band_count_verdict(pd.Series(dtype=int)) == "pending"
 
 
+def test_module_effects_read_the_single_switch_variants():
+    """A variant that switches one module off tells what that module does: helps / hurts when the paired test is
+    significant, else no clear effect; the backbone-only variant and other variants are not modules."""
+    ablations = {"full": {}, "backbone only": {"spectral": False}, "no gate": {"gate": False},
+                 "no branch": {"graph_branch": False}, "no mask": {"masking": False},
+                 "paper consistency": {"consistency": "paper"}, "no gate, no branch": {"gate": False,
+                                                                                      "graph_branch": False}}
+    tests = pd.DataFrame({"dataset": "d", "model": "fitmm",
+                          "variant": ["backbone only", "no gate", "no branch", "no mask", "paper consistency",
+                                      "no gate, no branch"],
+                          "mean_diff": [0.01, -0.006, 0.002, 0.004, 0.001, 0.003],
+                          "wilcoxon_p": [1e-6, 1e-5, 0.01, 0.2, 1e-4, 1e-4]})
+    effects = claims.module_effects(tests, ablations)
+    assert effects[["module", "effect"]].values.tolist() == [["gate", "hurts"], ["graph_branch", "helps"],
+                                                             ["masking", "no clear effect"]]
+    assert effects.mean_diff.tolist() == [-0.006, 0.002, 0.004]
+    assert claims.module_effects(pd.DataFrame(), ablations).empty
+    assert claims.module_effects(tests, {"full": {}, "backbone only": {"spectral": False}}).empty
+
+
 def test_claims_table_roundtrip(tmp_path):
     claims.save(tmp_path, "smoke", "gib-decoupling", "reproduced", "slope 2.00")
     table = claims.claims_table(tmp_path, "smoke")

@@ -239,6 +239,26 @@ def comparison_verdict(tests: pd.DataFrame, runs: pd.DataFrame | None = None, un
     return with_budget(verdict, runs)
 
 
+def module_effects(tests: pd.DataFrame, variants: dict[str, dict]) -> pd.DataFrame:
+    """What each module does, from the variants that switch exactly one module off (one boolean key set to false;
+    the model's backbone-only variant excepted): per dataset, "helps" where the reference beats the variant at
+    SIGNIFICANCE_ALPHA (paired Wilcoxon), "hurts" where the variant is significantly better, else "no clear effect".
+
+    `tests`: `significance.versus_reference` rows of one model (columns dataset, model, variant, mean_diff,
+    wilcoxon_p); `variants`: that model's ablation table (label -> overrides)."""
+    single = {label: next(iter(o)) for label, o in variants.items()
+              if len(o) == 1 and next(iter(o.values())) is False and o not in BACKBONE_ONLY.values()}
+    rows = tests[tests.variant.isin(single)] if not tests.empty else tests
+    if rows.empty:
+        return pd.DataFrame(columns=["dataset", "module", "variant", "mean_diff", "wilcoxon_p", "effect"])
+    significant = rows.wilcoxon_p < SIGNIFICANCE_ALPHA
+    effect = np.where(significant & (rows.mean_diff > 0), "helps",
+                      np.where(significant & (rows.mean_diff < 0), "hurts", "no clear effect"))
+    return pd.DataFrame({"dataset": rows.dataset, "module": rows.variant.map(single), "variant": rows.variant,
+                         "mean_diff": rows.mean_diff, "wilcoxon_p": rows.wilcoxon_p, "effect": effect}
+                        ).reset_index(drop=True)
+
+
 def untested_datasets(missing: Sequence, model: str, tested: Iterable[str]) -> list[str]:
     """The datasets on which `model` has planned runs missing (`Runs.missing`, specs) and no test: what
     `comparison_verdict`'s `untested` takes."""
