@@ -322,11 +322,14 @@ def dry_run(profile_name: str, root: Path, only: list[str] | None = None, result
                  + (f"; {len(left_out)} left out, their model cannot run on their data" if left_out else "") + "):")
     lines.append(f"  {'chapter':26s} {'planned':>8s} {'finished':>9s} {'to train':>9s}")
     lines += [f"  {name:26s} {n:8d} {finished:9d} {n - finished:9d}" for name, n, finished in rows]
-    left = {}  # (first chapter planning it, 'model [variant] on dataset') -> seeds still to train
+    first = {}  # each run once, with the first chapter that plans it
     for chapter, ts in by_chapter.items():
         for task in ts:
-            if not done.pop(task.spec.key(), True):
-                left.setdefault((chapter, task.spec.group), []).append(str(task.spec.seed))
+            first.setdefault(task.spec.key(), (chapter, task.spec))
+    left = {}  # (chapter, 'model [variant] on dataset') -> seeds still to train
+    for key, (chapter, spec) in first.items():
+        if not done[key]:
+            left.setdefault((chapter, spec.group), []).append(str(spec.seed))
     if left:
         lines.append("still to train:")
         lines += [f"  {chapter:26s} {group}: seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}"

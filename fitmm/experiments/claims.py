@@ -252,8 +252,8 @@ def module_effects(tests: pd.DataFrame, variants: dict[str, dict]) -> pd.DataFra
     if rows.empty:
         return pd.DataFrame(columns=["dataset", "module", "variant", "mean_diff", "wilcoxon_p", "effect"])
     significant = rows.wilcoxon_p < SIGNIFICANCE_ALPHA
-    effect = np.where(significant & (rows.mean_diff > 0), "helps",
-                      np.where(significant & (rows.mean_diff < 0), "hurts", "no clear effect"))
+    effect = np.select([significant & (rows.mean_diff > 0), significant & (rows.mean_diff < 0)], ["helps", "hurts"],
+                       "no clear effect")
     return pd.DataFrame({"dataset": rows.dataset, "module": rows.variant.map(single), "variant": rows.variant,
                          "mean_diff": rows.mean_diff, "wilcoxon_p": rows.wilcoxon_p, "effect": effect}
                         ).reset_index(drop=True)
