@@ -1,4 +1,4 @@
-"""Command line: `fitmm data ...`, `fitmm train ...`, `fitmm tune ...` (also `python -m fitmm`)."""
+"""Command line: `fitmm data ...`, `fitmm train ...`, `fitmm reanalyse ...`, `fitmm tune ...` (also `python -m fitmm`)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,15 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reanalyse(args: argparse.Namespace) -> int:
+    from fitmm.experiments.runs import reanalyse
+
+    for path in args.runs:
+        out = reanalyse(path, args.data_dir, progress=not args.quiet)
+        print(f"{path}: analysis.json written ({', '.join(out)})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fitmm.config import available_models
     from fitmm import reproduce, settings, tune
@@ -54,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--help-config", action="store_true", help="print the model's config fields and defaults, then exit")
     train.set_defaults(func=_train)
+
+    again = commands.add_parser("reanalyse", help="recompute the stored analysis of finished runs (a run whose "
+                                "checkpoint is not here is trained again and must reproduce its record)")
+    again.add_argument("runs", nargs="+", metavar="RUN_DIR", help="a run folder: <results>/runs/<dataset>/<model>/<run id>")
+    again.add_argument("--data-dir", default=None,
+                       help="folder holding the run's dataset (default: $FITMM_DATA, else <project>/data)")
+    again.add_argument("--quiet", action="store_true", help="no progress bar")
+    again.set_defaults(func=_reanalyse)
     return parser
 
 

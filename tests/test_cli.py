@@ -41,6 +41,22 @@ def test_unknown_config_key_exits_2(capsys):
     assert "learning_rate" in capsys.readouterr().err
 
 
+def test_reanalyse_trains_a_run_from_elsewhere_again_and_replaces_only_its_analysis(tmp_path, capsys):
+    generate(tmp_path, name="toy", n_users=200, n_items=120, seed=1)
+    config = load_config("bpr", {"epochs": 3, "batch_size": 256, "device": "cpu"})
+    record = train(load_dataset(tmp_path / "toy"), config, results_dir=tmp_path / "results", progress=False)
+    run = tmp_path / "results" / "runs" / "toy" / "bpr" / record["run_id"]
+    stored = json.loads((run / "analysis.json").read_text())
+    for name in ("checkpoints/best.pt", "checkpoints/last.pt", "analysis.json"):
+        (run / name).unlink()  # as a committed record arrives on another machine
+    assert main(["reanalyse", str(run), "--data-dir", str(tmp_path), "--quiet"]) == 0
+    assert f"{run}: analysis.json written" in capsys.readouterr().out
+    again = json.loads((run / "analysis.json").read_text())
+    assert again.pop("trained_again")["reproduces_record"] and again == stored
+    assert main(["reanalyse", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere/record.json" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(tmp_path):
     generate(tmp_path / "data", name="toy", n_users=1500, n_items=800, seed=2)

@@ -13,11 +13,15 @@ import pytest
 import scipy.stats
 import torch
 
+from fitmm.config import load_config
 from fitmm.data.dataset import Interactions
+from fitmm.errors import TrainingError
 from fitmm.experiments import (claims, cost, datacheck, groups, notes, plan, report, runs, significance,
                                spectral_checks, tables)
 from fitmm.io import utc_now
 from fitmm.metrics import evaluate
+from fitmm.models.base import Recommender
+from fitmm.trainer import build_model
 
 
 def tiny(n_users: int = 12, n_items: int = 8, seed: int = 0) -> Interactions:
@@ -104,6 +108,65 @@ def test_item_group_metrics_counts_only_the_groups_items():
     sub, _ = evaluate(lambda users: scores[users], groups.restrict_items(data, "test", labels == "y"), "test", (1,))
     assert full["recall@1"] == pytest.approx(0.25) and sub["recall@1"] == 0.0  # item 3 never ranks first
     assert "a" not in table.index  # no test pair in group a
+
+
+class FixedScores(Recommender):
+    """A model whose scores are a fixed (n_users, n_items) table, with no item content."""
+
+    def __init__(self, data: Interactions, scores: torch.Tensor):
+        super().__init__(data, load_config("bpr", {"device": "cpu"}))
+        self.scores = scores
+
+    def scorer(self):
+        return lambda users: self.scores[users]
+
+
+def test_cold_item_ranking_ranks_the_never_trained_items_among_themselves():
+    # items 0-4 in train, 5-29 never: 25 candidates; user 0's test item 5 is scored first among them, user 1's
+    # item 6 last (25th), user 2's test item is a trained one (not evaluated); the trained items score highest
+    data = Interactions("d", 3, 30, train=np.array([[0, 0], [1, 1], [2, 2], [0, 3], [1, 4]]),
+                        valid=np.array([[2, 3]]), test=np.array([[0, 5], [1, 6], [2, 0]]))
+    scores = torch.zeros(3, 30)
+    scores[:, :5] = 100.0
+    scores[:, 5:] = torch.arange(25, 0, -1, dtype=torch.float32)  # item 5 first ... item 29 last
+    scores[1, 6] = -1.0
+    out = groups.cold_item_ranking(FixedScores(data, scores), data)
+    assert out == {"items": 25, "users": 2, "pairs": 2, "scored_by": "no content", "recall@20": pytest.approx(0.5),
+                   "ndcg@20": pytest.approx(0.5), "chance_recall@20": pytest.approx(0.8)}
+    mixed = groups.item_group_metrics(FixedScores(data, scores).scorer(), data,
+                                      np.where(data.item_degree == 0, "unseen", "seen"), ["recall@20"])
+    assert mixed.loc["unseen", "recall@20"] == pytest.approx(0.5)  # among all 30 items, item 5 still ranks 4th
+    warm_only = Interactions("d", 3, 30, train=data.train, valid=data.valid, test=np.array([[2, 0]]))
+    assert groups.cold_item_ranking(FixedScores(warm_only, scores), warm_only) is None
+
+
+@pytest.mark.parametrize("model_name", ["vbpr", "freedom", "smore", "fitmm", "ssr"])
+def test_content_only_scores_items_without_their_id_embeddings(synthetic, model_name):
+    data = groups.sparsify(synthetic, 0.8, seed=0)
+    items = np.flatnonzero(data.item_degree == 0)  # 14 never-trained items
+    model = build_model(data, load_config(model_name, {"device": "cpu"}), torch.device("cpu")).eval()
+    assert model.scores_content
+    table = model.get_parameter(model.item_id_table)
+    inside, outside = [], []
+    for seed in (1, 2):  # two different id rows for those items
+        table.data[items] = torch.randn(len(items), table.shape[1], generator=torch.Generator().manual_seed(seed))
+        before = table.data.clone()
+        outside.append(model.embeddings()[1][items])
+        with torch.no_grad(), model.content_only(items):
+            assert table[items].abs().max() == 0
+            inside.append(model.embeddings()[1][items])
+        assert torch.equal(table.data, before)  # restored
+    torch.testing.assert_close(inside[0], inside[1])  # their content alone
+    assert not torch.allclose(outside[0], outside[1])  # otherwise their id rows count
+    analysed = groups.cold_item_ranking(model, data)
+    assert analysed["scored_by"] == "content alone" and analysed["items"] == len(items)
+
+
+def test_an_id_only_model_cannot_score_by_content(synthetic):
+    model = build_model(synthetic, load_config("lightgcn", {"device": "cpu"}), torch.device("cpu"))
+    assert not model.scores_content
+    with pytest.raises(TrainingError, match="no item content"), model.content_only(np.array([0])):
+        pass
 
 
 def test_sparsify_drops_the_fraction_and_keeps_valid_test():
@@ -518,6 +581,63 @@ def test_item_groups_come_from_the_stored_analysis(tmp_path):
     run_grid(data, ["bpr"], [0], tmp_path, budget)
     table, missing = groups.item_group_frame(pd.DataFrame([row]))
     assert table.empty and missing == [f"bpr on tiny (seed 0): {runs.NO_ANALYSIS}"]
+
+
+def test_reanalyse_trains_a_run_again_only_to_replace_its_analysis(tmp_path, monkeypatch):
+    data = tiny(n_items=60)
+    monkeypatch.setattr(plan, "get_dataset", lambda name, data_dir: data)  # the record's dataset, from its "folder"
+    plan._load.cache_clear()
+    budget = {"epochs": 2, "batch_size": 16, "embedding_dim": 8, "device": "cpu"}
+    path = Path(run_grid(data, ["bpr"], [0], tmp_path, budget).frame.iloc[0].path)
+    stored, record = runs.analysis(path), (path / "record.json").read_text()
+    (path / "analysis.json").write_text("{}")  # an analysis from before a part was added
+    assert runs.reanalyse(path, "anywhere", progress=False) == stored  # from the local checkpoint
+    shutil.rmtree(path / "checkpoints")  # a record from elsewhere
+    again = runs.reanalyse(path, "anywhere", progress=False)
+    assert again == runs.analysis(path) and again.pop("trained_again")["reproduces_record"] and again == stored
+    assert (path / "record.json").read_text() == record and not (path / "checkpoints").exists()
+    changed = json.loads(record)
+    changed["test"]["recall@20"] += 0.01  # a record made on another CPU: the run trained here differs a little
+    (path / "record.json").write_text(json.dumps(changed))
+    mark = runs.reanalyse(path, "anywhere", progress=False)["trained_again"]
+    assert not mark["reproduces_record"] and mark["record_test"]["recall@20"] == changed["test"]["recall@20"]
+    assert mark["test"]["recall@20"] == pytest.approx(changed["test"]["recall@20"] - 0.01)
+    (path / "record.json").write_text(record)
+    monkeypatch.setattr(plan, "get_dataset", lambda name, data_dir: tiny(n_items=60, seed=1))
+    plan._load.cache_clear()
+    with pytest.raises(runs.DataError, match="not the data run bpr-s0-.* was trained on"):
+        runs.reanalyse(path, "anywhere", progress=False)
+    changed["version"] = "p0.m0"
+    (path / "record.json").write_text(json.dumps(changed))
+    with pytest.raises(runs.RecordError, match="behaviour version p0.m0"):
+        runs.reanalyse(path, "anywhere", progress=False)
+
+
+def test_cold_item_frame_reads_the_stored_ranking_and_notes_what_it_lacks(tmp_path):
+    def run(name, seed, stored):
+        path = tmp_path / name
+        path.mkdir()
+        if stored is not None:
+            (path / "analysis.json").write_text(json.dumps(stored))
+        return {"dataset": "d", "model": name.split("-")[0], "seed": seed, "path": str(path)}
+
+    ranked = {"items": 40, "users": 9, "pairs": 10, "scored_by": "content alone", "recall@20": 0.6, "ndcg@20": 0.3,
+              "chance_recall@20": 0.5}
+    again = {"reproduces_record": False, "test": {"recall@20": 0.101}, "record_test": {"recall@20": 0.1}}
+    frame = pd.DataFrame([run("vbpr-a", 1, {"cold_items": ranked}),
+                          run("vbpr-b", 2, {"cold_items": {**ranked, "recall@20": 0.4}, "trained_again": again}),
+                          run("bpr-a", 1, {"item_groups": []}), run("bpr-b", 2, None)])
+    rows, lines = groups.cold_item_frame(frame)
+    assert rows[["model", "seed", "recall@20"]].values.tolist() == [["vbpr", 1, 0.6], ["vbpr", 2, 0.4]]
+    assert [line.split(":")[0] for line in lines] == ["bpr on d (seed 1)", "bpr on d (seed 2)", "vbpr on d"]
+    assert "1 analysis from the run trained again" in lines[2] and "at most 0.0010" in lines[2]
+    table = groups.cold_item_table(rows)
+    assert table.loc[("d", "vbpr")].to_dict() == {
+        "scored by": "content alone", "items": 40, "test users": 9, "test Recall@20": pytest.approx(0.5),
+        "sd": pytest.approx(0.1414, abs=1e-4), "test NDCG@20": pytest.approx(0.3), "chance Recall@20": 0.5, "seeds": 2}
+    assert groups.cold_item_finding(table, "d") == ("ranked among the 40 items of d never seen in train, vbpr "
+                                                    "reaches test Recall@20 0.5000 (a random order: 0.5000)")
+    assert groups.cold_item_finding(table, "e").startswith("e has no test row on an item never seen in train")
 
 
 def test_format_table_prints_like_a_paper():

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from typing import Callable, Sequence
@@ -120,14 +121,38 @@ def json_rows(frame: pd.DataFrame) -> list[dict]:
     return json.loads(frame.to_json(orient="records"))
 
 
+def cold_item_ranking(model, data: Interactions, metrics: Sequence[str] = ("recall@20", "ndcg@20")) -> dict | None:
+    """Strict item cold start: the test rows on items without train interactions, each user's such items ranked
+    among those items only (every other item masked). A model with item content scores them through their content
+    alone (their id embeddings zeroed, `Recommender.content_only`); any other model has only what it kept of them
+    (its initial embeddings). `chance_recall@20` is a random order's expected Recall@20, 20 / (number of such
+    items). None when no test row holds such an item."""
+    cold = data.item_degree == 0
+    sub = restrict_items(data, "test", cold)
+    if len(sub.test) == 0:
+        return None
+    with model.content_only(np.flatnonzero(cold)) if model.scores_content else contextlib.nullcontext():
+        scorer = model.scorer()
+    warm = torch.from_numpy(~cold)
+    summary, per_user_values = evaluate(lambda users: (s := scorer(users)).masked_fill(warm.to(s.device), -np.inf),
+                                        sub, "test", (10, 20))
+    n_cold = int(cold.sum())
+    return {"items": n_cold, "users": len(per_user_values["users"]), "pairs": len(sub.test),
+            "scored_by": "content alone" if model.scores_content else "no content", **{m: summary[m] for m in metrics},
+            "chance_recall@20": min(1.0, 20 / n_cold)}
+
+
 def item_analysis(model, data: Interactions, metrics: Sequence[str] = ("recall@20", "ndcg@20")) -> dict:
-    """Test metrics of a trained model per item popularity group (`item_popularity_groups`) and on the items without
-    train interactions ('unseen', e.g. after `sparsify`), as stored in its run's `analysis.json`."""
+    """Test metrics of a trained model per item popularity group (`item_popularity_groups`), on the items without
+    train interactions ('unseen', e.g. after `sparsify`) ranked among all items, and, where test rows hold such
+    items, on those items ranked among themselves (`cold_item_ranking`), as stored in its run's `analysis.json`."""
     scorer = model.scorer()
     unseen = np.where(data.item_degree == 0, "unseen", "seen")
-    return {"item_groups": json_rows(item_group_metrics(scorer, data, item_popularity_groups(data.item_degree),
-                                                        metrics).reset_index()),
-            "unseen_items": json_rows(item_group_metrics(scorer, data, unseen, metrics).reset_index())}
+    out = {"item_groups": json_rows(item_group_metrics(scorer, data, item_popularity_groups(data.item_degree),
+                                                       metrics).reset_index()),
+           "unseen_items": json_rows(item_group_metrics(scorer, data, unseen, metrics).reset_index())}
+    cold = cold_item_ranking(model, data, metrics)
+    return out if cold is None else {**out, "cold_items": cold}
 
 
 def sparsify(data: Interactions, fraction: float, seed: int = 0) -> Interactions:
@@ -187,3 +212,45 @@ def item_group_frame(frame: pd.DataFrame, key: str = "item_groups") -> tuple[pd.
             continue
         out.append(pd.DataFrame(stored[key]).assign(dataset=row.dataset, model=row.model, seed=row.seed))
     return (pd.concat(out, ignore_index=True) if out else pd.DataFrame()), notes
+
+
+def cold_item_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Per run (rows of `Runs.frame`): its strict item cold-start metrics (`cold_item_ranking`) as its run stored
+    them, and notes: the runs without them (made before runs stored them; `fitmm reanalyse` adds them), and per
+    model the analyses that come from the run trained again (`trained_again`) without reproducing its record."""
+    rows, missing, again = [], [], {}
+    for row in frame.itertuples():
+        stored = analysis(row.path) or {}
+        if "cold_items" not in stored:
+            missing.append(f"{row.model} on {row.dataset} (seed {row.seed}): no strict item cold-start analysis "
+                           f"stored; `fitmm reanalyse {row.path}` adds it")
+            continue
+        rows.append({"dataset": row.dataset, "model": row.model, "seed": row.seed, **stored["cold_items"]})
+        trained = stored.get("trained_again")
+        if trained and not trained["reproduces_record"]:
+            gap = abs(trained["test"]["recall@20"] - trained["record_test"]["recall@20"])
+            again.setdefault((row.model, row.dataset), []).append(gap)
+    retrained = [f"{model} on {dataset}: {len(gaps)} analys{'i' if len(gaps) == 1 else 'e'}s from the run trained "
+                 f"again on another CPU (`fitmm reanalyse`), whose test Recall@20 differs from its record's by at most "
+                 f"{max(gaps):.4f}" for (model, dataset), gaps in again.items()]
+    return pd.DataFrame(rows), missing + retrained
+
+
+def cold_item_table(cold: pd.DataFrame) -> pd.DataFrame:
+    """`cold_item_frame` rows as a table per dataset and model: how the items are scored, their number, the test
+    users, Recall@20 (mean, sd over seeds), NDCG@20 and a random order's Recall@20."""
+    return cold.groupby(["dataset", "model"]).agg(
+        **{"scored by": ("scored_by", "first"), "items": ("items", "first"), "test users": ("users", "first"),
+           "test Recall@20": ("recall@20", "mean"), "sd": ("recall@20", "std"), "test NDCG@20": ("ndcg@20", "mean"),
+           "chance Recall@20": ("chance_recall@20", "first"), "seeds": ("seed", "nunique")})
+
+
+def cold_item_finding(table: pd.DataFrame, dataset: str) -> str:
+    """A clause for a chapter's answer: on `dataset`, the model with the highest strict item cold-start Recall@20
+    (`cold_item_table`) against a random order's; or that `dataset` has no such test row."""
+    if table.empty or dataset not in table.index.get_level_values("dataset"):
+        return f"{dataset} has no test row on an item never seen in train, so item cold start is not tested there"
+    rows = table.loc[dataset]
+    best = rows["test Recall@20"].idxmax()
+    return (f"ranked among the {rows['items'].iloc[0]:,} items of {dataset} never seen in train, {best} reaches test "
+            f"Recall@20 {rows.loc[best, 'test Recall@20']:.4f} (a random order: {rows['chance Recall@20'].iloc[0]:.4f})")

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,14 +23,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fitmm.cache import fingerprint
 from fitmm.config import Config, load_config
 from fitmm.data.dataset import Interactions
-from fitmm.errors import ConfigError
+from fitmm.errors import ConfigError, DataError
 from fitmm.experiments.plan import RECORDS_ONLY, DataSpec, RunSpec
 from fitmm.io import write_json
 from fitmm.models import MODELS
 from fitmm.models.base import Recommender
-from fitmm.store import finished, read_record, run_dir
+from fitmm.store import RecordError, behaviour_version, finished, read_record, run_dir
 from fitmm.trainer import build_model, train
 
 NO_ANALYSIS = ("its run has no stored analysis (analysis.json: made before runs stored one, and no local checkpoint "
@@ -176,6 +179,50 @@ def ensure_analysis(data: Interactions, path: Path) -> None:
     if MODELS[record["model"]].trainable and not (path / "checkpoints" / "best.pt").exists():
         return
     write_json(path / "analysis.json", trained_model(data, path).analysis(data))
+
+
+def record_dataset(record: dict, data_dir: str | Path | None) -> Interactions:
+    """The dataset a record was trained on, rebuilt from `data_dir` (a sparsified copy, `<name>-drop<P>-s<seed>`, from
+    its base set); DataError unless its fingerprint is the record's."""
+    name = record["dataset"]["name"]
+    dropped = re.fullmatch(r"(.+)-drop(\d+)-s(\d+)", name)
+    spec = (DataSpec(dropped[1], None if data_dir is None else str(data_dir), int(dropped[2]) / 100, seed=int(dropped[3]))
+            if dropped else DataSpec(name, None if data_dir is None else str(data_dir)))
+    data = spec.load()
+    if fingerprint(data) != record["dataset"].get("fingerprint"):
+        raise DataError(f"{name} in {data_dir}: not the data run {record['run_id']} was trained on (fingerprint "
+                        f"{fingerprint(data)}, the record's {record['dataset'].get('fingerprint')})")
+    return data
+
+
+def reanalyse(path: str | Path, data_dir: str | Path | None = None, progress: bool = True) -> dict:
+    """Recompute and store the analysis of a finished run (`Recommender.analysis`, e.g. after the analysis gained a
+    part): from its local checkpoint, a refit (closed form), or else from the run trained again from its record (same
+    config and seed) in a scratch folder. Training is deterministic on one machine, not across CPUs (their kernels
+    sum in other orders), so an analysis from a run trained again holds `trained_again`: its best epoch and test
+    metrics beside the record's, and whether they equal them (to 1e-6). Returns the analysis."""
+    path = Path(path)
+    record = read_record(path / "record.json")
+    if record["version"] != behaviour_version(record["model"]):
+        raise RecordError(f"{path / 'record.json'}: made by behaviour version {record['version']}, the code is now "
+                          f"{behaviour_version(record['model'])}; train the run again instead")
+    data = record_dataset(record, data_dir)
+    if not MODELS[record["model"]].trainable or (path / "checkpoints" / "best.pt").exists():
+        out = trained_model(data, path).analysis(data)
+    else:
+        with tempfile.TemporaryDirectory(prefix="fitmm-reanalyse-") as scratch:
+            again = train(data, load_config(record["model"], record["config"]), results_dir=scratch, progress=progress)
+            out = json.loads((Path(scratch) / "runs" / data.name / record["model"] / record["run_id"]
+                              / "analysis.json").read_text())
+        same = again["best_epoch"] == record["best_epoch"] and all(
+            abs(v - record[split][k]) <= 1e-6 for split in ("best_valid", "test") for k, v in again[split].items())
+        out["trained_again"] = {"reproduces_record": same, "best_epoch": again["best_epoch"],
+                                "record_best_epoch": record["best_epoch"],
+                                "test": {k: again["test"][k] for k in HEADLINE},
+                                "record_test": {k: record["test"][k] for k in HEADLINE},
+                                "provenance": again["provenance"]}
+    write_json(path / "analysis.json", out)
+    return out
 
 
 def trained_model(data: Interactions, path: str | Path, device: str = "cpu") -> Recommender:

@@ -83,6 +83,9 @@ class Recommender(nn.Module):
     config_class: type[Config] = Config
     version: int = 1
     batch_distinct_ids: bool = False  # whether loss_terms reads the batch's distinct ids (Batch)
+    # The free per-item id table (a dotted parameter name) of a model that also scores items through their content:
+    # zeroed for some items, it leaves them their content alone (`content_only`); None for id-only models.
+    item_id_table: str | None = None
 
     @classmethod
     def check_data(cls, config: Config, data: Interactions) -> None:
@@ -121,6 +124,26 @@ class Recommender(nn.Module):
         users_emb, items_emb = self.embeddings()
         return lambda users: users_emb[users] @ items_emb.T
 
+    @property
+    def scores_content(self) -> bool:
+        """Whether the model can score an item through its content alone (`content_only`)."""
+        return self.item_id_table is not None
+
+    @contextlib.contextmanager
+    def content_only(self, items: np.ndarray) -> Iterator[None]:
+        """Inside the block, the id embeddings of `items` (0-based ids) are zero, so every forward represents them by
+        their content features alone (through the model's encoders and graphs, as trained); restored on exit."""
+        if not self.scores_content:
+            raise TrainingError(f"{type(self).__name__} has no item content: it cannot score an item without its id")
+        table = self.get_parameter(self.item_id_table)
+        rows = torch.as_tensor(np.asarray(items, dtype=np.int64), device=table.device)
+        saved = table.data[rows].clone()
+        table.data[rows] = 0.0
+        try:
+            yield
+        finally:
+            table.data[rows] = saved
+
     def diagnostics(self) -> dict:
         """Optional model-specific values recorded with each run (band weights, ...)."""
         return {}
@@ -129,7 +152,8 @@ class Recommender(nn.Module):
     def analysis(self, data: Interactions) -> dict:
         """What the book's chapters use from the trained model, computed once when its run finishes and stored
         beside the record (`analysis.json`), so that no chapter needs a checkpoint: test metrics per item
-        popularity group and on items without train interactions (`fitmm.experiments.groups.item_analysis`)."""
+        popularity group, on items without train interactions, and those items ranked among themselves
+        (`fitmm.experiments.groups.item_analysis`)."""
         from fitmm.experiments.groups import item_analysis  # the experiments build on the models
 
         return item_analysis(self.eval(), data)

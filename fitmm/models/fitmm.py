@@ -189,6 +189,7 @@ class FITMM(BandedRecommender):
     """FITMM with its ablation switches; see the module docstring and `fitmm/configs/fitmm.yaml`."""
 
     config_class = FITMMConfig
+    item_id_table = "backbone.item_id"
     batch_distinct_ids = True
 
     @classmethod

@@ -42,6 +42,7 @@ class FREEDOMConfig(Config):
 
 class FREEDOM(Recommender):
     config_class = FREEDOMConfig
+    item_id_table = "item_emb"
     version = 2  # 2: item-graph weights by modality name (image 0.1), not by sort order
 
     @classmethod

@@ -112,6 +112,7 @@ class SMOREConfig(Config):
 
 class SMORE(Recommender):
     config_class = SMOREConfig
+    item_id_table = "item_emb"
     batch_distinct_ids = True
     version = 2  # 2: the released lr schedule (0.96 every 50 epochs); kNN k by SMORE's image/text slot
 

@@ -191,6 +191,7 @@ class SSR(BandedRecommender):
     """SSR with its ablation switches; see the module docstring and `fitmm/configs/ssr.yaml`."""
 
     config_class = SSRConfig
+    item_id_table = "backbone.item_id"
     batch_distinct_ids = True
     version = 2  # 2: the released code's reading by default (bands summed, auto path, its initial values and sizes)
 

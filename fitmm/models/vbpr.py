@@ -29,6 +29,7 @@ class VBPRConfig(Config):
 
 class VBPR(Recommender):
     config_class = VBPRConfig
+    item_id_table = "item_emb"
 
     @classmethod
     def check_data(cls, config: VBPRConfig, data: Interactions) -> None:
