@@ -593,12 +593,18 @@ def test_reanalyse_trains_a_run_again_only_to_replace_its_analysis(tmp_path, mon
     (path / "analysis.json").write_text("{}")  # an analysis from before a part was added
     assert runs.reanalyse(path, "anywhere", progress=False) == stored  # from the local checkpoint
     shutil.rmtree(path / "checkpoints")  # a record from elsewhere
-    again = runs.reanalyse(path, "anywhere", progress=False)
-    assert again == runs.analysis(path) and again.pop("trained_again")["reproduces_record"] and again == stored
+    (path / "analysis.json").write_text("{}")
+    again = runs.reanalyse(path, "anywhere", progress=False)  # the analysis lacks every part: all are added
+    mark = again.pop("trained_again")
+    assert mark["reproduces_record"] and mark["parts"] == sorted(stored) and again == stored
+    (path / "analysis.json").write_text(json.dumps({"item_groups": "as stored"}))
+    kept = runs.reanalyse(path, "anywhere", progress=False)  # stored parts are kept, the missing ones added
+    assert kept == {**stored, "item_groups": "as stored", "trained_again": {**mark, "parts": sorted(set(stored) - {"item_groups"})}}
     assert (path / "record.json").read_text() == record and not (path / "checkpoints").exists()
     changed = json.loads(record)
     changed["test"]["recall@20"] += 0.01  # a record made on another CPU: the run trained here differs a little
     (path / "record.json").write_text(json.dumps(changed))
+    (path / "analysis.json").write_text("{}")
     mark = runs.reanalyse(path, "anywhere", progress=False)["trained_again"]
     assert not mark["reproduces_record"] and mark["record_test"]["recall@20"] == changed["test"]["recall@20"]
     assert mark["test"]["recall@20"] == pytest.approx(changed["test"]["recall@20"] - 0.01)

@@ -197,10 +197,12 @@ def record_dataset(record: dict, data_dir: str | Path | None) -> Interactions:
 
 def reanalyse(path: str | Path, data_dir: str | Path | None = None, progress: bool = True) -> dict:
     """Recompute and store the analysis of a finished run (`Recommender.analysis`, e.g. after the analysis gained a
-    part): from its local checkpoint, a refit (closed form), or else from the run trained again from its record (same
-    config and seed) in a scratch folder. Training is deterministic on one machine, not across CPUs (their kernels
-    sum in other orders), so an analysis from a run trained again holds `trained_again`: its best epoch and test
-    metrics beside the record's, and whether they equal them (to 1e-6). Returns the analysis."""
+    part). From its local checkpoint or a refit (closed form) the whole analysis is made again. Otherwise the run is
+    trained again from its record (same config and seed) in a scratch folder, and only the parts the stored analysis
+    lacks are added: training is deterministic on one machine, not across CPUs (their kernels sum in other orders),
+    so the parts already stored, of the recorded model, are kept, and `trained_again` names the added parts with the
+    rerun's best epoch and test metrics beside the record's, and whether they equal them (to 1e-6). Returns the
+    analysis."""
     path = Path(path)
     record = read_record(path / "record.json")
     if record["version"] != behaviour_version(record["model"]):
@@ -210,17 +212,17 @@ def reanalyse(path: str | Path, data_dir: str | Path | None = None, progress: bo
     if not MODELS[record["model"]].trainable or (path / "checkpoints" / "best.pt").exists():
         out = trained_model(data, path).analysis(data)
     else:
+        stored = {k: v for k, v in (analysis(path) or {}).items() if k != "trained_again"}
         with tempfile.TemporaryDirectory(prefix="fitmm-reanalyse-") as scratch:
             again = train(data, load_config(record["model"], record["config"]), results_dir=scratch, progress=progress)
-            out = json.loads((Path(scratch) / "runs" / data.name / record["model"] / record["run_id"]
-                              / "analysis.json").read_text())
+            fresh = json.loads((Path(scratch) / "runs" / data.name / record["model"] / record["run_id"]
+                                / "analysis.json").read_text())
         same = again["best_epoch"] == record["best_epoch"] and all(
             abs(v - record[split][k]) <= 1e-6 for split in ("best_valid", "test") for k, v in again[split].items())
-        out["trained_again"] = {"reproduces_record": same, "best_epoch": again["best_epoch"],
-                                "record_best_epoch": record["best_epoch"],
-                                "test": {k: again["test"][k] for k in HEADLINE},
-                                "record_test": {k: record["test"][k] for k in HEADLINE},
-                                "provenance": again["provenance"]}
+        out = {**fresh, **stored, "trained_again": {
+            "parts": sorted(set(fresh) - set(stored)), "reproduces_record": same, "best_epoch": again["best_epoch"],
+            "record_best_epoch": record["best_epoch"], "test": {k: again["test"][k] for k in HEADLINE},
+            "record_test": {k: record["test"][k] for k in HEADLINE}, "provenance": again["provenance"]}}
     write_json(path / "analysis.json", out)
     return out
 
