@@ -64,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--help-config", action="store_true", help="print the model's config fields and defaults, then exit")
     train.set_defaults(func=_train)
 
-    again = commands.add_parser("reanalyse", help="recompute the stored analysis of finished runs (a run whose "
-                                "checkpoint is not here is trained again and must reproduce its record)")
+    again = commands.add_parser("reanalyse", help="recompute the stored analysis of finished runs (without a local "
+                                "checkpoint: train the run again and add the parts its analysis lacks)")
     again.add_argument("runs", nargs="+", metavar="RUN_DIR", help="a run folder: <results>/runs/<dataset>/<model>/<run id>")
     again.add_argument("--data-dir", default=None,
                        help="folder holding the run's dataset (default: $FITMM_DATA, else <project>/data)")

@@ -101,6 +101,6 @@ def provenance(device: torch.device) -> dict:
         "python": platform.python_version(),
         "packages": versions,
         "device": device_name(device),
-        "cpu_kernels": torch.backends.cpu.get_cpu_capability(),  # float sums differ across these: reruns elsewhere too
+        "cpu_kernels": torch.backends.cpu.get_cpu_capability(),  # e.g. AVX512: float sums, so reruns, differ across them
         "platform": platform.platform(),
     }
