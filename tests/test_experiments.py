@@ -129,10 +129,13 @@ def test_cold_item_ranking_ranks_the_never_trained_items_among_themselves():
     scores = torch.zeros(3, 30)
     scores[:, :5] = 100.0
     scores[:, 5:] = torch.arange(25, 0, -1, dtype=torch.float32)  # item 5 first ... item 29 last
-    scores[1, 6] = -1.0
+    scores[1, 6] = 3.5  # 22nd of the 25: 3 below it
     out = groups.cold_item_ranking(FixedScores(data, scores), data)
     assert out == {"items": 25, "users": 2, "pairs": 2, "scored_by": "no content", "recall@20": pytest.approx(0.5),
-                   "ndcg@20": pytest.approx(0.5), "chance_recall@20": pytest.approx(0.8)}
+                   "ndcg@20": pytest.approx(0.5), "chance_recall@20": pytest.approx(0.8),
+                   "auc": pytest.approx((24 / 24 + 3 / 24) / 2)}
+    ties = groups.rank_auc(lambda users: torch.zeros(len(users), 30), data.test[:2], np.arange(5, 30))
+    assert ties == pytest.approx(0.5)  # every other candidate tied: half below
     mixed = groups.item_group_metrics(FixedScores(data, scores).scorer(), data,
                                       np.where(data.item_degree == 0, "unseen", "seen"), ["recall@20"])
     assert mixed.loc["unseen", "recall@20"] == pytest.approx(0.5)  # among all 30 items, item 5 still ranks 4th
@@ -630,21 +633,23 @@ def test_cold_item_frame_reads_the_stored_ranking_and_notes_what_it_lacks(tmp_pa
         return {"dataset": "d", "model": name.split("-")[0], "seed": seed, "path": str(path)}
 
     ranked = {"items": 40, "users": 9, "pairs": 10, "scored_by": "content alone", "recall@20": 0.6, "ndcg@20": 0.3,
-              "chance_recall@20": 0.5}
+              "chance_recall@20": 0.5, "auc": 0.7}
     again = {"reproduces_record": False, "test": {"recall@20": 0.101}, "record_test": {"recall@20": 0.1}}
     frame = pd.DataFrame([run("vbpr-a", 1, {"cold_items": ranked}),
                           run("vbpr-b", 2, {"cold_items": {**ranked, "recall@20": 0.4}, "trained_again": again}),
                           run("bpr-a", 1, {"item_groups": []}), run("bpr-b", 2, None)])
     rows, lines = groups.cold_item_frame(frame)
     assert rows[["model", "seed", "recall@20"]].values.tolist() == [["vbpr", 1, 0.6], ["vbpr", 2, 0.4]]
-    assert [line.split(":")[0] for line in lines] == ["bpr on d (seed 1)", "bpr on d (seed 2)", "vbpr on d"]
-    assert "1 analysis from the run trained again" in lines[2] and "at most 0.0010" in lines[2]
+    assert [line.split(":")[0] for line in lines] == ["bpr on d (seeds 1, 2)", "vbpr on d"]
+    assert "1 analysis from the run trained again" in lines[1] and "at most 0.0010" in lines[1]
     table = groups.cold_item_table(rows)
     assert table.loc[("d", "vbpr")].to_dict() == {
         "scored by": "content alone", "items": 40, "test users": 9, "test Recall@20": pytest.approx(0.5),
-        "sd": pytest.approx(0.1414, abs=1e-4), "test NDCG@20": pytest.approx(0.3), "chance Recall@20": 0.5, "seeds": 2}
+        "sd": pytest.approx(0.1414, abs=1e-4), "test NDCG@20": pytest.approx(0.3), "chance Recall@20": 0.5,
+        "AUC": pytest.approx(0.7), "AUC sd": 0.0, "seeds": 2}
     assert groups.cold_item_finding(table, "d") == ("ranked among the 40 items of d never seen in train, vbpr "
-                                                    "reaches test Recall@20 0.5000 (a random order: 0.5000)")
+                                                    "reaches test Recall@20 0.5000 (a random order: 0.5000) and rank "
+                                                    "AUC 0.700 (chance: 0.5)")
     assert groups.cold_item_finding(table, "e").startswith("not tested on e, which lacks test rows on more than 20")
 
 

@@ -121,13 +121,28 @@ def json_rows(frame: pd.DataFrame) -> list[dict]:
     return json.loads(frame.to_json(orient="records"))
 
 
+def rank_auc(scorer: Callable[[torch.Tensor], torch.Tensor], pairs: np.ndarray, candidates: np.ndarray,
+             batch: int = 1024) -> float:
+    """Mean over the (user, item) `pairs` of the share of the other `candidates` (sorted item ids, holding every
+    pair's item) that the user's scores place below the item, ties counting half: 0.5 for a random order."""
+    column = torch.from_numpy(np.searchsorted(candidates, pairs[:, 1]))
+    shares = []
+    for start in range(0, len(pairs), batch):
+        scores = scorer(torch.from_numpy(pairs[start:start + batch, 0]))[:, torch.from_numpy(candidates)].cpu()
+        own = scores.gather(1, column[start:start + batch, None])
+        below = (scores < own).sum(1) + 0.5 * ((scores == own).sum(1) - 1)
+        shares.append(below / (len(candidates) - 1))
+    return float(torch.cat(shares).double().mean())
+
+
 def cold_item_ranking(model, data: Interactions, metrics: Sequence[str] = ("recall@20", "ndcg@20")) -> dict | None:
     """Strict item cold start: the test rows on items without train interactions, each user's such items ranked
     among those items only (every other item masked). A model with item content scores them through their content
     alone (their id embeddings zeroed, `Recommender.content_only`); any other model has only what it kept of them
     (its initial embeddings). `chance_recall@20` is a random order's expected Recall@20, 20 / (number of such
-    items). None when no test row holds such an item, or there are at most 20 of them (every order then puts all
-    of them in a top 20)."""
+    items); `auc` (`rank_auc`, 0.5 by chance) uses every rank, not only the top 20, so it varies far less from run
+    to run. None when no test row holds such an item, or there are at most 20 of them (every order then puts all of
+    them in a top 20)."""
     cold = data.item_degree == 0
     sub = restrict_items(data, "test", cold)
     if len(sub.test) == 0 or cold.sum() <= 20:
@@ -140,7 +155,7 @@ def cold_item_ranking(model, data: Interactions, metrics: Sequence[str] = ("reca
     n_cold = int(cold.sum())
     return {"items": n_cold, "users": len(per_user_values["users"]), "pairs": len(sub.test),
             "scored_by": "content alone" if model.scores_content else "no content", **{m: summary[m] for m in metrics},
-            "chance_recall@20": 20 / n_cold}
+            "chance_recall@20": 20 / n_cold, "auc": rank_auc(scorer, sub.test, np.flatnonzero(cold))}
 
 
 def item_analysis(model, data: Interactions, metrics: Sequence[str] = ("recall@20", "ndcg@20")) -> dict:
@@ -219,12 +234,11 @@ def cold_item_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Per run (rows of `Runs.frame`): its strict item cold-start metrics (`cold_item_ranking`) as its run stored
     them, and notes: the runs without them (made before runs stored them; `fitmm reanalyse` adds them), and per
     model the analyses that come from the run trained again (`trained_again`) without reproducing its record."""
-    rows, missing, again = [], [], {}
+    rows, missing, again = [], {}, {}
     for row in frame.itertuples():
         stored = analysis(row.path) or {}
         if "cold_items" not in stored:
-            missing.append(f"{row.model} on {row.dataset} (seed {row.seed}): no strict item cold-start analysis "
-                           f"stored; `fitmm reanalyse {row.path}` adds it")
+            missing.setdefault((row.model, row.dataset), []).append(str(row.seed))
             continue
         rows.append({"dataset": row.dataset, "model": row.model, "seed": row.seed, **stored["cold_items"]})
         trained = stored.get("trained_again")
@@ -234,16 +248,21 @@ def cold_item_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     retrained = [f"{model} on {dataset}: {len(gaps)} analys{'i' if len(gaps) == 1 else 'e'}s from the run trained "
                  f"again on another CPU (`fitmm reanalyse`), whose test Recall@20 differs from its record's by at most "
                  f"{max(gaps):.4f}" for (model, dataset), gaps in again.items()]
-    return pd.DataFrame(rows), missing + retrained
+    lacking = [f"{model} on {dataset} (seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}): no strict item "
+               f"cold-start analysis stored; `fitmm reanalyse` on the run folders adds it"
+               for (model, dataset), seeds in missing.items()]
+    return pd.DataFrame(rows), lacking + retrained
 
 
 def cold_item_table(cold: pd.DataFrame) -> pd.DataFrame:
     """`cold_item_frame` rows as a table per dataset and model: how the items are scored, their number, the test
-    users, Recall@20 (mean, sd over seeds), NDCG@20 and a random order's Recall@20."""
+    users, Recall@20 (mean, sd over seeds), NDCG@20, a random order's Recall@20, and the rank AUC (mean, sd; 0.5 by
+    chance)."""
     return cold.groupby(["dataset", "model"]).agg(
         **{"scored by": ("scored_by", "first"), "items": ("items", "first"), "test users": ("users", "first"),
            "test Recall@20": ("recall@20", "mean"), "sd": ("recall@20", "std"), "test NDCG@20": ("ndcg@20", "mean"),
-           "chance Recall@20": ("chance_recall@20", "first"), "seeds": ("seed", "nunique")})
+           "chance Recall@20": ("chance_recall@20", "first"), "AUC": ("auc", "mean"), "AUC sd": ("auc", "std"),
+           "seeds": ("seed", "nunique")})
 
 
 def cold_item_finding(table: pd.DataFrame, dataset: str) -> str:
@@ -255,4 +274,5 @@ def cold_item_finding(table: pd.DataFrame, dataset: str) -> str:
     rows = table.loc[dataset]
     best = rows["test Recall@20"].idxmax()
     return (f"ranked among the {rows['items'].iloc[0]:,} items of {dataset} never seen in train, {best} reaches test "
-            f"Recall@20 {rows.loc[best, 'test Recall@20']:.4f} (a random order: {rows['chance Recall@20'].iloc[0]:.4f})")
+            f"Recall@20 {rows.loc[best, 'test Recall@20']:.4f} (a random order: {rows['chance Recall@20'].iloc[0]:.4f}) "
+            f"and rank AUC {rows.loc[best, 'AUC']:.3f} (chance: 0.5)")
