@@ -144,18 +144,18 @@ def cold_item_ranking(model, data: Interactions, metrics: Sequence[str] = ("reca
     to run. None when no test row holds such an item, or there are at most 20 of them (every order then puts all of
     them in a top 20)."""
     cold = data.item_degree == 0
+    items = np.flatnonzero(cold)
     sub = restrict_items(data, "test", cold)
-    if len(sub.test) == 0 or cold.sum() <= 20:
+    if len(sub.test) == 0 or len(items) <= 20:
         return None
-    with model.content_only(np.flatnonzero(cold)) if model.scores_content else contextlib.nullcontext():
+    with model.content_only(items) if model.scores_content else contextlib.nullcontext():
         scorer = model.scorer()
     warm = torch.from_numpy(~cold)
     summary, per_user_values = evaluate(lambda users: (s := scorer(users)).masked_fill(warm.to(s.device), -np.inf),
                                         sub, "test", (10, 20))
-    n_cold = int(cold.sum())
-    return {"items": n_cold, "users": len(per_user_values["users"]), "pairs": len(sub.test),
+    return {"items": len(items), "users": len(per_user_values["users"]), "pairs": len(sub.test),
             "scored_by": "content alone" if model.scores_content else "no content", **{m: summary[m] for m in metrics},
-            "chance_recall@20": 20 / n_cold, "auc": rank_auc(scorer, sub.test, np.flatnonzero(cold))}
+            "chance_recall@20": 20 / len(items), "auc": rank_auc(scorer, sub.test, items)}
 
 
 def item_analysis(model, data: Interactions, metrics: Sequence[str] = ("recall@20", "ndcg@20")) -> dict:

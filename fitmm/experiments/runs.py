@@ -184,10 +184,9 @@ def ensure_analysis(data: Interactions, path: Path) -> None:
 def record_dataset(record: dict, data_dir: str | Path | None) -> Interactions:
     """The dataset a record was trained on, rebuilt from `data_dir` (a sparsified copy, `<name>-drop<P>-s<seed>`, from
     its base set); DataError unless its fingerprint is the record's."""
-    name = record["dataset"]["name"]
+    name, folder = record["dataset"]["name"], None if data_dir is None else str(data_dir)
     dropped = re.fullmatch(r"(.+)-drop(\d+)-s(\d+)", name)
-    spec = (DataSpec(dropped[1], None if data_dir is None else str(data_dir), int(dropped[2]) / 100, seed=int(dropped[3]))
-            if dropped else DataSpec(name, None if data_dir is None else str(data_dir)))
+    spec = DataSpec(dropped[1], folder, int(dropped[2]) / 100, seed=int(dropped[3])) if dropped else DataSpec(name, folder)
     data = spec.load()
     if fingerprint(data) != record["dataset"].get("fingerprint"):
         raise DataError(f"{name} in {data_dir}: not the data run {record['run_id']} was trained on (fingerprint "
@@ -213,10 +212,10 @@ def reanalyse(path: str | Path, data_dir: str | Path | None = None, progress: bo
         out = trained_model(data, path).analysis(data)
     else:
         stored = {k: v for k, v in (analysis(path) or {}).items() if k != "trained_again"}
+        config = load_config(record["model"], record["config"])
         with tempfile.TemporaryDirectory(prefix="fitmm-reanalyse-") as scratch:
-            again = train(data, load_config(record["model"], record["config"]), results_dir=scratch, progress=progress)
-            fresh = json.loads((Path(scratch) / "runs" / data.name / record["model"] / record["run_id"]
-                                / "analysis.json").read_text())
+            again = train(data, config, results_dir=scratch, progress=progress)
+            fresh = analysis(run_dir(data, config, scratch))
         same = again["best_epoch"] == record["best_epoch"] and all(
             abs(v - record[split][k]) <= 1e-6 for split in ("best_valid", "test") for k, v in again[split].items())
         out = {**fresh, **stored, "trained_again": {
