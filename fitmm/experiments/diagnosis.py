@@ -37,6 +37,7 @@ VARIANTS: dict[str, dict] = {
     "lambda_emb DRAGON": {"lambda_emb": DRAGON_REG_WEIGHT},
     "lambda_ib 0": {"lambda_ib": 0.0},
     "gate false": {"gate": False},
+    "band_borders energy": {"band_borders": "energy"},  # bands of equal eigenvalue mass (the book's methods page)
     "lambda_c 0": {"lambda_c": 0.0},
     "three terms off": {"lambda_ib": 0.0, "gate": False, "lambda_c": 0.0},
     "lr 5e-4": {"lr": 5e-4},
