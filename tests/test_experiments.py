@@ -437,6 +437,18 @@ def test_claims_table_roundtrip(tmp_path):
     assert found.loc["ssr-bands", "finding"] == found.loc["ssr-band-input", "finding"] == "pending"
 
 
+def test_band_count_runs_keep_the_variants_that_change_only_the_count():
+    variants = {"full": {}, "2 bands": {"n_bands": 2}, "scalable": {"bands": "scalable"},
+                "scalable 4": {"bands": "scalable", "n_bands": 4}, "no gating": {"gating": False}}
+    frame = pd.DataFrame({"model": ["ssr"] * 5 + ["fitmm"], "variant": [*variants, "2 bands"]})
+    plain = claims.band_count_runs(frame, "ssr", variants)
+    assert plain.variant.tolist() == ["full", "2 bands"] and plain.bands.tolist() == [3, 2]  # 3: ssr.yaml's n_bands
+    scalable = claims.band_count_runs(frame, "ssr", variants, {"bands": "scalable"})
+    assert dict(zip(scalable.variant, scalable.bands)) == {"scalable": 3, "scalable 4": 4}
+    assert claims.band_count_runs(frame, "fitmm", variants).bands.tolist() == [2]
+    assert claims.band_count_runs(pd.DataFrame(), "ssr", variants).empty
+
+
 def test_band_counts_are_compared_on_the_seeds_every_count_ran():
     runs = pd.DataFrame({"dataset": ["a"] * 5 + ["b"] * 2, "bands": [3, 3, 4, 2, 3, 2, 4],
                          "seed": [1, 2, 1, 1, 9, 5, 6],  # on a: seed 1 is shared; on b: no seed is

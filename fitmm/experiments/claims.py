@@ -22,6 +22,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from fitmm.config import defaults
 from fitmm.io import utc_now, write_json
 from fitmm.models.fitmm import INITIAL_BAND_LOGIT
 
@@ -323,6 +324,19 @@ def snr_tracking_verdict(rho: float, band_weights: dict[str, list[float]], run: 
         return INCONCLUSIVE
     verdict = ("reproduced" if rho > SNR_RHO_REPRODUCED else "partly" if rho > SNR_RHO_PARTLY else "not reproduced")
     return with_budget(verdict, run)
+
+
+def band_count_runs(frame: pd.DataFrame, model: str, variants: dict[str, dict], path: dict | None = None) -> pd.DataFrame:
+    """The runs of `model` (`runs.record_row` rows, with their variant) among `variants` (label -> overrides) that
+    set `path` (e.g. SSR's `{"bands": "scalable"}`) and at most the band count besides, with that count in a
+    column `bands` (the model's YAML `n_bands` where a variant leaves it)."""
+    if frame.empty:
+        return pd.DataFrame()
+    default = defaults(model)["n_bands"]
+    counts = {label: o.get("n_bands", default) for label, o in variants.items()
+              if {k: v for k, v in o.items() if k != "n_bands"} == (path or {})}
+    runs = frame[(frame.model == model) & frame.variant.isin(counts)]
+    return runs.assign(bands=runs.variant.map(counts))
 
 
 def band_count_means(band_runs: pd.DataFrame) -> pd.DataFrame:
