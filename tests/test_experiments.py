@@ -654,6 +654,9 @@ def test_cold_item_frame_reads_the_stored_ranking_and_notes_what_it_lacks(tmp_pa
     assert rows[["model", "seed", "recall@20"]].values.tolist() == [["vbpr", 1, 0.6], ["vbpr", 2, 0.4]]
     assert [line.split(":")[0] for line in lines] == ["bpr on d (seeds 1, 2)", "vbpr on d"]
     assert "1 analysis from the run trained again" in lines[1] and "at most 0.0010" in lines[1]
+    close = {**again, "test": {"recall@20": 0.1 + 1e-6}}  # equal to the record's at four decimals
+    _, close_lines = groups.cold_item_frame(pd.DataFrame([run("ssr-a", 1, {"cold_items": ranked, "trained_again": close})]))
+    assert close_lines[0].endswith("by less than 0.0001")
     table = groups.cold_item_table(rows)
     assert table.loc[("d", "vbpr")].to_dict() == {
         "scored by": "content alone", "items": 40, "test users": 9, "test Recall@20": pytest.approx(0.5),
