@@ -326,7 +326,8 @@ def snr_tracking_verdict(rho: float, band_weights: dict[str, list[float]], run: 
     return with_budget(verdict, run)
 
 
-def band_count_runs(frame: pd.DataFrame, model: str, variants: dict[str, dict], path: dict | None = None) -> pd.DataFrame:
+def band_count_runs(frame: pd.DataFrame, model: str, variants: dict[str, dict],
+                    path: dict | None = None) -> pd.DataFrame:
     """The runs of `model` (`runs.record_row` rows, with their variant) among `variants` (label -> overrides) that
     set `path` (e.g. SSR's `{"bands": "scalable"}`) and at most the band count besides, with that count in a
     column `bands` (the model's YAML `n_bands` where a variant leaves it)."""
@@ -340,9 +341,9 @@ def band_count_runs(frame: pd.DataFrame, model: str, variants: dict[str, dict], 
 
 
 def band_count_means(band_runs: pd.DataFrame) -> pd.DataFrame:
-    """Per dataset and SSR band count (columns dataset, bands, seed, valid_recall@20, recall@20): mean valid and
-    test Recall@20 over the seeds every count of that dataset ran (`on_shared_seeds`), and those seeds, so that no
-    count is favoured by a luckier seed."""
+    """Per dataset and band count (`band_count_runs` rows: dataset, bands, seed, valid_recall@20, recall@20): mean
+    valid and test Recall@20 over the seeds every count of that dataset ran (`on_shared_seeds`), and those seeds, so
+    that no count is favoured by a luckier seed."""
     summary = {"valid_recall@20": ("valid_recall@20", "mean"), "recall@20": ("recall@20", "mean"),
                "seeds": ("seed", lambda s: ", ".join(str(seed) for seed in sorted(s.unique())))}
     return pd.concat({dataset: on_shared_seeds(runs, "bands").groupby("bands").agg(**summary)

@@ -245,10 +245,12 @@ def cold_item_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         if trained and not trained["reproduces_record"]:
             gap = abs(trained["test"]["recall@20"] - trained["record_test"]["recall@20"])
             again.setdefault((row.model, row.dataset), []).append(gap)
+    def by(gap: float) -> str:
+        return f"at most {gap:.4f}" if gap >= 5e-5 else "less than 0.0001"  # what rounds to 0.0000 is said so
+
     retrained = [f"{model} on {dataset}: {len(gaps)} analys{'i' if len(gaps) == 1 else 'e'}s from the run trained "
                  f"again (`fitmm reanalyse`) without reproducing its record bit for bit (another machine's kernels), "
-                 f"whose test Recall@20 differs from its record's by "
-                 f"{f'at most {max(gaps):.4f}' if max(gaps) >= 5e-5 else 'less than 0.0001'}"
+                 f"whose test Recall@20 differs from its record's by {by(max(gaps))}"
                  for (model, dataset), gaps in again.items()]
     lacking = [f"{model} on {dataset} (seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}): no strict item "
                f"cold-start analysis stored; `fitmm reanalyse` on the run folders adds it"
