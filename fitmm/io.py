@@ -73,11 +73,13 @@ PACKAGES = ("torch", "torch-geometric", "numpy", "scipy", "pandas", "fitmm")
 
 
 def git_commit(repo: Path | None = None) -> str | None:
-    """The commit of the checkout (with '+dirty' if it has changes), or None outside git."""
+    """The commit of the checkout, or None outside git. '+dirty' when a tracked file outside `results/`
+    differs from it: the records and executed chapters written there while runs train change no code."""
     repo = repo or Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
+                               cwd=repo, capture_output=True, text=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
     return commit + ("+dirty" if dirty else "")

@@ -181,6 +181,7 @@ def train(data: Interactions, config: Config, results_dir: str | Path | None = N
 
 def _run(data: Interactions, config: Config, out: Path | None, progress: bool, trace: bool = False) -> dict:
     device = resolve_device(config.device)
+    started_with = provenance(device)  # the code this run starts with, whatever is committed while it trains
     release_freed_memory()  # what an earlier run in this process kept is not this run's
     reuse_freed_memory()
     reset_peak_memory(device)
@@ -202,7 +203,7 @@ def _run(data: Interactions, config: Config, out: Path | None, progress: bool, t
         config_changes=config_changes(config),
         test=test,
         peak_memory_mb=peak_memory_mb(device),
-        provenance=provenance(device),
+        provenance=started_with,
         diagnostics=model.diagnostics(),
     )
     if out is not None:

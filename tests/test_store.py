@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from fitmm.cli import main
 from fitmm.config import load_config
 from fitmm.data import generate, load_dataset
 from fitmm.errors import ConfigError
-from fitmm.io import atomic_path
+from fitmm.io import atomic_path, git_commit
 from fitmm.models import MODELS
 from fitmm.store import RecordError, RunLock, read_record, run_dir, run_id
 from fitmm.trainer import train
@@ -152,3 +153,21 @@ def test_atomic_writes_fsync_before_the_rename(tmp_path, monkeypatch):
             np.save(fh, np.arange(3))
     assert synced[0].endswith(".tmp") and synced[1] == str(tmp_path)
     assert np.load(tmp_path / "x.npy").tolist() == [0, 1, 2] and not list(tmp_path.glob("*.tmp"))
+
+
+def test_the_commit_is_dirty_for_code_changes_not_for_results(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "record.json").write_text("{}")
+    (tmp_path / "model.py").write_text("x = 1")
+    git("add", ".")
+    git("commit", "-q", "-m", "start")
+    head = git_commit(tmp_path)
+    assert len(head) == 40
+    (tmp_path / "results" / "record.json").write_text('{"epochs": 3}')  # a record written while runs train
+    assert git_commit(tmp_path) == head
+    (tmp_path / "model.py").write_text("x = 2")
+    assert git_commit(tmp_path) == head + "+dirty"
