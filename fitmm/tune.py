@@ -5,7 +5,10 @@
     study --Optuna JournalStorage(file)--> results/tuning/<dataset>/<model>/journal.log
 
 Each trial is one training run. A grid larger than the budget (default 12 trials) is sampled uniformly
-without replacement (the plan's first `budget` points), a smaller one is run in full. The best trial is
+without replacement (the plan's first `budget` points), a smaller one is run in full. Points that differ only
+in a key the model declares inert on the dataset (`Recommender.inert_keys`: SMORE's image slot where there is
+no image, SSR's contrastive weight without its contrastive term) train the same model, so they count as one:
+the plan skips a point equal to a held one but for such keys, and the grid's size is that of the other keys. The best trial is
 the one with the highest valid Recall@20; test Recall@20 is stored beside it for the selection-leak
 audit only (MMRec's grid search picks by test; this study does not).
 
@@ -40,6 +43,7 @@ from fitmm.config import load_config, parse_overrides
 from fitmm.data.dataset import Interactions
 from fitmm.errors import ConfigError, TrainingError
 from fitmm.executor import add_arguments as add_executor_arguments, execute, slurm_options
+from fitmm.models import MODELS
 from fitmm.settings import results_dir as default_results_dir
 from fitmm.store import NON_SEMANTIC_KEYS
 from fitmm.trainer import train
@@ -173,19 +177,39 @@ def holds_point(trial: optuna.trial.FrozenTrial) -> bool:
     return trial.state in (state.COMPLETE, state.RUNNING) or (trial.state == state.FAIL and "error" in trial.user_attrs)
 
 
-def claim(study: optuna.Study, budget: int, points: list[dict], grid: dict[str, list]) -> optuna.Trial | None:
-    """Start a trial on the first point of `points` that no trial holds, or return None when `budget` trials
-    hold points. Call under the lock (a trial left waiting by a worker that died here is started instead)."""
+def effective(point: dict[str, Any], inert: frozenset[str]) -> dict[str, Any]:
+    """The grid point less its inert keys: what the trained model depends on."""
+    return {key: value for key, value in point.items() if key not in inert}
+
+
+def held_points(trials: list[optuna.trial.FrozenTrial], inert: frozenset[str], finished: bool = False) -> list[dict]:
+    """The distinct effective points the trials hold (`holds_point`; with `finished`, running ones left out)."""
+    held: list[dict] = []
+    for t in trials:
+        if holds_point(t) and not (finished and t.state == optuna.trial.TrialState.RUNNING):
+            if (point := effective(t.params, inert)) not in held:
+                held.append(point)
+    return held
+
+
+def claim(study: optuna.Study, budget: int, points: list[dict], grid: dict[str, list],
+          inert: frozenset[str] = frozenset()) -> optuna.Trial | None:
+    """Start a trial on the first point of `points` whose effective point (`effective`) no trial holds, or return
+    None when `budget` trials hold points or none is left. Call under the lock (a trial left waiting by a worker
+    that died here is started instead)."""
     state = optuna.trial.TrialState
     for t in study.get_trials(deepcopy=False, states=(state.RUNNING,)):
         if is_stale(t):
             study.tell(t.number, state=state.FAIL)
     trials = study.get_trials(deepcopy=False)
-    held = [t.params for t in trials if holds_point(t)]
+    held = held_points(trials, inert)
     if len(held) >= budget:
         return None
     if not any(t.state == state.WAITING for t in trials):
-        study.enqueue_trial(next(p for p in points if p not in held))
+        free = next((p for p in points if effective(p, inert) not in held), None)
+        if free is None:
+            return None
+        study.enqueue_trial(free)
     trial = study.ask({name: optuna.distributions.CategoricalDistribution(values) for name, values in grid.items()})
     trial.set_user_attr("worker", worker_id())
     return trial
@@ -221,16 +245,18 @@ def tune(data: Interactions, model: str, trials: int = DEFAULT_TRIALS, seed: int
     spec = grids()[model]
     fixed = {**spec["fixed"], **overrides, "seed": base["seed"]}
     points = plan(spec["grid"], base["seed"])
-    budget = search_size(model, trials)
+    inert = frozenset(spec["grid"]) & MODELS[model].inert_keys(load_config(model, fixed), data)
+    budget = search_size(model, trials, inert)
     journal = journal_path(results_dir, data.name, model)
     semantic = {k: v for k, v in fixed.items() if k not in NON_SEMANTIC_KEYS}  # e.g. a GPU may continue a CPU search
     study = open_study(journal, model, data.name, {"seed": base["seed"], "grid": spec["grid"], "fixed": semantic})
+    study.set_user_attr("inert", sorted(inert))  # for `search_progress`, which has no data to ask the model
     done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
     bar = tqdm(total=budget, initial=min(done, budget), desc=f"tune {model} on {data.name}", unit="trial",
                disable=not progress)
     while True:
         with claim_lock(journal):
-            trial = claim(study, budget, points, spec["grid"])
+            trial = claim(study, budget, points, spec["grid"], inert)
         if trial is None:
             break
         frozen = run_trial(trial, study, data, base, fixed, results_dir, progress)
@@ -293,9 +319,10 @@ def best_overrides(model: str, dataset: str, results_dir: str | Path = "results"
     return {**fixed, **best.user_attrs["overrides"]}
 
 
-def search_size(model: str, trials: int) -> int:
-    """The trials a search of `model` with budget `trials` runs: min(trials, grid size)."""
-    return min(trials, math.prod(len(values) for values in grids()[model]["grid"].values()))
+def search_size(model: str, trials: int, inert: frozenset[str] = frozenset()) -> int:
+    """The trials a search of `model` with budget `trials` runs: min(trials, grid size), the size counted over
+    the keys that are not `inert`."""
+    return min(trials, math.prod(len(values) for key, values in grids()[model]["grid"].items() if key not in inert))
 
 
 def search_progress(model: str, dataset: str, trials: int, results_dir: str | Path) -> tuple[int, int]:
@@ -303,9 +330,10 @@ def search_progress(model: str, dataset: str, trials: int, results_dir: str | Pa
     journal = journal_path(results_dir, dataset, model)
     if not journal.exists():
         return 0, search_size(model, trials)
-    trials_run = open_study(journal, model, dataset).get_trials(deepcopy=False)
-    done = sum(holds_point(t) and t.state != optuna.trial.TrialState.RUNNING for t in trials_run)
-    return done, search_size(model, trials)
+    study = open_study(journal, model, dataset)
+    inert = frozenset(study.user_attrs.get("inert", ()))
+    done = len(held_points(study.get_trials(deepcopy=False), inert, finished=True))
+    return done, search_size(model, trials, inert)
 
 
 def tune_command(model: str, dataset: str, trials: int, results_dir: str | Path, fixed: dict | None = None,

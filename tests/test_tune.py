@@ -10,11 +10,16 @@ import pytest
 
 from fitmm import tune as tune_mod
 from fitmm.cli import main
+from fitmm.config import load_config
 from fitmm.data import synthetic_dataset
+from fitmm.data.dataset import Interactions
 from fitmm.errors import ConfigError, TrainingError
+from fitmm.models import MODELS
 from fitmm.models.vbpr import VBPR
 from fitmm.tune import (AUDIT_COLUMNS, best_overrides, check, chosen_overrides, claim, claim_lock, grids, journal_path,
-                        load_trials, open_study, plan, selection_audit, trials_frame, tune)
+                        load_trials, open_study, plan, search_progress, search_size, selection_audit, trials_frame,
+                        tune)
+from fitmm.trainer import train
 
 COMPLETE, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
 
@@ -320,3 +325,46 @@ def test_records_only_chapters_note_the_runs_whose_search_has_not_finished(tmp_p
     with planner.pending_searches() as pending:  # the dry run still leaves them out, whatever the environment
         assert planner.main_runs(["synthetic"], None, ["lightgcn"], [1], {}, 5, str(tmp_path)) == []
     assert list(pending) == [("synthetic", "lightgcn")]
+
+
+def with_modalities(data: Interactions, names: list[str]) -> Interactions:
+    return Interactions(data.name, data.n_users, data.n_items, data.train, data.valid, data.test,
+                        {m: data.features[m] for m in names})
+
+
+@pytest.mark.parametrize("model, fixed, key, values", [
+    ("smore", {}, "image_knn_k", (5, 40)),
+    ("ssr", {"contrastive": False}, "lambda_contrast", (1e-4, 1e-1)),
+])
+def test_an_inert_key_changes_no_run_and_is_live_where_the_model_uses_it(model, fixed, key, values):
+    full = synthetic_dataset()
+    assert sorted(full.modalities) == ["image", "text"]
+
+    def trajectory(data, **overrides):
+        config = load_config(model, {"epochs": 2, "batch_size": 512, "device": "cpu", **overrides})
+        history = train(data, config, progress=False)["history"]
+        return [(h["losses"], h["valid"]) for h in history], MODELS[model].inert_keys(config, data)
+
+    text_only = with_modalities(full, ["text"])
+    runs = [trajectory(text_only, **fixed, **{key: v}) for v in values]
+    assert all(key in inert for _, inert in runs) and runs[0][0] == runs[1][0]
+    runs = [trajectory(full, **{key: v}) for v in values]  # image and text; SSR with its contrastive term
+    assert all(key not in inert for _, inert in runs) and runs[0][0] != runs[1][0]
+
+
+def test_a_search_trains_each_effective_point_once(tmp_path, monkeypatch):
+    text_only = with_modalities(synthetic_dataset(), ["text"])
+    monkeypatch.setattr(tune_mod, "train", fake_train)
+    assert search_size("smore", 1000) == 128 and search_size("smore", 1000, frozenset({"image_knn_k"})) == 32
+
+    def effective(point):
+        return {k: v for k, v in point.items() if k != "image_knn_k"}  # SMORE's image slot: no image here
+
+    study = tune(text_only, "smore", trials=40, results_dir=tmp_path, progress=False)  # 32 effective points
+    trained = [t.params for t in finished(study)]
+    assert len(trained) == 32 and len({json.dumps(effective(p), sort_keys=True) for p in trained}) == 32
+    # each one at its first appearance in the plan
+    plan_order = plan(grids()["smore"]["grid"], seed=999)
+    assert all(p == next(q for q in plan_order if effective(q) == effective(p)) for p in trained)
+    assert search_progress("smore", "synthetic", 40, tmp_path) == (32, 32)
+    assert len(finished(tune(text_only, "smore", trials=40, results_dir=tmp_path, progress=False))) == 32

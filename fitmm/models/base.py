@@ -97,6 +97,12 @@ class Recommender(nn.Module):
         (SSR's contrastive term on a dataset with one content modality); {}: none."""
         return {}
 
+    @classmethod
+    def inert_keys(cls, config: Config, data: Interactions) -> frozenset[str]:
+        """Config keys whose value changes nothing this model computes on `data` under `config` (SMORE's image
+        slot on a dataset without images): a search (`fitmm.tune`) trains one value of each; none by default."""
+        return frozenset()
+
     def __init__(self, data: Interactions, config: Config):
         super().__init__()
         self.n_users = data.n_users

@@ -120,6 +120,16 @@ class SMORE(Recommender):
     def check_data(cls, config: SMOREConfig, data: Interactions) -> None:
         require_modalities("SMORE", data)
 
+    @classmethod
+    def inert_keys(cls, config: SMOREConfig, data: Interactions) -> frozenset[str]:
+        """The k of a slot no modality of `data` takes (`knn_k`): the image slot on Baby's text alone."""
+        inert = set()
+        if "image" not in data.modalities:
+            inert.add("image_knn_k")
+        if all(m == "image" for m in data.modalities):
+            inert.add("text_knn_k")
+        return frozenset(inert)
+
     def __init__(self, data: Interactions, config: SMOREConfig):
         super().__init__(data, config)
         mods = data.modalities

@@ -212,6 +212,11 @@ class SSR(BandedRecommender):
         """Without two item modalities there is no pair to contrast: SSR runs without its contrastive term."""
         return {"contrastive": False} if len(data.modalities) == 1 else {}
 
+    @classmethod
+    def inert_keys(cls, config: SSRConfig, data: Interactions) -> frozenset[str]:
+        """Without the contrastive term its weight and temperature change nothing."""
+        return frozenset() if config.contrastive else frozenset({"lambda_contrast", "contrast_temperature"})
+
     def __init__(self, data: Interactions, config: SSRConfig):
         super().__init__(data, config)
         c = config
