@@ -8,9 +8,9 @@ Each trial is one training run. A grid larger than the budget (default 12 trials
 without replacement (the plan's first `budget` points), a smaller one is run in full. Points that differ only
 in a key the model declares inert on the dataset (`Recommender.inert_keys`: SMORE's image slot where there is
 no image, SSR's contrastive weight without its contrastive term) train the same model, so they count as one:
-the plan skips a point equal to a held one but for such keys, and the grid's size is that of the other keys. The best trial is
-the one with the highest valid Recall@20; test Recall@20 is stored beside it for the selection-leak
-audit only (MMRec's grid search picks by test; this study does not).
+the plan skips a point equal to a held one but for such keys, and the grid's size is that of the other keys.
+The best trial is the one with the highest valid Recall@20; test Recall@20 is stored beside it for the
+selection-leak audit only (MMRec's grid search picks by test; this study does not).
 
 Trials are claimed under a file lock, each taking the first plan point that no finished or running trial
 holds, so a killed search resumes (the point of a trial whose worker died is trained again) and several
