@@ -250,7 +250,8 @@ def tune(data: Interactions, model: str, trials: int = DEFAULT_TRIALS, seed: int
     journal = journal_path(results_dir, data.name, model)
     semantic = {k: v for k, v in fixed.items() if k not in NON_SEMANTIC_KEYS}  # e.g. a GPU may continue a CPU search
     study = open_study(journal, model, data.name, {"seed": base["seed"], "grid": spec["grid"], "fixed": semantic})
-    study.set_user_attr("inert", sorted(inert))  # for `search_progress`, which has no data to ask the model
+    if study.user_attrs.get("inert") != sorted(inert):  # for `search_progress`, which has no data to ask the model
+        study.set_user_attr("inert", sorted(inert))
     done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
     bar = tqdm(total=budget, initial=min(done, budget), desc=f"tune {model} on {data.name}", unit="trial",
                disable=not progress)

@@ -53,9 +53,18 @@ def weighted_knn_graph(data: Interactions, modality: str, k: int) -> torch.Tenso
     return cached(f"wknn-{data.name}-{fingerprint(data)}-{modality}-k{k}", build)
 
 
+KNN_SLOTS = ("image_knn_k", "text_knn_k")
+
+
+def knn_slot(modality: str) -> str:
+    """The config key of a modality's k: SMORE's image slot for the modality called image, its text slot for the
+    others."""
+    return "image_knn_k" if modality == "image" else "text_knn_k"
+
+
 def knn_k(config: SMOREConfig, modality: str) -> int:
-    """k of a modality's kNN graph: SMORE's image slot for the modality called image, its text slot for the others."""
-    return config.image_knn_k if modality == "image" else config.text_knn_k
+    """k of a modality's kNN graph (`knn_slot`)."""
+    return getattr(config, knn_slot(modality))
 
 
 def max_pool(graphs: list[torch.Tensor]) -> torch.Tensor:
@@ -122,13 +131,8 @@ class SMORE(Recommender):
 
     @classmethod
     def inert_keys(cls, config: SMOREConfig, data: Interactions) -> frozenset[str]:
-        """The k of a slot no modality of `data` takes (`knn_k`): the image slot on Baby's text alone."""
-        inert = set()
-        if "image" not in data.modalities:
-            inert.add("image_knn_k")
-        if all(m == "image" for m in data.modalities):
-            inert.add("text_knn_k")
-        return frozenset(inert)
+        """The k of a slot no modality of `data` takes (`knn_slot`): the image slot on Baby's text alone."""
+        return frozenset(KNN_SLOTS) - {knn_slot(m) for m in data.modalities}
 
     def __init__(self, data: Interactions, config: SMOREConfig):
         super().__init__(data, config)
