@@ -3,10 +3,19 @@
 #
 # Here, on the CPU machine, in the repository root:
 #   bash benchmarks/device_batch.sh prepare DATA_DIR NAME...   # wheels -> .whl/, datasets -> .device/data/
+#   bash benchmarks/device_batch.sh lean                       # only if prepare says the tree is too large
 # On the device, one `run` call with carry [".whl", ".device"] and timeout_s 600:
 #   bash benchmarks/device_batch.sh run
 # Back here, with the folder the call's files came back to:
+#   bash benchmarks/device_batch.sh restore                    # after `lean` only
 #   bash benchmarks/device_batch.sh unpack FILES_AT            # records and journals -> results/
+#
+# What travels to the device (tracked files, untracked files git does not ignore, the carried .whl/ and
+# .device/) must stay under 64 MiB. The committed run records alone outgrow that as the study fills in, and
+# the device needs none of them (a search reads its journal under results/tuning/). `lean` takes
+# results/runs/ out of git's index and ignores it (.git/info/exclude), touching no file and no commit, so it
+# stays here; `restore` puts the index back as HEAD has it. Between the two, commit nothing (stop any loop
+# that commits records): a commit would record the runs as deleted.
 #
 # `run`, all of it within DEADLINE seconds (default 500) of its start:
 #   0. The sync check: tests/test_train.py's `never_waits` test, a few training steps of every model under
@@ -14,9 +23,9 @@
 #   1. GPU timings: FITMM, SSR and LightGCN (TIMED_MODELS), TIMED_EPOCHS epochs each (default 3) on every dataset
 #      under .device/data named in TIMED_DATASETS (default: tiktok sports baby); s/epoch, valid-eval s and peak
 #      memory from each record, printed and written to $OUT/gpu_timings.tsv with the device's name.
-#   2. The heaviest work: WORK, one `fitmm` command per line (default: the Baby searches of FITMM, SSR and
-#      SMORE, the strongest baseline on TikTok, two workers each; a finished search ends at once), all at once,
-#      each stopped at the deadline.
+#   2. The heaviest work: WORK, one `fitmm` command per line (default: the searches the CPU sessions cannot
+#      afford, FITMM's on Baby and Sports and SSR's on Sports, two workers each; a finished search ends at
+#      once), all at once, each stopped at the deadline.
 #      A stopped run leaves its checkpoint behind (it does not travel), so plan work that finishes; a stopped
 #      search trial is freed here by `fitmm tune ... --reclaim`.
 #   3. Every record, trace and search journal written meanwhile -> $OUT/records.tar.gz (no checkpoints).
@@ -37,7 +46,44 @@ prepare() {  # DATA_DIR NAME...: what the device lacks (no internet there): optu
         rm -rf ".device/data/$name" && cp -rL "$data/$name" .device/data/
     done
     du -sh .whl .device
-    echo "device_batch: carry [\".whl\", \".device\"]; the working tree with them must stay under 64 MiB"
+    local size
+    size=$(travel_bytes)
+    echo "device_batch: carry [\".whl\", \".device\"]; $((size / 1048576)) MiB would travel (limit 64 MiB)"
+    if [ "$size" -gt "$TRAVEL_LIMIT" ]; then
+        echo "device_batch: over the limit; run 'bash $0 lean' now and 'bash $0 restore' after the call" >&2
+    fi
+}
+
+TRAVEL_LIMIT=$(( 64 * 1048576 ))
+LEAN_MARK=.git/device_batch.lean
+EXCLUDE=.git/info/exclude
+
+travel_bytes() {  # bytes of what a device call sends: tracked and untracked-not-ignored files, .whl/, .device/
+    local files carried
+    files=$({ git ls-files -z; git ls-files -z --others --exclude-standard; } | xargs -0 -r stat -c %s -- 2>/dev/null \
+        | awk '{s += $1} END {print s + 0}')
+    carried=$(du -sbc .whl .device 2>/dev/null | tail -n 1 | cut -f1)
+    echo $(( files + ${carried:-0} ))
+}
+
+lean() {  # results/runs/ out of the index and ignored: it does not travel; files and commits untouched
+    [ ! -e "$LEAN_MARK" ] || { echo "device_batch: already lean; 'bash $0 restore' first" >&2; exit 2; }
+    git diff --cached --quiet || { echo "device_batch: the index has staged changes; commit or unstage them first" >&2; exit 2; }
+    mkdir -p "$(dirname "$EXCLUDE")"
+    git rm -r -q --cached results/runs
+    echo "/results/runs/" >> "$EXCLUDE"
+    touch "$LEAN_MARK"
+    echo "device_batch: results/runs/ will not travel; $(( $(travel_bytes) / 1048576 )) MiB would travel now." \
+         "Commit nothing until 'bash $0 restore'."
+}
+
+restore() {  # the index as HEAD has it for results/runs/, and the ignore line gone
+    [ -e "$LEAN_MARK" ] || { echo "device_batch: not lean (no $LEAN_MARK); nothing to restore" >&2; exit 2; }
+    git reset -q -- results/runs
+    grep -vxF "/results/runs/" "$EXCLUDE" > "$EXCLUDE.tmp"; mv "$EXCLUDE.tmp" "$EXCLUDE"
+    rm -f "$LEAN_MARK"
+    git status --short results/runs | head -n 5
+    echo "device_batch: restored; results/runs/ is tracked again"
 }
 
 run() {
@@ -79,8 +125,8 @@ print("\n".join(rows))
 EOF
 
     local work=${WORK:-"tune --model fitmm --dataset baby --jobs 2
-tune --model ssr --dataset baby --set contrastive=false --jobs 2
-tune --model smore --dataset baby --jobs 2"}
+tune --model fitmm --dataset sports --jobs 2
+tune --model ssr --dataset sports --set contrastive=false --jobs 2"}
     local left=$(( deadline - $(date +%s) )) i=0
     if [ "$left" -gt 30 ]; then
         while IFS= read -r line; do
@@ -111,7 +157,9 @@ unpack() {  # FILES_AT: the folder the device call's files came back to
 
 case "${1:-}" in
     prepare) shift; [ $# -ge 2 ] || { echo "usage: $0 prepare DATA_DIR NAME..." >&2; exit 2; }; prepare "$@" ;;
+    lean) lean ;;
+    restore) restore ;;
     run) run ;;
     unpack) [ $# -eq 2 ] || { echo "usage: $0 unpack FILES_AT" >&2; exit 2; }; unpack "$2" ;;
-    *) echo "usage: $0 prepare DATA_DIR NAME... | run | unpack FILES_AT" >&2; exit 2 ;;
+    *) echo "usage: $0 prepare DATA_DIR NAME... | lean | run | restore | unpack FILES_AT" >&2; exit 2 ;;
 esac

@@ -1,0 +1,68 @@
+"""benchmarks/device_batch.sh's steps on this side: `lean` keeps the run records from travelling to the device
+without touching a file or a commit, and `restore` gives back the index HEAD has."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "device_batch.sh"
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                          capture_output=True, text=True).stdout
+
+
+def batch(repo: Path, step: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "benchmarks/device_batch.sh", step], cwd=repo, capture_output=True, text=True)
+
+
+def travelling(repo: Path) -> set[str]:
+    """What a device call sends: tracked files and untracked files git does not ignore."""
+    return set(git(repo, "ls-files").split()) | set(git(repo, "ls-files", "--others", "--exclude-standard").split())
+
+
+def test_lean_keeps_the_runs_home_and_restore_gives_the_index_back(tmp_path):
+    (tmp_path / "benchmarks").mkdir()
+    shutil.copy(SCRIPT, tmp_path / "benchmarks")
+    record = tmp_path / "results" / "runs" / "baby" / "bpr" / "bpr-s1-x" / "record.json"
+    journal = tmp_path / "results" / "tuning" / "baby" / "bpr" / "journal.log"
+    for path in (record, journal):
+        path.parent.mkdir(parents=True)
+        path.write_text("{}")
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-q", "-m", "start")
+    head = git(tmp_path, "rev-parse", "HEAD")
+    before = travelling(tmp_path)
+
+    lean = batch(tmp_path, "lean")
+    assert lean.returncode == 0, lean.stderr
+    sent = travelling(tmp_path)
+    assert "results/runs/baby/bpr/bpr-s1-x/record.json" not in sent
+    assert sent == before - {"results/runs/baby/bpr/bpr-s1-x/record.json"}  # the journal and the code still go
+    assert record.read_text() == "{}" and git(tmp_path, "rev-parse", "HEAD") == head
+    again = batch(tmp_path, "lean")
+    assert again.returncode == 2 and "already lean" in again.stderr
+
+    restored = batch(tmp_path, "restore")
+    assert restored.returncode == 0, restored.stderr
+    assert travelling(tmp_path) == before
+    assert git(tmp_path, "status", "--porcelain") == ""
+    assert "/results/runs/" not in (tmp_path / ".git" / "info" / "exclude").read_text()
+    assert batch(tmp_path, "restore").returncode == 2
+
+
+def test_lean_refuses_an_index_with_staged_changes(tmp_path):
+    (tmp_path / "benchmarks").mkdir()
+    shutil.copy(SCRIPT, tmp_path / "benchmarks")
+    (tmp_path / "results" / "runs").mkdir(parents=True)
+    (tmp_path / "results" / "runs" / "r.json").write_text("{}")
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-q", "-m", "start")
+    (tmp_path / "model.py").write_text("x = 1")
+    git(tmp_path, "add", "model.py")
+    result = batch(tmp_path, "lean")
+    assert result.returncode == 2 and "staged changes" in result.stderr
+    assert git(tmp_path, "ls-files", "results/runs").strip() == "results/runs/r.json"
