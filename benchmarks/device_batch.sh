@@ -57,6 +57,7 @@ prepare() {  # DATA_DIR NAME...: what the device lacks (no internet there): optu
 TRAVEL_LIMIT=$(( 64 * 1048576 ))
 LEAN_MARK=.git/device_batch.lean
 EXCLUDE=.git/info/exclude
+RUNS=results/runs  # what `lean` keeps home
 
 travel_bytes() {  # bytes of what a device call sends: tracked and untracked-not-ignored files, .whl/, .device/
     local files carried
@@ -66,24 +67,24 @@ travel_bytes() {  # bytes of what a device call sends: tracked and untracked-not
     echo $(( files + ${carried:-0} ))
 }
 
-lean() {  # results/runs/ out of the index and ignored: it does not travel; files and commits untouched
+lean() {  # $RUNS/ out of the index and ignored: it does not travel; files and commits untouched
     [ ! -e "$LEAN_MARK" ] || { echo "device_batch: already lean; 'bash $0 restore' first" >&2; exit 2; }
     git diff --cached --quiet || { echo "device_batch: the index has staged changes; commit or unstage them first" >&2; exit 2; }
     mkdir -p "$(dirname "$EXCLUDE")"
-    git rm -r -q --cached results/runs
-    echo "/results/runs/" >> "$EXCLUDE"
+    git rm -r -q --cached "$RUNS" || exit 2
+    echo "/$RUNS/" >> "$EXCLUDE"
     touch "$LEAN_MARK"
-    echo "device_batch: results/runs/ will not travel; $(( $(travel_bytes) / 1048576 )) MiB would travel now." \
+    echo "device_batch: $RUNS/ will not travel; $(( $(travel_bytes) / 1048576 )) MiB would travel now." \
          "Commit nothing until 'bash $0 restore'."
 }
 
-restore() {  # the index as HEAD has it for results/runs/, and the ignore line gone
+restore() {  # the index as HEAD has it for $RUNS/, and the ignore line gone
     [ -e "$LEAN_MARK" ] || { echo "device_batch: not lean (no $LEAN_MARK); nothing to restore" >&2; exit 2; }
-    git reset -q -- results/runs
-    grep -vxF "/results/runs/" "$EXCLUDE" > "$EXCLUDE.tmp"; mv "$EXCLUDE.tmp" "$EXCLUDE"
+    git reset -q -- "$RUNS"
+    grep -vxF "/$RUNS/" "$EXCLUDE" > "$EXCLUDE.tmp"; mv "$EXCLUDE.tmp" "$EXCLUDE"
     rm -f "$LEAN_MARK"
-    git status --short results/runs | head -n 5
-    echo "device_batch: restored; results/runs/ is tracked again"
+    git status --short "$RUNS" | head -n 5
+    echo "device_batch: restored; $RUNS/ is tracked again"
 }
 
 run() {

@@ -17,22 +17,28 @@ def batch(repo: Path, step: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "benchmarks/device_batch.sh", step], cwd=repo, capture_output=True, text=True)
 
 
+def committed_repo(root: Path, files: dict[str, str]) -> Path:
+    """A git repository at `root` with the batch script and `files` (path -> text), all committed."""
+    (root / "benchmarks").mkdir()
+    shutil.copy(SCRIPT, root / "benchmarks")
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    git(root, "init", "-q")
+    git(root, "add", ".")
+    git(root, "commit", "-q", "-m", "start")
+    return root
+
+
 def travelling(repo: Path) -> set[str]:
     """What a device call sends: tracked files and untracked files git does not ignore."""
     return set(git(repo, "ls-files").split()) | set(git(repo, "ls-files", "--others", "--exclude-standard").split())
 
 
 def test_lean_keeps_the_runs_home_and_restore_gives_the_index_back(tmp_path):
-    (tmp_path / "benchmarks").mkdir()
-    shutil.copy(SCRIPT, tmp_path / "benchmarks")
+    committed_repo(tmp_path, {"results/runs/baby/bpr/bpr-s1-x/record.json": "{}",
+                              "results/tuning/baby/bpr/journal.log": "{}"})
     record = tmp_path / "results" / "runs" / "baby" / "bpr" / "bpr-s1-x" / "record.json"
-    journal = tmp_path / "results" / "tuning" / "baby" / "bpr" / "journal.log"
-    for path in (record, journal):
-        path.parent.mkdir(parents=True)
-        path.write_text("{}")
-    git(tmp_path, "init", "-q")
-    git(tmp_path, "add", ".")
-    git(tmp_path, "commit", "-q", "-m", "start")
     head = git(tmp_path, "rev-parse", "HEAD")
     before = travelling(tmp_path)
 
@@ -54,13 +60,7 @@ def test_lean_keeps_the_runs_home_and_restore_gives_the_index_back(tmp_path):
 
 
 def test_lean_refuses_an_index_with_staged_changes(tmp_path):
-    (tmp_path / "benchmarks").mkdir()
-    shutil.copy(SCRIPT, tmp_path / "benchmarks")
-    (tmp_path / "results" / "runs").mkdir(parents=True)
-    (tmp_path / "results" / "runs" / "r.json").write_text("{}")
-    git(tmp_path, "init", "-q")
-    git(tmp_path, "add", ".")
-    git(tmp_path, "commit", "-q", "-m", "start")
+    committed_repo(tmp_path, {"results/runs/r.json": "{}"})
     (tmp_path / "model.py").write_text("x = 1")
     git(tmp_path, "add", "model.py")
     result = batch(tmp_path, "lean")
