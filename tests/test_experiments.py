@@ -290,7 +290,8 @@ def test_comparison_verdict():
     t = lambda diffs, ps: pd.DataFrame({"mean_diff": diffs, "wilcoxon_p": ps})
     assert claims.comparison_verdict(t([0.1, 0.2], [0.01, 0.001])) == "reproduced"
     assert claims.comparison_verdict(t([0.1, -0.2], [0.01, 0.001])) == "partly"
-    assert claims.comparison_verdict(t([0.1], [0.5])) == "partly"
+    assert claims.comparison_verdict(t([0.1], [0.5])) == "not reproduced"  # a lead that is not significant
+    assert claims.comparison_verdict(t([0.1, 0.2], [0.5, 0.001])) == "partly"
     assert claims.comparison_verdict(t([-0.1], [0.01])) == "not reproduced"
     assert claims.comparison_verdict(pd.DataFrame()) == "pending"
 

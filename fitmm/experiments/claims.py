@@ -227,16 +227,16 @@ def with_budget(verdict: str, runs: pd.DataFrame | None) -> str:
 
 
 def comparison_verdict(tests: pd.DataFrame, runs: pd.DataFrame | None = None, untested: Sequence[str] = ()) -> str:
-    """From paired tests (rows with mean_diff, wilcoxon_p; one per dataset): better and significant
-    everywhere -> reproduced; better somewhere -> partly; never better -> not reproduced; none -> pending.
+    """From paired tests (rows with mean_diff, wilcoxon_p; one per dataset), where a win is a positive mean
+    difference at Wilcoxon p < SIGNIFICANCE_ALPHA: a win everywhere -> reproduced; a win somewhere -> partly; no
+    win anywhere -> not reproduced (a lead that is not significant is no evidence of one); none -> pending.
     `runs`: the runs behind the tests (`runs_behind`), for the budget rule (`with_budget`). `untested`: datasets
     the comparison is planned on that have no runs yet (`Runs.missing`): "everywhere" is not shown then, so a
     win on every tested dataset is only partly (the evidence names them: `untested_note`)."""
     if tests.empty:
         return "pending"
     wins = (tests.mean_diff > 0) & (tests.wilcoxon_p < SIGNIFICANCE_ALPHA)
-    verdict = ("reproduced" if wins.all() and not untested else "partly" if (tests.mean_diff > 0).any()
-               else "not reproduced")
+    verdict = "reproduced" if wins.all() and not untested else "partly" if wins.any() else "not reproduced"
     return with_budget(verdict, runs)
 
 

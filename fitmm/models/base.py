@@ -26,6 +26,7 @@ from fitmm.config import Config
 from fitmm.data.dataset import Interactions
 from fitmm.errors import ConfigError, TrainingError
 from fitmm.graphs import csr_mm, spmm
+from fitmm.settings import as_typed
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
 
@@ -176,7 +177,7 @@ class Recommender(nn.Module):
 def require_modalities(model: str, data: Interactions, n: int = 1, hint: str = "") -> None:
     """ConfigError unless `data` has at least `n` item feature files (`<modality>_feat.npy`)."""
     if len(data.modalities) < n:
-        where = f" in {data.path}" if data.path else ""
+        where = f" in {as_typed(data.path)}" if data.path else ""  # as a reader of the book types it
         raise ConfigError(f"{model} needs {n} item modalit{'y' if n == 1 else 'ies'} (a <modality>_feat.npy file{where}); "
                           f"dataset {data.name!r} has {len(data.modalities)}" + (f"; {hint}" if hint else ""))
 class BandedRecommender(Recommender):
