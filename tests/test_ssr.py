@@ -264,6 +264,22 @@ def test_contrastive_needs_two_modalities(data):
     SSR.check_data(config(contrastive=False), single)
 
 
+def test_exact_bands_on_a_graph_too_large_for_them_are_refused_before_compute(data, monkeypatch):
+    """A plan leaves such a run out with its reason (`unrunnable`), as for a missing modality, instead of failing."""
+    import functools
+
+    from fitmm.experiments.runs import unrunnable
+    from fitmm.models import ssr as ssr_module
+    from fitmm.spectral import graph_bands
+
+    exact = config(bands="exact", contrastive=False)
+    assert unrunnable(exact, data) is None
+    monkeypatch.setattr(ssr_module, "check_dense_eigh", functools.partial(graph_bands.check_dense_eigh, max_nodes=10))
+    with pytest.raises(ConfigError, match=r"bands: exact needs a dense eigendecomposition.*Use bands: scalable"):
+        SSR.check_data(exact, data)
+    assert "Use bands: scalable" in unrunnable(exact, data)
+
+
 def test_diagnostics(data):
     m = model(data, bands="exact")
     m.eval()

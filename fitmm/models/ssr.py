@@ -62,7 +62,7 @@ from torch.nn import functional as F
 
 from fitmm.config import Config, option
 from fitmm.data.dataset import Interactions
-from fitmm.errors import ConfigError
+from fitmm.errors import ConfigError, TrainingError
 from fitmm.models.backbone import Backbone
 from fitmm.models.base import BandedRecommender, Batch, bce_loss, require_modalities
 from fitmm.spectral.graph_bands import BAND_PATHS, check_dense_eigh, make_graph_bands, resolve_band_path
@@ -202,7 +202,10 @@ class SSR(BandedRecommender):
             require_modalities("SSR's contrastive term (contrastive: true)", data, 2, hint="use --set contrastive=false")
         path = resolve_band_path(config.bands, data.n_users + data.n_items)
         if path == "exact":
-            check_dense_eigh(data.n_users + data.n_items)
+            try:
+                check_dense_eigh(data.n_users + data.n_items)
+            except TrainingError as err:  # a refusal of this config on this data, known before any compute
+                raise ConfigError(str(err)) from err
         if path == "chebyshev" and config.n_bands != 3:
             raise ConfigError(f"n_bands: {config.n_bands} is not allowed with the chebyshev path (bands: {config.bands}, "
                               f"{data.n_users + data.n_items:,} nodes): its split has 3 bands; use bands: exact or scalable")
