@@ -296,20 +296,36 @@ def test_comparison_verdict():
     assert claims.comparison_verdict(pd.DataFrame()) == "pending"
 
 
-def test_a_win_on_the_datasets_run_so_far_is_only_partly_while_planned_ones_have_no_runs():
+def test_a_win_on_the_datasets_run_so_far_is_only_partly_while_planned_runs_are_missing():
     from fitmm.experiments.plan import DataSpec, RunSpec
 
     tested = pd.DataFrame({"dataset": ["tiktok"], "mean_diff": [0.1], "wilcoxon_p": [0.001]})
-    missing = [RunSpec(DataSpec("baby"), "fitmm", 1), RunSpec(DataSpec("sports"), "ssr", 1),
-               RunSpec(DataSpec("tiktok"), "fitmm", 4)]  # one seed missing where the others ran: tested there
-    untested = claims.untested_datasets(missing, "fitmm", tested.dataset)
-    assert untested == ["baby"]
-    assert claims.comparison_verdict(tested, untested=untested) == "partly"
-    assert claims.comparison_verdict(tested.assign(mean_diff=-0.1), untested=untested) == "not reproduced"
-    assert claims.comparison_verdict(tested, untested=[]) == "reproduced"
-    assert claims.untested_note(untested, tested.dataset) == "; no runs yet on baby (the verdict rests on tiktok)"
-    assert claims.untested_note(untested, []) == "; no runs yet on baby"  # a pending verdict rests on nothing
-    assert claims.untested_note([], tested.dataset) == ""
+    missing = [RunSpec(DataSpec("baby"), "fitmm", 1), RunSpec(DataSpec("sports"), "ssr", 1)]
+    unfinished = claims.unfinished_datasets(missing, "fitmm")
+    assert unfinished == ["baby"]
+    assert claims.comparison_verdict(tested, unfinished=unfinished) == "partly"
+    assert claims.comparison_verdict(tested.assign(mean_diff=-0.1), unfinished=unfinished) == "not reproduced"
+    assert claims.comparison_verdict(tested, unfinished=[]) == "reproduced"
+    assert claims.unfinished_note(unfinished, tested.dataset) == "; no runs yet on baby (the verdict rests on tiktok)"
+    assert claims.unfinished_note(unfinished, []) == "; no runs yet on baby"  # a pending verdict rests on nothing
+    assert claims.unfinished_note([], tested.dataset) == ""
+    # a seed still to run where the others ran: tested on those, but "everywhere" is not shown yet either
+    unfinished = claims.unfinished_datasets(missing + [RunSpec(DataSpec("tiktok"), "fitmm", 4)], "fitmm")
+    assert unfinished == ["baby", "tiktok"]
+    assert claims.comparison_verdict(tested, unfinished=["tiktok"]) == "partly"
+    assert claims.unfinished_note(unfinished, tested.dataset) == (
+        "; no runs yet on baby (the verdict rests on tiktok); seeds still to run on tiktok (tested on those finished)")
+    assert claims.unfinished_note(["tiktok"], tested.dataset) == "; seeds still to run on tiktok (tested on those finished)"
+
+
+def test_unfinished_datasets_of_an_ablation_count_only_the_compared_variants():
+    from fitmm.experiments.plan import DataSpec, RunSpec
+
+    missing = [RunSpec(DataSpec("baby"), "fitmm", 1, {"n_bands": 2}, variant="2 bands"),
+               RunSpec(DataSpec("tiktok"), "fitmm", 1, {"spectral": False}, variant="backbone only")]
+    assert claims.unfinished_datasets(missing, "fitmm", {"backbone only", "full (code reading)"}) == ["tiktok"]
+    assert claims.unfinished_datasets(missing, "fitmm") == ["baby", "tiktok"]
+    assert claims.unfinished_datasets(missing, "ssr") == []
 
 
 def run_rows(*runs) -> pd.DataFrame:

@@ -226,17 +226,17 @@ def with_budget(verdict: str, runs: pd.DataFrame | None) -> str:
     return INCONCLUSIVE
 
 
-def comparison_verdict(tests: pd.DataFrame, runs: pd.DataFrame | None = None, untested: Sequence[str] = ()) -> str:
+def comparison_verdict(tests: pd.DataFrame, runs: pd.DataFrame | None = None, unfinished: Sequence[str] = ()) -> str:
     """From paired tests (rows with mean_diff, wilcoxon_p; one per dataset), where a win is a positive mean
     difference at Wilcoxon p < SIGNIFICANCE_ALPHA: a win everywhere -> reproduced; a win somewhere -> partly; no
     win anywhere -> not reproduced (a lead that is not significant is no evidence of one); none -> pending.
-    `runs`: the runs behind the tests (`runs_behind`), for the budget rule (`with_budget`). `untested`: datasets
-    the comparison is planned on that have no runs yet (`Runs.missing`): "everywhere" is not shown then, so a
-    win on every tested dataset is only partly (the evidence names them: `untested_note`)."""
+    `runs`: the runs behind the tests (`runs_behind`), for the budget rule (`with_budget`). `unfinished`: datasets
+    the comparison is planned on whose planned runs are not all finished (`unfinished_datasets`): "everywhere" is
+    not shown then, so a win on every tested dataset is only partly (the evidence names them: `unfinished_note`)."""
     if tests.empty:
         return "pending"
     wins = (tests.mean_diff > 0) & (tests.wilcoxon_p < SIGNIFICANCE_ALPHA)
-    verdict = "reproduced" if wins.all() and not untested else "partly" if wins.any() else "not reproduced"
+    verdict = "reproduced" if wins.all() and not unfinished else "partly" if wins.any() else "not reproduced"
     return with_budget(verdict, runs)
 
 
@@ -260,18 +260,24 @@ def module_effects(tests: pd.DataFrame, variants: dict[str, dict]) -> pd.DataFra
                         ).reset_index(drop=True)
 
 
-def untested_datasets(missing: Sequence, model: str, tested: Iterable[str]) -> list[str]:
-    """The datasets on which `model` has planned runs missing (`Runs.missing`, specs) and no test: what
-    `comparison_verdict`'s `untested` takes."""
-    return sorted({spec.data.label for spec in missing if spec.model == model} - set(tested))
+def unfinished_datasets(missing: Sequence, model: str, variants: Iterable[str] | None = None) -> list[str]:
+    """The datasets on which planned runs of `model` (of its `variants` only, when given) are missing
+    (`Runs.missing`, specs): no run at all, or seeds still to run. What `comparison_verdict`'s `unfinished` takes."""
+    variants = None if variants is None else set(variants)
+    return sorted({spec.data.label for spec in missing
+                   if spec.model == model and (variants is None or spec.variant in variants)})
 
 
-def untested_note(untested: Sequence[str], tested: Iterable[str]) -> str:
-    """The evidence's clause for datasets a verdict could not test yet ('' when none), naming what it rests on."""
-    if not untested:
-        return ""
+def unfinished_note(unfinished: Sequence[str], tested: Iterable[str]) -> str:
+    """The evidence's clause for the datasets whose planned runs are not all finished ('' when none): those
+    with no test yet, then those tested on the seeds finished so far; and what the verdict rests on."""
     tested = sorted(set(tested))
-    return f"; no runs yet on {', '.join(untested)}" + (f" (the verdict rests on {', '.join(tested)})" if tested else "")
+    untested = [d for d in unfinished if d not in tested]
+    partial = [d for d in unfinished if d in tested]
+    rests_on = f" (the verdict rests on {', '.join(tested)})" if tested else ""
+    clauses = ([f"no runs yet on {', '.join(untested)}{rests_on}"] if untested else []) + (
+        [f"seeds still to run on {', '.join(partial)} (tested on those finished)"] if partial else [])
+    return "".join(f"; {clause}" for clause in clauses)
 
 
 def decoupling_verdict(error_at_zero: float, slope: float) -> str:
