@@ -143,6 +143,9 @@ def test_cold_item_ranking_ranks_the_never_trained_items_among_themselves():
     assert groups.cold_item_ranking(FixedScores(warm_only, scores), warm_only) is None
     few = Interactions("d", 3, 25, train=data.train, valid=data.valid, test=data.test)  # 20 never-trained items
     assert groups.cold_item_ranking(FixedScores(few, scores[:, :25]), few) is None  # any order finds them all
+    assert groups.strict_cold_start_refusal(data) is None
+    assert groups.strict_cold_start_refusal(warm_only) == "d: no test row holds an item without train interactions"
+    assert groups.strict_cold_start_refusal(few).startswith("d: 20 items without train interactions; with at most 20")
 
 
 @pytest.mark.parametrize("model_name", ["vbpr", "freedom", "smore", "fitmm", "ssr"])

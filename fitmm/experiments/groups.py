@@ -135,6 +135,18 @@ def rank_auc(scorer: Callable[[torch.Tensor], torch.Tensor], pairs: np.ndarray, 
     return float(torch.cat(shares).double().mean())
 
 
+def strict_cold_start_refusal(data: Interactions) -> str | None:
+    """Why `cold_item_ranking` cannot test `data`, or None: no test row holds an item without train interactions,
+    or there are at most 20 such items (every order then puts all of them in a top 20)."""
+    cold = data.item_degree == 0
+    if not cold[data.test[:, 1]].any():
+        return f"{data.name}: no test row holds an item without train interactions"
+    if cold.sum() <= 20:
+        return (f"{data.name}: {int(cold.sum())} item{'s' if cold.sum() > 1 else ''} without train interactions; "
+                f"with at most 20, every order ranks them all in a top 20, so there is no strict test")
+    return None
+
+
 def cold_item_ranking(model, data: Interactions, metrics: Sequence[str] = ("recall@20", "ndcg@20")) -> dict | None:
     """Strict item cold start: the test rows on items without train interactions, each user's such items ranked
     among those items only (every other item masked). A model with item content scores them through their content
@@ -143,11 +155,11 @@ def cold_item_ranking(model, data: Interactions, metrics: Sequence[str] = ("reca
     items); `auc` (`rank_auc`, 0.5 by chance) uses every rank, not only the top 20, so it varies far less from run
     to run. None when no test row holds such an item, or there are at most 20 of them (every order then puts all of
     them in a top 20)."""
+    if strict_cold_start_refusal(data):
+        return None
     cold = data.item_degree == 0
     items = np.flatnonzero(cold)
     sub = restrict_items(data, "test", cold)
-    if len(sub.test) == 0 or len(items) <= 20:
-        return None
     with model.content_only(items) if model.scores_content else contextlib.nullcontext():
         scorer = model.scorer()
     warm = torch.from_numpy(~cold)
