@@ -153,8 +153,7 @@ def cold_item_ranking(model, data: Interactions, metrics: Sequence[str] = ("reca
     alone (their id embeddings zeroed, `Recommender.content_only`); any other model has only what it kept of them
     (its initial embeddings). `chance_recall@20` is a random order's expected Recall@20, 20 / (number of such
     items); `auc` (`rank_auc`, 0.5 by chance) uses every rank, not only the top 20, so it varies far less from run
-    to run. None when no test row holds such an item, or there are at most 20 of them (every order then puts all of
-    them in a top 20)."""
+    to run. None where `strict_cold_start_refusal` refuses `data`."""
     if strict_cold_start_refusal(data):
         return None
     cold = data.item_degree == 0
