@@ -248,6 +248,8 @@ def test_seed_mean_and_versus_best_baseline(tmp_path):
     frame["variant"] = frame.model
     ref = significance.versus_reference(frame.assign(model="m"), "strong")
     assert set(ref.variant) == {"weak", "fitmm"}
+    same = pd.concat([frame, frame[frame.variant == "strong"].assign(variant="switch off here")])
+    assert set(significance.versus_reference(same.assign(model="m"), "strong").variant) == {"weak", "fitmm"}
     assert ref.set_index("variant").loc["weak", "mean_diff"] > 0  # reference better than weak
     # a one-seed variant meets the reference's run of its seed only: strong seed 1 vs fitmm seed 1 differ by 0.2
     one = significance.versus_reference(frame[(frame.model != "fitmm") | (frame.seed == 1)].assign(model="m"), "strong")

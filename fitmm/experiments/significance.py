@@ -100,6 +100,8 @@ def versus_reference(frame: pd.DataFrame, reference: str, metric: str = "recall@
     averaged over the seeds both have (a one-seed variant meets the reference's run of that seed: averaging more
     seeds on one side only would smooth its per-user values and bias the Wilcoxon test). A variant whose seeds
     the reference lacks is compared with all of the reference's seeds. Column `paired seeds`: the seeds compared.
+    A variant that is the reference's own runs on a dataset (its switch changes nothing there, e.g. SSR's
+    contrastive term on a set with one modality) is no comparison and gets no row.
 
     mean_diff = reference − variant: positive when the reference is better.
     """
@@ -111,6 +113,8 @@ def versus_reference(frame: pd.DataFrame, reference: str, metric: str = "recall@
         for variant, g in runs[runs.variant != reference].groupby("variant", sort=False):
             pair = on_shared_seeds(pd.concat([ref_runs, g]), "variant")
             ref, var = pair[pair.variant == reference], pair[pair.variant == variant]
+            if set(var.path) == set(ref.path):
+                continue
             rows.append({"dataset": dataset, "model": model, "variant": variant, "metric": metric,
                          "paired seeds": ", ".join(map(str, sorted(set(var.seed)))),
                          **paired_test(seed_mean(ref["path"].tolist()), seed_mean(var["path"].tolist()), metric)})
