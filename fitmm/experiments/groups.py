@@ -139,10 +139,11 @@ def strict_cold_start_refusal(data: Interactions) -> str | None:
     """Why `cold_item_ranking` cannot test `data`, or None: no test row holds an item without train interactions,
     or there are at most 20 such items (every order then puts all of them in a top 20)."""
     cold = data.item_degree == 0
+    n_cold = int(cold.sum())
     if not cold[data.test[:, 1]].any():
         return f"{data.name}: no test row holds an item without train interactions"
-    if cold.sum() <= 20:
-        return (f"{data.name}: {int(cold.sum())} item{'s' if cold.sum() > 1 else ''} without train interactions; "
+    if n_cold <= 20:
+        return (f"{data.name}: {n_cold} item{'s' if n_cold > 1 else ''} without train interactions; "
                 f"with at most 20, every order ranks them all in a top 20, so there is no strict test")
     return None
 
