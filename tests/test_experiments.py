@@ -413,13 +413,48 @@ def test_snr_tracking_verdict_and_unmoved_weights():
 
 
 def test_band_count_verdict():
+    """Three or four bands best on valid is a win only where the paired test on test users backs it."""
     converged = run_rows(("a", "ssr", "3 bands", 20, 41, True), ("a", "ssr", "5 bands", 20, 41, True))
-    assert claims.band_count_verdict(pd.Series({"a": 3, "b": 4}), converged) == "reproduced"
-    assert claims.band_count_verdict(pd.Series({"a": 3, "b": 5}), converged) == "partly"
-    assert claims.band_count_verdict(pd.Series({"a": 2, "b": 5}), converged) == "not reproduced"
+    tests = lambda *rows: pd.DataFrame(rows, columns=["dataset", "mean_diff", "wilcoxon_p"])
+    backed = tests(("a", 0.01, 1e-4), ("b", 0.02, 1e-3))
+    assert claims.band_count_verdict(pd.Series({"a": 3, "b": 4}), backed, converged) == "reproduced"
+    assert claims.band_count_verdict(pd.Series({"a": 3, "b": 5}), backed, converged) == "partly"
+    assert claims.band_count_verdict(pd.Series({"a": 2, "b": 5}), backed, converged) == "not reproduced"
+    noise = tests(("a", 0.001, 0.4), ("b", 0.02, 1e-3))  # best on valid at 3 on a, but the test cannot tell
+    assert claims.band_count_verdict(pd.Series({"a": 3, "b": 4}), noise, converged) == "partly"
+    assert claims.band_count_verdict(pd.Series({"a": 3}), tests(("a", 0.001, 0.4)), converged) == "not reproduced"
+    assert claims.band_count_verdict(pd.Series({"a": 3}), tests(("a", -0.01, 1e-4)), converged) == "not reproduced"
     capped = run_rows(("a", "ssr", "3 bands", 20, 41, True), ("a", "ssr", "5 bands", 2, 3, False))
-    assert claims.band_count_verdict(pd.Series({"a": 5}), capped) == "inconclusive (budget)"
-    assert claims.band_count_verdict(pd.Series(dtype=int)) == "pending"
+    assert claims.band_count_verdict(pd.Series({"a": 5}), tests(("a", -0.01, 1e-4)), capped) == "inconclusive (budget)"
+    assert claims.band_count_verdict(pd.Series({"a": 3}), tests()) == "pending"  # only 3 and 4 run: uncontested
+    assert claims.band_count_verdict(pd.Series(dtype=int), tests()) == "pending"
+
+
+def test_band_count_rivals_and_their_paired_test(tmp_path):
+    """The best count in 3-4 meets the best count outside, both chosen on valid, on the seeds every count ran."""
+    users, rng = np.arange(50), np.random.default_rng(0)
+    base = rng.random(50)
+    rows = []
+    for bands, shift, valid in ((2, -0.1, 0.20), (3, 0.1, 0.30), (4, 0.0, 0.25), (5, -0.2, 0.10)):
+        for seed in (1, 2):
+            rows.append({"dataset": "d", "bands": bands, "seed": seed, "valid_recall@20": valid,
+                         "recall@20": base.mean() + shift,
+                         "path": write_run(tmp_path / f"{bands}-{seed}", users, base + shift + 0.01 * seed)})
+    rows.append({"dataset": "d", "bands": 3, "seed": 9, "valid_recall@20": 0.0, "recall@20": 0.0,
+                 "path": write_run(tmp_path / "3-9", users, np.zeros(50))})  # seed 9: 3 bands only, left out
+    rows.append({"dataset": "e", "bands": 3, "seed": 1, "valid_recall@20": 0.3, "recall@20": 0.3, "path": ""})
+    runs = pd.DataFrame(rows)
+    means = claims.band_count_means(runs)
+    rivals = claims.band_count_rivals(means)
+    assert rivals.values.tolist() == [["d", 3, 2]]  # e ran one side only: nothing contests the claim there
+    out = significance.band_count_tests(runs, rivals)
+    assert out.loc[0, "paired seeds"] == "1, 2" and out.loc[0, "mean_diff"] == pytest.approx(0.2, abs=1e-6)
+    assert out.loc[0, "wilcoxon_p"] < 0.05
+    best = claims.best_band_counts(means)
+    assert claims.band_count_verdict(best, out) == "reproduced"  # won on d; e, uncontested, shows nothing
+    evidence = claims.band_count_evidence(means, best, out)
+    assert evidence.startswith("d: best on valid at 3 bands of [2, 3, 4, 5], seeds 1, 2; 3 vs 2 bands")
+    assert "e: best on valid at 3 bands of [3], seeds 1; every count run lies on one side of 3-4" in evidence
 
 
 def test_module_effects_read_the_single_switch_variants():

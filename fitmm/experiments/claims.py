@@ -361,13 +361,49 @@ def best_band_counts(means: pd.DataFrame) -> pd.Series:
     return means["valid_recall@20"].groupby(level="dataset").idxmax().map(lambda i: i[1])
 
 
-def band_count_verdict(best: pd.Series, runs: pd.DataFrame | None = None) -> str:
-    """SSR's 'three to four bands work best', from the band count best on valid per dataset (`best`)."""
-    if best.empty:
+def band_count_rivals(means: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset of `band_count_means`, the count in BEST_BAND_COUNTS and the count outside them with the highest
+    mean valid Recall@20 (columns dataset, inside, outside): the pair whose paired test on test users decides the
+    claim there. A dataset whose counts all lie on one side gets no row (nothing there contests the claim)."""
+    rows = []
+    for dataset, by_count in means["valid_recall@20"].groupby(level="dataset"):
+        by_count = by_count.droplevel("dataset")
+        inside = by_count[by_count.index.isin(BEST_BAND_COUNTS)]
+        outside = by_count[~by_count.index.isin(BEST_BAND_COUNTS)]
+        if len(inside) and len(outside):
+            rows.append({"dataset": dataset, "inside": int(inside.idxmax()), "outside": int(outside.idxmax())})
+    return pd.DataFrame(rows, columns=["dataset", "inside", "outside"])
+
+
+def band_count_verdict(best: pd.Series, tests: pd.DataFrame, runs: pd.DataFrame | None = None) -> str:
+    """SSR's 'three to four bands work best'. Per dataset, a win: the count best on valid (`best`) is three or
+    four, and the best of those beats the best count outside them on test users (`tests`: the
+    `significance.band_count_tests` rows, mean_diff = inside − outside) at Wilcoxon p < SIGNIFICANCE_ALPHA.
+    A win on every contested dataset -> reproduced; on some -> partly; on none -> not reproduced (a count that
+    is best on valid by a gap the test cannot tell from noise is no evidence); no contested dataset -> pending."""
+    if best.empty or tests.empty:
         return "pending"
-    hits = best.isin(BEST_BAND_COUNTS)
-    verdict = "reproduced" if hits.all() else "partly" if hits.any() else "not reproduced"
+    significant = tests.set_index("dataset").eval("mean_diff > 0 and wilcoxon_p < @SIGNIFICANCE_ALPHA")
+    wins = [best[d] in BEST_BAND_COUNTS and bool(significant[d]) for d in tests.dataset]
+    verdict = "reproduced" if all(wins) else "partly" if any(wins) else "not reproduced"
     return with_budget(verdict, runs)
+
+
+def band_count_evidence(means: pd.DataFrame, best: pd.Series, tests: pd.DataFrame) -> str:
+    """The evidence of `band_count_verdict`, per dataset: the counts run, the best on valid and its seeds, and the
+    paired test of the best count in BEST_BAND_COUNTS against the best outside them."""
+    found = []
+    for dataset, count in best.items():
+        counts = sorted(int(c) for c in means.loc[dataset].index)
+        text = f"{dataset}: best on valid at {count} bands of {counts}, seeds {means.loc[(dataset, count), 'seeds']}"
+        span = "-".join(map(str, BEST_BAND_COUNTS))
+        for r in tests[tests.dataset == dataset].itertuples():
+            text += (f"; {r.inside} vs {r.outside} bands (the best on valid in and outside {span}): "
+                     f"test Recall@20 {r.mean_a:.4f} vs {r.mean_b:.4f}, Wilcoxon p = {r.wilcoxon_p:.2e}")
+        if dataset not in set(tests.dataset):
+            text += f"; every count run lies on one side of {span}: nothing contests the claim"
+        found.append(text)
+    return "; ".join(found)
 
 
 def claims_table(results_dir: str | Path, profile: str) -> pd.DataFrame:

@@ -119,3 +119,20 @@ def versus_reference(frame: pd.DataFrame, reference: str, metric: str = "recall@
                          "paired seeds": ", ".join(map(str, sorted(set(var.seed)))),
                          **paired_test(seed_mean(ref["path"].tolist()), seed_mean(var["path"].tolist()), metric)})
     return pd.DataFrame(rows)
+
+
+def band_count_tests(band_runs: pd.DataFrame, rivals: pd.DataFrame, metric: str = "recall@20") -> pd.DataFrame:
+    """Per row of `claims.band_count_rivals` (dataset, inside, outside), the paired test of the inside count
+    against the outside one, each averaged over the seeds every count of that dataset ran (as
+    `claims.band_count_means` averages them). `band_runs`: `claims.band_count_runs` rows, with `path`.
+
+    mean_diff = inside − outside: positive when the count the claim names is better.
+    """
+    rows = []
+    for r in rivals.itertuples():
+        runs = on_shared_seeds(band_runs[band_runs.dataset == r.dataset], "bands")
+        inside, outside = (runs[runs.bands == count]["path"].tolist() for count in (r.inside, r.outside))
+        rows.append({"dataset": r.dataset, "inside": r.inside, "outside": r.outside, "metric": metric,
+                     "paired seeds": ", ".join(map(str, sorted(set(runs.seed)))),
+                     **paired_test(seed_mean(inside), seed_mean(outside), metric)})
+    return pd.DataFrame(rows)
