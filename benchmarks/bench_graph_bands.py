@@ -8,7 +8,10 @@ like the backbone's propagation) random signal of 64 columns, M = 3. For each or
 the scalable path: the largest absolute difference of per-band energy fractions and of band
 borders (λ) from the exact path, the relative Frobenius error of each band, and seconds per
 forward. Large graph: Clothing's train graph (39,387 + 23,033 nodes), a random signal of
-64·3 columns, seconds per forward (no gradient) and per forward + backward.
+64·3 columns, seconds per forward (no gradient) and per forward + backward; then SSR's sum input
+(`band_input: sum`), R and H of 64·3 columns each, split as [R | H] with its halves summed against
+R + H cut at [R | H]'s borders (what `SSR` does), forward + backward, on the scalable path (the
+released Chebyshev split does not depend on the signal: SSR always gave it R + H).
 Without --data-dir the large-graph part is skipped. Prints the figures.
 """
 
@@ -77,6 +80,18 @@ def clothing(data_dir: Path, orders: list[int], n_bands: int) -> None:
         leaf = x.clone().requires_grad_()
         _, both = timed(lambda: bands(leaf).square().sum().backward())
         print(f"{name:>14} {forward:>10.2f} {both:>19.2f}")
+    # SSR's band_input: sum: the bands of [R | H] with their halves summed, as computed before (the split of the
+    # 2D-column [R | H]) and now (R + H, D columns, cut at [R | H]'s borders); forward + backward as in training
+    r, h = (x.clone().requires_grad_() for _ in range(2))
+    print(f"\nSSR's sum input (R, H of {x.shape[1]} columns each), s/forward+backward:")
+    print(f"{'path':>14} {'[R | H], halves summed':>23} {'R + H at [R | H] borders':>25}")
+    for name, bands in ((n, b) for n, b in paths.items() if n != "chebyshev"):  # fixed filters: always R + H
+        def halves() -> None:
+            both = bands(torch.cat([r, h], dim=1))
+            (both[..., : x.shape[1]] + both[..., x.shape[1] :]).square().sum().backward()
+        _, before = timed(halves)
+        _, now = timed(lambda: bands(r + h, signal=(r, h)).square().sum().backward())
+        print(f"{name:>14} {before:>23.2f} {now:>25.2f}")
 
 
 def main() -> None:

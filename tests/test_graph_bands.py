@@ -51,6 +51,34 @@ def test_bands_of_rows_are_rows_of_bands(small_graph, path):
     torch.testing.assert_close(bands(x, rows), bands(x)[:, rows], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("path", ["chebyshev", "exact", "scalable"])
+def test_bands_of_a_sum_at_the_borders_of_its_parts(small_graph, path):
+    """bands(R + H, signal=(R, H)) is bands([R | H]) with its halves summed, in values and in gradients (SSR's
+    band_input: sum), although the equal-energy borders of [R | H] differ from those of R + H."""
+    g = torch.Generator().manual_seed(7)
+    r = torch.randn(small_graph.shape[0], 6, generator=g, requires_grad=True)
+    h = (3 * torch.sparse.mm(small_graph, torch.randn(small_graph.shape[0], 6, generator=g))).requires_grad_()
+    weights = torch.randn(3, small_graph.shape[0], 6, generator=g)
+    bands = make_graph_bands(path, small_graph, 3, order=20)
+    rows = torch.tensor([4, 0, 77, 4])
+    for subset in (None, rows):
+        halves = bands(torch.cat([r, h], dim=1), subset)
+        expected = halves[..., :6] + halves[..., 6:]
+        (expected * (weights if subset is None else weights[:, subset])).sum().backward()
+        grads = r.grad.clone(), h.grad.clone()
+        r.grad = h.grad = None
+        summed = bands(r + h, subset, signal=(r, h))
+        torch.testing.assert_close(summed, expected, atol=1e-5, rtol=1e-5)
+        (summed * (weights if subset is None else weights[:, subset])).sum().backward()
+        torch.testing.assert_close((r.grad, h.grad), grads, atol=1e-5, rtol=1e-5)
+        r.grad = h.grad = None
+    if path != "chebyshev":  # the borders are [R | H]'s, not those R + H alone would get
+        bands(r + h, signal=(r, h))
+        of_parts = bands.borders.clone()
+        bands(r + h)
+        assert not torch.allclose(bands.borders, of_parts)
+
+
 def test_chebyshev_filter_gradient_and_values(small_graph):
     adj = torch.sparse_csr_tensor(small_graph.crow_indices(), small_graph.col_indices(), small_graph.values().double(), small_graph.shape)
     x = torch.randn(small_graph.shape[0], 3, dtype=torch.float64, requires_grad=True)

@@ -259,15 +259,14 @@ class SSR(BandedRecommender):
         zeroed, and their contexts h (n, B·d) from [R_u; R_i].
 
         The bands are cut from X = [R | H]; with `band_input: sum` each band's R half and H half are then added
-        (D = B·d, as the released code does), with `concat` they stay side by side (D = 2·B·d)."""
+        (D = B·d, as the released code does), with `concat` they stay side by side (D = 2·B·d). Every split is
+        linear in X given its borders, so the sum is computed as the bands of R + H cut at [R | H]'s borders."""
         v = self.backbone()
         context, graph = torch.cat([v.r_u, v.r_i]), torch.cat([v.h_u, v.h_i])
-        if self.band_input == "sum" and self.bands.linear:  # bands(R) + bands(H) = bands(R + H): half the width
-            bands = self.bands(context + graph, rows)
+        if self.band_input == "sum":
+            bands = self.bands(context + graph, rows, signal=(context, graph))
         else:
             bands = self.bands(torch.cat([context, graph], dim=1), rows)
-            if self.band_input == "sum":
-                bands = bands[..., : context.shape[1]] + bands[..., context.shape[1] :]
         bands = self.drop_band(bands)
         return bands, context if rows is None else context[rows]
 

@@ -14,13 +14,17 @@ T_0 X = X, T_1 X = L̃X, T_k X = 2 L̃ T_{k−1} X − T_{k−2} X.
   expansions of interval indicators (kernel polynomial method), linear in edges.
 
 Every path maps X to bands differentiably in X; what depends only on the graph
-is computed once (and the eigendecomposition cached on disk).
+is computed once (and the eigendecomposition cached on disk). Given its borders, every
+split is linear in X; the equal-energy paths take the borders from a `signal` that may
+differ from X (SSR cuts R + H at the borders of [R | H]: the bands of [R | H] with
+their halves summed, at half the width).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -112,10 +116,12 @@ def chebyshev_filter(adj: torch.Tensor, x: torch.Tensor, coefficients: torch.Ten
 
 class GraphBands(nn.Module):
     """Maps a node signal X (N x D) to M bands (M x N x D) that sum to X; `forward(x, rows)` returns the bands
-    of the given rows only (M x len(rows) x D), which the exact path computes at a fraction of the cost."""
+    of the given rows only (M x len(rows) x D), which the exact path computes at a fraction of the cost.
+    `forward(x, rows, signal)` places the band borders by the energy of `signal` (column blocks of N rows whose
+    concatenation is the signal; default X) and cuts X there, so that bands(R + H, signal=(R, H)) equals
+    bands([R | H]) with its two halves summed, without building [R | H]."""
 
     n_bands: int
-    linear = False  # True where the split does not depend on X, so the bands of X + Y are those of X plus those of Y
 
     def __init__(self, adj: torch.Tensor, n_bands: int):
         super().__init__()
@@ -139,9 +145,8 @@ def chebyshev_responses(lam: torch.Tensor) -> torch.Tensor:
 
 
 class ChebyshevBands(GraphBands):
-    """SSR's released split: low = x − 0.5 T_1x, mid = 0.8 T_2x + 0.3 T_3x, high = x − low − mid (M = 3)."""
-
-    linear = True
+    """SSR's released split: low = x − 0.5 T_1x, mid = 0.8 T_2x + 0.3 T_3x, high = x − low − mid (M = 3);
+    its filters are fixed, so a `signal` changes nothing."""
 
     def __init__(self, adj: torch.Tensor, n_bands: int = 3):
         if n_bands != 3:
@@ -149,7 +154,8 @@ class ChebyshevBands(GraphBands):
         super().__init__(adj, n_bands)
         self.filters = torch.tensor([[1.0, -0.5, 0.0, 0.0], [0.0, 0.0, 0.8, 0.3]])  # low, mid over T_0..T_3
 
-    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None,
+                signal: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         lower = chebyshev_filter(self.adj, x, self.filters)
         if rows is not None:
             lower, x = lower[:, rows], x[rows]
@@ -218,10 +224,12 @@ class ExactBands(GraphBands):
         self.register_buffer("basis", evecs, persistent=False)
         self.borders = torch.zeros(n_bands - 1)  # λ of the latest forward's band borders (diagnostics)
 
-    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None,
+                signal: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         coef = self.basis.T @ x  # N x D spectral coefficients
         with torch.no_grad():
-            cum = coef.double().square().sum(1).cumsum(0)
+            blocks = [coef] if signal is None else [self.basis.T @ block for block in signal]
+            cum = sum(c.double().square().sum(1) for c in blocks).cumsum(0)
             cuts = energy_borders(cum, self.n_bands).clamp(max=self.n_nodes)
             inner = cuts.clamp(1, self.n_nodes - 1)
             self.borders = ((self.evals[inner - 1] + self.evals[inner]) / 2).float().cpu()
@@ -298,9 +306,10 @@ class ScalableBands(GraphBands):
         steps = step_coefficients(torch.cat([borders.new_full((1,), -1.0), borders]), self.order) * self.damping
         return steps[1:] - steps[:-1]
 
-    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        with torch.no_grad():
-            filters = self.band_filters(chebyshev_moments(self.adj, x.detach(), self.order))
+    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None,
+                signal: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        with torch.no_grad():  # moments add up over columns, so over the signal's blocks
+            filters = self.band_filters(sum(chebyshev_moments(self.adj, block, self.order) for block in signal or [x]))
         lower = chebyshev_filter(self.adj, x, filters)
         if rows is not None:
             lower, x = lower[:, rows], x[rows]
