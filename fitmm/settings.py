@@ -42,14 +42,17 @@ def project_root() -> Path | None:
 
 def as_typed(path: str | os.PathLike) -> str:
     """`path` as a command in the book shows it: relative to the project root when it lies under it (what a reader
-    types in a clone), else as it is.
+    types in a clone), else as it is. A link under the root (data/clothing -> a shared folder) stays as named.
 
     >>> as_typed(project_root() / "data"), as_typed("/elsewhere/data")
     ('data', '/elsewhere/data')
     """
     root = project_root()
-    resolved = Path(path).resolve()
-    return str(resolved.relative_to(root)) if root is not None and resolved.is_relative_to(root) else str(path)
+    if root is not None:
+        for where in (Path(os.path.abspath(path)), Path(path).resolve()):  # as named first, then links followed
+            if where.is_relative_to(root):
+                return str(where.relative_to(root))
+    return str(path)
 
 
 def project_path(value: str | os.PathLike) -> Path:

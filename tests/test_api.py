@@ -68,6 +68,18 @@ def test_installed_without_a_project_root_falls_back(tmp_path, monkeypatch):
     assert settings.cache_dir() == Path.home() / ".cache" / "fitmm"
 
 
+def test_paths_in_the_book_are_shown_as_a_reader_types_them(tmp_path, monkeypatch):
+    """Relative to the project root, a folder linked in from elsewhere (data/clothing -> shared) included."""
+    root, shared = tmp_path / "project", tmp_path / "shared" / "clothing"
+    (root / "data").mkdir(parents=True)
+    shared.mkdir(parents=True)
+    (root / "data" / "clothing").symlink_to(shared)
+    monkeypatch.setattr(settings, "project_root", lambda: root)
+    monkeypatch.chdir(root)
+    assert settings.as_typed(root / "data" / "clothing") == settings.as_typed("data/clothing") == "data/clothing"
+    assert settings.as_typed(shared) == str(shared)
+
+
 def test_import_is_cheap_and_exports_the_api():
     code = "import sys, fitmm; assert 'torch' not in sys.modules and 'pandas' not in sys.modules; print(*fitmm.__all__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -8,7 +8,7 @@ from what is on hand here (see the data caveats); they are context, not targets.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -115,6 +115,50 @@ def training_summary(frame: pd.DataFrame, dataset: str) -> pd.DataFrame:
             "cut at the epoch cap": "–" if trained.empty else "no" if trained.stopped_early.all() else "yes",
             "s / epoch": "–" if trained.empty else f"{trained.seconds_per_epoch.mean():.2f}"}
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def leaders_summary(frame: pd.DataFrame, tests: pd.DataFrame, datasets: Sequence[str],
+                    unfinished: Mapping[str, Sequence[str]], metric: str = "recall@20") -> str:
+    """One sentence per dataset of `datasets` with runs: the most accurate of its models by mean test `metric`, then
+    each model under study's difference from the best other model with its Wilcoxon p (`tests`:
+    `significance.versus_best_baseline` rows of `metric`), or why it has none: its planned runs there are still to
+    come (`unfinished`: model under study -> datasets with planned runs missing, `claims.unfinished_datasets`),
+    or none is planned (the model cannot run on that data).
+
+    >>> runs = pd.DataFrame({"dataset": ["a", "a", "b", "c"], "model": ["fitmm", "bpr", "bpr", "bpr"],
+    ...                      "recall@20": [.2, .1, .3, .4]})
+    >>> tests = pd.DataFrame({"dataset": ["a"], "model": ["fitmm"], "baseline": ["bpr"], "metric": ["recall@20"],
+    ...                       "mean_diff": [.1], "wilcoxon_p": [.002]})
+    >>> print(leaders_summary(runs, tests, ["a", "b", "c", "d"], {"fitmm": ["b"]}).replace(". ", ".\\n"))
+    On a, the most accurate of 2 models by mean test Recall@20 is FITMM (0.2000); FITMM differs from the best other model, BPR, by +0.1000 (Wilcoxon p = 2.00e-03).
+    On b, the most accurate of 1 model by mean test Recall@20 is BPR (0.3000); FITMM has no runs there yet.
+    On c, the most accurate of 1 model by mean test Recall@20 is BPR (0.4000); FITMM does not run there (see the runs left out).
+    """
+    def name(model: str) -> str:
+        return DISPLAY.get(model, model)
+
+    sentences = []
+    for dataset in datasets:
+        means = frame[frame.dataset == dataset].groupby("model")[metric].mean().sort_values(ascending=False)
+        if means.empty:
+            continue
+        n = len(means)
+        parts = [f"On {dataset}, the most accurate of {n} model{'s' * (n > 1)} by mean test "
+                 f"{metric.replace('recall', 'Recall').replace('ndcg', 'NDCG')} is {name(means.index[0])} "
+                 f"({means.iloc[0]:.4f})"]
+        for target, missing in unfinished.items():
+            row = tests[(tests.dataset == dataset) & (tests.model == target) & (tests.metric == metric)] \
+                if not tests.empty else tests
+            if len(row):
+                r = row.iloc[0]
+                parts.append(f"{name(target)} differs from the best other model, {name(r.baseline)}, by "
+                             f"{r.mean_diff:+.4f} (Wilcoxon p = {r.wilcoxon_p:.2e})")
+            elif dataset in missing:
+                parts.append(f"{name(target)} has no runs there yet")
+            else:
+                parts.append(f"{name(target)} does not run there (see the runs left out)")
+        sentences.append("; ".join(parts) + ".")
+    return " ".join(sentences)
 
 
 def with_published(frame: pd.DataFrame, dataset: str, metrics: Sequence[str] = HEADLINE, digits: int = 4) -> pd.DataFrame:
