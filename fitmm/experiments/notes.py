@@ -6,7 +6,7 @@ so every number in the book's prose is computed by the run that produced the pag
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping, Sequence
 
 from IPython.display import Markdown, display
 
@@ -82,6 +82,17 @@ def fmt(value, spec: str = ".4f") -> str:
     if value is None or value != value:
         return "n/a"
     return format(value, spec)
+
+
+def per_dataset(parts: Mapping[str, str], order: Sequence[str] = (), empty: str = "n/a") -> str:
+    """One clause per dataset for an answer's text, those named in `order` first and in that order; `empty` when
+    there is none.
+
+    >>> per_dataset({"baby": "+0.0009", "tiktok": "-0.0200"}, ["tiktok", "baby"]), per_dataset({})
+    ('tiktok -0.0200; baby +0.0009', 'n/a')
+    """
+    datasets = [d for d in order if d in parts] + [d for d in parts if d not in order]
+    return "; ".join(f"{dataset} {parts[dataset]}" for dataset in datasets) or empty
 
 
 def glue_text(name: str, value, spec: str = ".4f") -> None:
