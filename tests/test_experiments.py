@@ -418,6 +418,7 @@ def test_band_count_verdict():
     tests = lambda *rows: pd.DataFrame(rows, columns=["dataset", "mean_diff", "wilcoxon_p"])
     backed = tests(("a", 0.01, 1e-4), ("b", 0.02, 1e-3))
     assert claims.band_count_verdict(pd.Series({"a": 3, "b": 4}), backed, converged) == "reproduced"
+    assert claims.band_count_verdict(pd.Series({"a": 3, "b": 4}), backed, converged, ["c"]) == "partly"  # c to run
     assert claims.band_count_verdict(pd.Series({"a": 3, "b": 5}), backed, converged) == "partly"
     assert claims.band_count_verdict(pd.Series({"a": 2, "b": 5}), backed, converged) == "not reproduced"
     noise = tests(("a", 0.001, 0.4), ("b", 0.02, 1e-3))  # best on valid at 3 on a, but the test cannot tell

@@ -332,16 +332,21 @@ def snr_tracking_verdict(rho: float, band_weights: dict[str, list[float]], run: 
     return with_budget(verdict, run)
 
 
+def band_count_variants(model: str, variants: dict[str, dict], path: dict | None = None) -> dict[str, int]:
+    """Of `variants` (label -> overrides), those that set `path` (e.g. SSR's `{"bands": "scalable"}`) and at most the
+    band count besides: label -> band count (the model's YAML `n_bands` where a variant leaves it)."""
+    default = defaults(model)["n_bands"]
+    return {label: o.get("n_bands", default) for label, o in variants.items()
+            if {k: v for k, v in o.items() if k != "n_bands"} == (path or {})}
+
+
 def band_count_runs(frame: pd.DataFrame, model: str, variants: dict[str, dict],
                     path: dict | None = None) -> pd.DataFrame:
-    """The runs of `model` (`runs.record_row` rows, with their variant) among `variants` (label -> overrides) that
-    set `path` (e.g. SSR's `{"bands": "scalable"}`) and at most the band count besides, with that count in a
-    column `bands` (the model's YAML `n_bands` where a variant leaves it)."""
+    """The runs of `model` (`runs.record_row` rows, with their variant) of its `band_count_variants`, with the
+    band count in a column `bands`."""
     if frame.empty:
         return pd.DataFrame()
-    default = defaults(model)["n_bands"]
-    counts = {label: o.get("n_bands", default) for label, o in variants.items()
-              if {k: v for k, v in o.items() if k != "n_bands"} == (path or {})}
+    counts = band_count_variants(model, variants, path)
     runs = frame[(frame.model == model) & frame.variant.isin(counts)]
     return runs.assign(bands=runs.variant.map(counts))
 
@@ -375,17 +380,20 @@ def band_count_rivals(means: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["dataset", "inside", "outside"])
 
 
-def band_count_verdict(best: pd.Series, tests: pd.DataFrame, runs: pd.DataFrame | None = None) -> str:
+def band_count_verdict(best: pd.Series, tests: pd.DataFrame, runs: pd.DataFrame | None = None,
+                       unfinished: Sequence[str] = ()) -> str:
     """SSR's 'three to four bands work best'. Per dataset, a win: the count best on valid (`best`) is three or
     four, and the best of those beats the best count outside them on test users (`tests`: the
     `significance.band_count_tests` rows, mean_diff = inside − outside) at Wilcoxon p < SIGNIFICANCE_ALPHA.
     A win on every contested dataset -> reproduced; on some -> partly; on none -> not reproduced (a count that
-    is best on valid by a gap the test cannot tell from noise is no evidence); no contested dataset -> pending."""
+    is best on valid by a gap the test cannot tell from noise is no evidence); no contested dataset -> pending.
+    `unfinished`: datasets with planned band-count runs missing (`unfinished_datasets`): reproduced is then only
+    partly, as in `comparison_verdict`."""
     if best.empty or tests.empty:
         return "pending"
     significant = tests.set_index("dataset").eval("mean_diff > 0 and wilcoxon_p < @SIGNIFICANCE_ALPHA")
     wins = [best[d] in BEST_BAND_COUNTS and bool(significant[d]) for d in tests.dataset]
-    verdict = "reproduced" if all(wins) else "partly" if any(wins) else "not reproduced"
+    verdict = "reproduced" if all(wins) and not unfinished else "partly" if any(wins) else "not reproduced"
     return with_budget(verdict, runs)
 
 
