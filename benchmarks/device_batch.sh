@@ -3,6 +3,7 @@
 #
 # Here, on the CPU machine, in the repository root:
 #   bash benchmarks/device_batch.sh prepare DATA_DIR NAME...   # wheels -> .whl/, datasets -> .device/data/
+#                                                              # (the default work: data sports clothing)
 #   bash benchmarks/device_batch.sh lean                       # only if prepare says the tree is too large
 # On the device, one `run` call with carry [".whl", ".device"] and timeout_s 600:
 #   bash benchmarks/device_batch.sh run
@@ -24,8 +25,8 @@
 #      under .device/data named in TIMED_DATASETS (default: tiktok sports baby); s/epoch, valid-eval s and peak
 #      memory from each record, printed and written to $OUT/gpu_timings.tsv with the device's name.
 #   2. The heaviest work: WORK, one `fitmm` command per line (default: the searches the CPU sessions cannot
-#      afford, FITMM's on Baby and Sports and SSR's on Sports, two workers each; a finished search ends at
-#      once), all at once, each stopped at the deadline.
+#      afford, FITMM's, SSR's, SMORE's, FREEDOM's and LightGCN's on Sports and LightGCN's on Clothing, two
+#      workers each; a finished search ends at once), all at once, each stopped at the deadline.
 #      A stopped run leaves its checkpoint behind (it does not travel), so plan work that finishes; a stopped
 #      search trial is freed here by `fitmm tune ... --reclaim`.
 #   3. Every record, trace and search journal written meanwhile -> $OUT/records.tar.gz (no checkpoints).
@@ -125,9 +126,12 @@ Path(sys.argv[2]).write_text("\n".join(rows) + "\n")
 print("\n".join(rows))
 EOF
 
-    local work=${WORK:-"tune --model fitmm --dataset baby --jobs 2
-tune --model fitmm --dataset sports --jobs 2
-tune --model ssr --dataset sports --set contrastive=false --jobs 2"}
+    local work=${WORK:-"tune --model fitmm --dataset sports --jobs 2
+tune --model ssr --dataset sports --set contrastive=false --jobs 2
+tune --model smore --dataset sports --jobs 2
+tune --model freedom --dataset sports --jobs 2
+tune --model lightgcn --dataset sports --jobs 2
+tune --model lightgcn --dataset clothing --jobs 2"}
     local left=$(( deadline - $(date +%s) )) i=0
     if [ "$left" -gt 30 ]; then
         while IFS= read -r line; do
