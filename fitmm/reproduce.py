@@ -164,6 +164,8 @@ def execute(src: Path, out: Path, profile: dict, parameters: dict, key: str, roo
                              f"{seconds:.0f} s: `{error.rstrip('.')}`. Its results are not shown.", "error")
         else:
             nb = nbformat.read(tmp_out, as_version=4)
+            nb.metadata["papermill"].update(input_path=settings.as_typed(src, root),  # no path of this machine
+                                            output_path=settings.as_typed(out, root))
             for cell in nb.cells:  # the defaults cell is shadowed by papermill's injected one
                 if "parameters" in cell.metadata.get("tags", []):
                     cell.metadata["tags"] = [*cell.metadata["tags"], "remove-cell"]

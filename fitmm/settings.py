@@ -40,14 +40,15 @@ def project_root() -> Path | None:
     return root if (root / "pyproject.toml").is_file() else None
 
 
-def as_typed(path: str | os.PathLike) -> str:
-    """`path` as a command in the book shows it: relative to the project root when it lies under it (what a reader
-    types in a clone), else as it is. A link under the root (data/clothing -> a shared folder) stays as named.
+def as_typed(path: str | os.PathLike, root: Path | None = None) -> str:
+    """`path` as a command in the book shows it: relative to `root` (default: the project root) when it lies under
+    it (what a reader types in a clone), else as it is. A link under the root (data/clothing -> a shared folder)
+    stays as named.
 
-    >>> as_typed(project_root() / "data"), as_typed("/elsewhere/data")
-    ('data', '/elsewhere/data')
+    >>> as_typed(project_root() / "data"), as_typed("/elsewhere/data"), as_typed("/a/b/c", Path("/a"))
+    ('data', '/elsewhere/data', 'b/c')
     """
-    root = project_root()
+    root = project_root() if root is None else root
     if root is not None:
         for where in (Path(os.path.abspath(path)), Path(path).resolve()):  # as named first, then links followed
             if where.is_relative_to(root):

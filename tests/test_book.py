@@ -160,7 +160,10 @@ def test_reproduce_resumes_and_reports_failures(tmp_path):
     write_notebook(tmp_path / "notebooks" / "00_ok.ipynb", "print(profile, 2)")
     third = reproduce.reproduce("smoke", tmp_path, only=["00"], results_dir=results)
     assert third["00_ok"].startswith("ok") and third[reproduce.REPORT].startswith("ok")  # the report follows
-    assert json.loads((out / "00_ok.ipynb").read_text())["metadata"]["papermill"]["parameters"] == {"profile": "smoke"}
+    papermill_meta = json.loads((out / "00_ok.ipynb").read_text())["metadata"]["papermill"]
+    assert papermill_meta["parameters"] == {"profile": "smoke"}
+    assert (papermill_meta["input_path"], papermill_meta["output_path"]) == (  # as typed in a clone, not this machine's
+        "notebooks/00_ok.ipynb", "results/notebooks/smoke/00_ok.ipynb")
     assert papermill.inspect_notebook(str(out / "00_ok.ipynb"))  # still a parameterised notebook
 
     write_notebook(tmp_path / "notebooks" / "03_new.ipynb", "1")  # never executed
