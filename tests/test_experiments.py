@@ -456,6 +456,10 @@ def test_band_count_rivals_and_their_paired_test(tmp_path):
     evidence = claims.band_count_evidence(means, best, out)
     assert evidence.startswith("d: best on valid at 3 bands of [2, 3, 4, 5], seeds 1, 2; 3 vs 2 bands")
     assert "e: best on valid at 3 bands of [3], seeds 1; every count run lies on one side of 3-4" in evidence
+    only_inside = means.loc[["e"]]  # no dataset contested: no test rows, and the evidence says so
+    assert significance.band_count_tests(runs, claims.band_count_rivals(only_inside)).empty
+    assert claims.band_count_evidence(only_inside, claims.best_band_counts(only_inside), pd.DataFrame()).endswith(
+        "nothing contests the claim")
 
 
 def test_module_effects_read_the_single_switch_variants():

@@ -400,15 +400,15 @@ def band_count_verdict(best: pd.Series, tests: pd.DataFrame, runs: pd.DataFrame 
 def band_count_evidence(means: pd.DataFrame, best: pd.Series, tests: pd.DataFrame) -> str:
     """The evidence of `band_count_verdict`, per dataset: the counts run, the best on valid and its seeds, and the
     paired test of the best count in BEST_BAND_COUNTS against the best outside them."""
-    found = []
+    found, span = [], "-".join(map(str, BEST_BAND_COUNTS))
     for dataset, count in best.items():
         counts = sorted(int(c) for c in means.loc[dataset].index)
         text = f"{dataset}: best on valid at {count} bands of {counts}, seeds {means.loc[(dataset, count), 'seeds']}"
-        span = "-".join(map(str, BEST_BAND_COUNTS))
-        for r in tests[tests.dataset == dataset].itertuples():
+        rows = tests[tests.dataset == dataset] if not tests.empty else tests
+        for r in rows.itertuples():
             text += (f"; {r.inside} vs {r.outside} bands (the best on valid in and outside {span}): "
                      f"test Recall@20 {r.mean_a:.4f} vs {r.mean_b:.4f}, Wilcoxon p = {r.wilcoxon_p:.2e}")
-        if dataset not in set(tests.dataset):
+        if rows.empty:
             text += f"; every count run lies on one side of {span}: nothing contests the claim"
         found.append(text)
     return "; ".join(found)
