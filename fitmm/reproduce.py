@@ -246,13 +246,16 @@ def reproduce(profile_name: str, root: Path, only: list[str] | None = None, forc
 
 
 def planned_runs(profile_name: str, root: Path, only: list[str] | None, results_dir: str | Path | None,
-                 data_dir: str | Path | None) -> tuple[list[str], dict[str, Path], dict[str, list], dict[str, str]]:
+                 data_dir: str | Path | None, matching: list[str] | None = None
+                 ) -> tuple[list[str], dict[str, Path], dict[str, list], dict[str, str]]:
     """The selected chapters, the resolved folders (`locations`), each chapter's planned runs (`Training` tasks)
     of the registered models, with configs and dataset folders checked, before any compute starts, and the runs
     left out because their model cannot run on their data ({run: why}, e.g. VBPR on a set without item content:
     the chapters note them; executing them would only fail).
 
-    `results_dir` / `data_dir` replace the profile's folders (as `fitmm.settings` resolves them)."""
+    `results_dir` / `data_dir` replace the profile's folders (as `fitmm.settings` resolves them). `matching`: keep
+    only the runs whose label ('ssr [no masking] on baby, seed 1') contains one of these texts (KeyError, naming
+    the planned groups, when none does)."""
     from fitmm.experiments.plan import RECORDS_ONLY, DataSpec, plan
     from fitmm.experiments.runs import Training, split_models, unrunnable
 
@@ -270,6 +273,14 @@ def planned_runs(profile_name: str, root: Path, only: list[str] | None, results_
         print(f"{model}: not in fitmm.models.MODELS yet, its runs are skipped")
     tasks = {chapter: [Training(s, str(results_dir)) for s in specs if s.model in present]
              for chapter, specs in by_chapter.items()}
+    if matching:
+        groups = list(dict.fromkeys(t.spec.group for ts in tasks.values() for t in ts))
+        tasks = {chapter: [t for t in ts if any(text in str(t.spec) for text in matching)]
+                 for chapter, ts in tasks.items()}
+        if not any(tasks.values()):
+            shown = ", ".join(groups[:8]) + (f", … ({len(groups)} in all)" if len(groups) > 8 else "")
+            raise KeyError(f"--runs-matching {' '.join(map(repr, matching))}: no planned run matches; the planned "
+                           f"groups: {shown or 'none'} (--dry-run lists the runs still to train)")
     for task in (t for ts in tasks.values() for t in ts):  # bad config keys fail here, before any compute starts
         task.spec.config()
     for name, folder in {(t.spec.data.name, t.spec.data.data_dir) for ts in tasks.values() for t in ts
@@ -288,9 +299,10 @@ def planned_runs(profile_name: str, root: Path, only: list[str] | None, results_
 
 def run_batch(profile_name: str, root: Path, only: list[str] | None = None, executor: str = "local", jobs: int = 1,
               slurm: SlurmOptions | None = None, results_dir: str | Path | None = None,
-              data_dir: str | Path | None = None) -> Summary:
-    """Execute every run the (selected) chapters plan under the profile, each once; logs in results_dir/logs."""
-    chapters, where, by_chapter, left_out = planned_runs(profile_name, root, only, results_dir, data_dir)
+              data_dir: str | Path | None = None, matching: list[str] | None = None) -> Summary:
+    """Execute every run the (selected) chapters plan under the profile (those `matching`, when given), each once;
+    logs in results_dir/logs."""
+    chapters, where, by_chapter, left_out = planned_runs(profile_name, root, only, results_dir, data_dir, matching)
     tasks = list({t.spec.key(): t for ts in by_chapter.values() for t in ts}.values())
     print(f"runs ({profile_name}): {len(tasks)} planned for {', '.join(chapters) or 'no chapter'}, executor {executor}"
           + (f", {jobs} job(s)" if executor == "local" else f", {slurm}")
@@ -300,15 +312,15 @@ def run_batch(profile_name: str, root: Path, only: list[str] | None = None, exec
 
 
 def dry_run(profile_name: str, root: Path, only: list[str] | None = None, results_dir: str | Path | None = None,
-            data_dir: str | Path | None = None) -> str:
+            data_dir: str | Path | None = None, matching: list[str] | None = None) -> str:
     """What is left of a profile, training nothing: the searches it needs that have not finished (their runs
     cannot be planned yet), per chapter the runs planned, finished and still to train, then those runs (each once,
-    under the first chapter that plans it) with their seeds."""
+    under the first chapter that plans it) with their seeds; only the runs `matching`, when given."""
     from fitmm.experiments.plan import pending_searches
     from fitmm.tune import tune_command
 
     with pending_searches() as pending:
-        _, where, by_chapter, left_out = planned_runs(profile_name, root, only, results_dir, data_dir)
+        _, where, by_chapter, left_out = planned_runs(profile_name, root, only, results_dir, data_dir, matching)
     results = where[settings.ENV["results"]]
     lines = []
     if pending:
@@ -451,11 +463,12 @@ def _reproduce(args: argparse.Namespace) -> int:
         profile = profiles()[args.profile]
         slurm = slurm_options(args, profile.get("slurm"), f"fitmm/experiments/profiles.yaml: profile {args.profile!r}, ")
         if args.dry_run:
-            print(dry_run(args.profile, root, args.only, args.results_dir, args.data_dir))
+            print(dry_run(args.profile, root, args.only, args.results_dir, args.data_dir, args.runs_matching))
             return 0
         batch = Summary() if args.records_only else run_batch(args.profile, root, args.only, args.executor, args.jobs,
-                                                              slurm, args.results_dir, args.data_dir)
-    except KeyError as err:  # an --only name, or a parameter the profile does not set
+                                                              slurm, args.results_dir, args.data_dir,
+                                                              args.runs_matching)
+    except KeyError as err:  # an --only name, a --runs-matching text no run has, or a parameter the profile lacks
         print(f"fitmm: error: {err.args[0]}", file=sys.stderr)
         return 2
     print(f"runs ({args.profile}): " + ("none trained (--records-only)" if args.records_only else
@@ -528,6 +541,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     runs.add_argument("--dry-run", action="store_true",
                       help="train and execute nothing: list the searches not finished, per chapter the runs planned, "
                            "finished and still to train, and those runs with their seeds")
+    cmd.add_argument("--runs-matching", nargs="+", metavar="TEXT",
+                     help="train (or, with --dry-run, list) only the planned runs whose label contains one of these "
+                          "texts, e.g. 'ssr [no masking] on baby' or 'on baby, seed 1' (labels as --dry-run prints "
+                          "them); the notebooks still show every record there is")
     add_executor_arguments(cmd, "run")  # SLURM resources default to the profile's slurm: section
     cmd.set_defaults(func=_reproduce)
     book = subparsers.add_parser("book", help="build the book from a profile's executed notebooks, executing nothing")

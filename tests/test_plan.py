@@ -185,6 +185,25 @@ def test_dry_run_counts_the_runs_planned_finished_and_to_train(tmp_path, monkeyp
     assert re.search(r"all \(each run once\) +1 +0 +1", out)  # the cost chapter's growth run, which is not tuned
 
 
+def test_runs_matching_keeps_the_runs_whose_label_contains_a_text(tmp_path, monkeypatch, capsys):
+    """`--runs-matching` narrows the batch and the dry run to some planned runs; a text no run has is an error
+    (exit 2) naming the planned groups, before anything is trained."""
+    monkeypatch.setenv("FITMM_CACHE", str(tmp_path / "cache"))
+    tiny = {**PROFILES["smoke"], "models": ["bpr", "lightgcn"], "seeds": [1, 2],
+            "budget": {"epochs": 1, "batch_size": 4096}}
+    monkeypatch.setattr(reproduce, "profiles", lambda: {"smoke": tiny})
+    _, _, by_chapter, _ = reproduce.planned_runs("smoke", ROOT, ["01"], tmp_path / "out", None,
+                                                 ["lightgcn on synthetic", "bpr on synthetic, seed 2"])
+    assert sorted(str(t.spec) for t in by_chapter["01_main_results"]) == [
+        "bpr on synthetic, seed 2", "lightgcn on synthetic, seed 1", "lightgcn on synthetic, seed 2"]
+    argv = ["reproduce", "--profile", "smoke", "--only", "01", "--root", str(ROOT), "--results-dir", str(tmp_path / "out")]
+    assert main([*argv, "--dry-run", "--runs-matching", "bpr"]) == 0
+    assert re.search(r"still to train:\n +01_main_results +bpr on synthetic: seeds 1, 2$", capsys.readouterr().out)
+    assert main([*argv, "--runs-only", "--runs-matching", "vbpr"]) == 2
+    assert "no planned run matches; the planned groups: bpr on synthetic, lightgcn on synthetic" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_runs_whose_model_cannot_run_on_their_data_are_left_out_of_the_batch(tmp_path, monkeypatch, capsys):
     """A content model on a set without item content (VBPR on Clothing) is not executed (it would only fail, twice):
     the batch and the dry run say how many were left out, and the chapter notes why."""
