@@ -274,13 +274,14 @@ def planned_runs(profile_name: str, root: Path, only: list[str] | None, results_
     tasks = {chapter: [Training(s, str(results_dir)) for s in specs if s.model in present]
              for chapter, specs in by_chapter.items()}
     if matching:
-        groups = list(dict.fromkeys(t.spec.group for ts in tasks.values() for t in ts))
-        tasks = {chapter: [t for t in ts if any(text in str(t.spec) for text in matching)]
-                 for chapter, ts in tasks.items()}
-        if not any(tasks.values()):
+        kept = {chapter: [t for t in ts if any(text in str(t.spec) for text in matching)]
+                for chapter, ts in tasks.items()}
+        if not any(kept.values()):
+            groups = list(dict.fromkeys(t.spec.group for ts in tasks.values() for t in ts))
             shown = ", ".join(groups[:8]) + (f", … ({len(groups)} in all)" if len(groups) > 8 else "")
             raise KeyError(f"--runs-matching {' '.join(map(repr, matching))}: no planned run matches; the planned "
                            f"groups: {shown or 'none'} (--dry-run lists the runs still to train)")
+        tasks = kept
     for task in (t for ts in tasks.values() for t in ts):  # bad config keys fail here, before any compute starts
         task.spec.config()
     for name, folder in {(t.spec.data.name, t.spec.data.data_dir) for ts in tasks.values() for t in ts

@@ -226,6 +226,11 @@ def with_budget(verdict: str, runs: pd.DataFrame | None) -> str:
     return INCONCLUSIVE
 
 
+def significant_wins(tests: pd.DataFrame) -> pd.Series:
+    """Per paired-test row (mean_diff, wilcoxon_p): a positive mean difference at Wilcoxon p < SIGNIFICANCE_ALPHA."""
+    return (tests.mean_diff > 0) & (tests.wilcoxon_p < SIGNIFICANCE_ALPHA)
+
+
 def comparison_verdict(tests: pd.DataFrame, runs: pd.DataFrame | None = None, unfinished: Sequence[str] = ()) -> str:
     """From paired tests (rows with mean_diff, wilcoxon_p; one per dataset), where a win is a positive mean
     difference at Wilcoxon p < SIGNIFICANCE_ALPHA: a win everywhere -> reproduced; a win somewhere -> partly; no
@@ -235,7 +240,7 @@ def comparison_verdict(tests: pd.DataFrame, runs: pd.DataFrame | None = None, un
     not shown then, so a win on every tested dataset is only partly (the evidence names them: `unfinished_note`)."""
     if tests.empty:
         return "pending"
-    wins = (tests.mean_diff > 0) & (tests.wilcoxon_p < SIGNIFICANCE_ALPHA)
+    wins = significant_wins(tests)
     verdict = "reproduced" if wins.all() and not unfinished else "partly" if wins.any() else "not reproduced"
     return with_budget(verdict, runs)
 
@@ -391,8 +396,7 @@ def band_count_verdict(best: pd.Series, tests: pd.DataFrame, runs: pd.DataFrame 
     partly, as in `comparison_verdict`."""
     if best.empty or tests.empty:
         return "pending"
-    significant = tests.set_index("dataset").eval("mean_diff > 0 and wilcoxon_p < @SIGNIFICANCE_ALPHA")
-    wins = [best[d] in BEST_BAND_COUNTS and bool(significant[d]) for d in tests.dataset]
+    wins = [best[d] in BEST_BAND_COUNTS and won for d, won in zip(tests.dataset, significant_wins(tests))]
     verdict = "reproduced" if all(wins) and not unfinished else "partly" if any(wins) else "not reproduced"
     return with_budget(verdict, runs)
 
