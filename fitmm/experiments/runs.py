@@ -36,6 +36,8 @@ from fitmm.trainer import build_model, train
 
 NO_ANALYSIS = ("its run has no stored analysis (analysis.json: made before runs stored one, and no local checkpoint "
                "to compute it from); rerun it to make one")
+NO_RECORD_YET = ("no record yet: the run failed in the batch before the notebooks (see its log) or was not run "
+                 "(`fitmm reproduce --records-only` trains nothing; `fitmm reproduce --dry-run` lists what is left)")
 HEADLINE = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 COST_FIELDS = ("best_epoch", "epochs", "seconds_per_epoch", "eval_seconds", "wall_seconds", "peak_memory_mb")
 
@@ -152,9 +154,10 @@ def run_specs(specs: list[RunSpec], results_dir: str | Path, data: dict[str, Int
     for spec in missing:
         if not spec.waiting_for:
             unrecorded.setdefault(spec.group, []).append(spec.seed)
-    notes += [f"{group}, seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}: no record yet (failed in the "
-              "batch before the notebooks, see its log, or not run: the batch was skipped with `--records-only`)"
+    notes += [f"{group}, seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}: no record yet"
               for group, seeds in unrecorded.items()]
+    if unrecorded:
+        notes.append(NO_RECORD_YET)
     return Runs(pd.DataFrame(rows), records, list(dict.fromkeys(notes)), kept, used, missing)
 
 
