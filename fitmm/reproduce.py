@@ -317,7 +317,7 @@ def dry_run(profile_name: str, root: Path, only: list[str] | None = None, result
     """What is left of a profile, training nothing: the searches it needs that have not finished (their runs
     cannot be planned yet), per chapter the runs planned, finished and still to train, then those runs (each once,
     under the first chapter that plans it) with their seeds; only the runs `matching`, when given."""
-    from fitmm.experiments.plan import pending_searches
+    from fitmm.experiments.plan import pending_searches, seeds_phrase
     from fitmm.tune import tune_command
 
     with pending_searches() as pending:
@@ -344,10 +344,10 @@ def dry_run(profile_name: str, root: Path, only: list[str] | None = None, result
     left = {}  # (chapter, 'model [variant] on dataset') -> seeds still to train
     for key, (chapter, spec) in first.items():
         if not done[key]:
-            left.setdefault((chapter, spec.group), []).append(str(spec.seed))
+            left.setdefault((chapter, spec.group), []).append(spec.seed)
     if left:
         lines.append("still to train:")
-        lines += [f"  {chapter:26s} {group}: seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}"
+        lines += [f"  {chapter:26s} {group}: {seeds_phrase(seeds)}"
                   for (chapter, group), seeds in left.items()]
     return "\n".join(lines)
 

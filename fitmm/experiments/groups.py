@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from fitmm.data.dataset import Interactions
+from fitmm.experiments.plan import seeds_phrase
 from fitmm.experiments.runs import NO_ANALYSIS, analysis, per_user
 from fitmm.metrics import evaluate
 
@@ -250,7 +251,7 @@ def cold_item_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     for row in frame.itertuples():
         stored = analysis(row.path) or {}
         if "cold_items" not in stored:
-            missing.setdefault((row.model, row.dataset), []).append(str(row.seed))
+            missing.setdefault((row.model, row.dataset), []).append(row.seed)
             continue
         rows.append({"dataset": row.dataset, "model": row.model, "seed": row.seed, **stored["cold_items"]})
         trained = stored.get("trained_again")
@@ -264,7 +265,7 @@ def cold_item_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
                  f"again (`fitmm reanalyse`) without reproducing its record bit for bit (another machine's kernels), "
                  f"whose test Recall@20 differs from its record's by {by(max(gaps))}"
                  for (model, dataset), gaps in again.items()]
-    lacking = [f"{model} on {dataset} (seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}): no strict item "
+    lacking = [f"{model} on {dataset} ({seeds_phrase(seeds)}): no strict item "
                f"cold-start analysis stored; `fitmm reanalyse` on the run folders adds it"
                for (model, dataset), seeds in missing.items()]
     return pd.DataFrame(rows), lacking + retrained

@@ -73,6 +73,11 @@ def _load(spec: DataSpec) -> Interactions:
     return get_dataset(spec.name, spec.data_dir)
 
 
+def seeds_phrase(seeds: Sequence) -> str:
+    """'seed 1' or 'seeds 999, 1, 2': how notes and listings name the seeds of one group of runs."""
+    return f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One training run: `config()` is what `fitmm.trainer.train` gets, `data.load()` its data; `trace`

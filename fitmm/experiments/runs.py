@@ -27,7 +27,7 @@ from fitmm.cache import fingerprint
 from fitmm.config import Config, load_config
 from fitmm.data.dataset import Interactions
 from fitmm.errors import ConfigError, DataError
-from fitmm.experiments.plan import RECORDS_ONLY, DataSpec, RunSpec
+from fitmm.experiments.plan import RECORDS_ONLY, DataSpec, RunSpec, seeds_phrase
 from fitmm.io import write_json
 from fitmm.models import MODELS
 from fitmm.models.base import Recommender
@@ -154,7 +154,7 @@ def run_specs(specs: list[RunSpec], results_dir: str | Path, data: dict[str, Int
     for spec in missing:
         if not spec.waiting_for:
             unrecorded.setdefault(spec.group, []).append(spec.seed)
-    notes += [f"{group}, seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}: no record yet"
+    notes += [f"{group}, {seeds_phrase(seeds)}: no record yet"
               for group, seeds in unrecorded.items()]
     if unrecorded:
         notes.append(NO_RECORD_YET)
