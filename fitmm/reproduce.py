@@ -39,6 +39,7 @@ Sphinx's `html_extra_path`; `mathjax_path` points at that copy.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -298,17 +299,34 @@ def planned_runs(profile_name: str, root: Path, only: list[str] | None, results_
     return chapters, where, tasks, left_out
 
 
+def waiting_for(pending: dict) -> str:
+    """'; not planned until their search finishes: lightgcn on sports (6/12 trials), …' for the searches a lenient
+    plan noted (`pending_searches`); '' when none."""
+    if not pending:
+        return ""
+    return "; not planned until their search finishes: " + ", ".join(
+        f"{model} on {dataset} ({done}/{size} trials)" for (dataset, model), (done, size, _) in sorted(pending.items()))
+
+
 def run_batch(profile_name: str, root: Path, only: list[str] | None = None, executor: str = "local", jobs: int = 1,
               slurm: SlurmOptions | None = None, results_dir: str | Path | None = None,
               data_dir: str | Path | None = None, matching: list[str] | None = None) -> Summary:
     """Execute every run the (selected) chapters plan under the profile (those `matching`, when given), each once;
-    logs in results_dir/logs."""
-    chapters, where, by_chapter, left_out = planned_runs(profile_name, root, only, results_dir, data_dir, matching)
+    logs in results_dir/logs. With `matching`, a search that has not finished holds back only its own runs, which
+    are not planned (and so cannot match) until it finishes; without, it stops the batch before any compute."""
+    from fitmm.experiments.plan import pending_searches
+
+    with pending_searches() if matching else contextlib.nullcontext({}) as pending:
+        try:
+            chapters, where, by_chapter, left_out = planned_runs(profile_name, root, only, results_dir, data_dir,
+                                                                 matching)
+        except KeyError as err:  # no planned run matches: maybe the wanted one waits for its search
+            raise KeyError(err.args[0] + waiting_for(pending)) from None
     tasks = list({t.spec.key(): t for ts in by_chapter.values() for t in ts}.values())
     print(f"runs ({profile_name}): {len(tasks)} planned for {', '.join(chapters) or 'no chapter'}, executor {executor}"
           + (f", {jobs} job(s)" if executor == "local" else f", {slurm}")
           + (f"; {len(left_out)} left out, their model cannot run on their data (the chapters note why)"
-             if left_out else ""))
+             if left_out else "") + waiting_for(pending))
     return execute_tasks(tasks, executor, jobs, slurm, where[settings.ENV["results"]] / "logs")
 
 
@@ -545,7 +563,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cmd.add_argument("--runs-matching", nargs="+", metavar="TEXT",
                      help="train (or, with --dry-run, list) only the planned runs whose label contains one of these "
                           "texts, e.g. 'ssr [no masking] on baby' or 'on baby, seed 1' (labels as --dry-run prints "
-                          "them); the notebooks still show every record there is")
+                          "them; runs whose search has not finished are not planned yet); the notebooks still show "
+                          "every record there is")
     add_executor_arguments(cmd, "run")  # SLURM resources default to the profile's slurm: section
     cmd.set_defaults(func=_reproduce)
     book = subparsers.add_parser("book", help="build the book from a profile's executed notebooks, executing nothing")

@@ -204,6 +204,38 @@ def test_runs_matching_keeps_the_runs_whose_label_contains_a_text(tmp_path, monk
     assert not (tmp_path / "out").exists()
 
 
+def test_runs_matching_plans_around_a_search_that_has_not_finished(tmp_path, monkeypatch, capsys):
+    """A batch needs every search its chapters use to have finished (exit 2 naming the command, before any
+    compute); with `--runs-matching`, a search not finished holds back only its own runs, and the batch names it."""
+    from fitmm import tune as tune_mod
+    from fitmm.data import synthetic_dataset
+    from fitmm.executor import Summary
+
+    def fake_train(data, config, results_dir=None, progress=True):
+        reg = config.reg_weight
+        return {"run_id": f"bpr-{reg}", "best_valid": {"recall@20": -abs(reg - 0.1)}, "test": {"recall@20": 0.0}}
+
+    monkeypatch.setenv("FITMM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(tune_mod, "train", fake_train)
+    tune_mod.tune(synthetic_dataset(), "bpr", trials=5, results_dir=tmp_path / "out", progress=False)
+    tiny = {**PROFILES["smoke"], "models": ["bpr", "lightgcn"], "seeds": [1], "tuning_trials": 5,
+            "budget": {"epochs": 1, "batch_size": 4096}}
+    monkeypatch.setattr(reproduce, "profiles", lambda: {"smoke": tiny})
+    trained = []
+    monkeypatch.setattr(reproduce, "execute_tasks",
+                        lambda tasks, *args: trained.extend(str(t.spec) for t in tasks) or Summary())
+    argv = ["reproduce", "--profile", "smoke", "--only", "01", "--runs-only", "--root", str(ROOT),
+            "--results-dir", str(tmp_path / "out")]
+    assert main(argv) == 2 and trained == []
+    assert "lightgcn is not tuned on synthetic yet" in capsys.readouterr().err
+    assert main([*argv, "--runs-matching", "on synthetic"]) == 0
+    assert trained == ["bpr on synthetic, seed 1"]
+    assert "not planned until their search finishes: lightgcn on synthetic (0/5 trials)" in capsys.readouterr().out
+    assert main([*argv, "--runs-matching", "lightgcn"]) == 2 and trained == ["bpr on synthetic, seed 1"]
+    assert re.search(r"no planned run matches; the planned groups: bpr on synthetic .*; not planned until their "
+                     r"search finishes: lightgcn on synthetic \(0/5 trials\)", capsys.readouterr().err)
+
+
 def test_runs_whose_model_cannot_run_on_their_data_are_left_out_of_the_batch(tmp_path, monkeypatch, capsys):
     """A content model on a set without item content (VBPR on Clothing) is not executed (it would only fail, twice):
     the batch and the dry run say how many were left out, and the chapter notes why."""
