@@ -257,7 +257,7 @@ def planned_runs(profile_name: str, root: Path, only: list[str] | None, results_
     `results_dir` / `data_dir` replace the profile's folders (as `fitmm.settings` resolves them). `matching`: keep
     only the runs whose label ('ssr [no masking] on baby, seed 1') contains one of these texts (KeyError, naming
     the planned groups, when none does)."""
-    from fitmm.experiments.plan import RECORDS_ONLY, DataSpec, plan
+    from fitmm.experiments.plan import RECORDS_ONLY, DataSpec, noted_searches, plan
     from fitmm.experiments.runs import Training, split_models, unrunnable
 
     profile = profiles()[profile_name]
@@ -281,7 +281,8 @@ def planned_runs(profile_name: str, root: Path, only: list[str] | None, results_
             groups = list(dict.fromkeys(t.spec.group for ts in tasks.values() for t in ts))
             shown = ", ".join(groups[:8]) + (f", … ({len(groups)} in all)" if len(groups) > 8 else "")
             raise KeyError(f"--runs-matching {' '.join(map(repr, matching))}: no planned run matches; the planned "
-                           f"groups: {shown or 'none'} (--dry-run lists the runs still to train)")
+                           f"groups: {shown or 'none'} (--dry-run lists the runs still to train)"
+                           + waiting_for(noted_searches()))  # the wanted run may wait for its search
         tasks = kept
     for task in (t for ts in tasks.values() for t in ts):  # bad config keys fail here, before any compute starts
         task.spec.config()
@@ -317,11 +318,7 @@ def run_batch(profile_name: str, root: Path, only: list[str] | None = None, exec
     from fitmm.experiments.plan import pending_searches
 
     with pending_searches() if matching else contextlib.nullcontext({}) as pending:
-        try:
-            chapters, where, by_chapter, left_out = planned_runs(profile_name, root, only, results_dir, data_dir,
-                                                                 matching)
-        except KeyError as err:  # no planned run matches: maybe the wanted one waits for its search
-            raise KeyError(err.args[0] + waiting_for(pending)) from None
+        chapters, where, by_chapter, left_out = planned_runs(profile_name, root, only, results_dir, data_dir, matching)
     tasks = list({t.spec.key(): t for ts in by_chapter.values() for t in ts}.values())
     print(f"runs ({profile_name}): {len(tasks)} planned for {', '.join(chapters) or 'no chapter'}, executor {executor}"
           + (f", {jobs} job(s)" if executor == "local" else f", {slurm}")

@@ -158,6 +158,11 @@ def pending_searches():
         _PENDING.reset(token)
 
 
+def noted_searches() -> dict:
+    """What the innermost `pending_searches()` block has noted so far ({} outside one)."""
+    return _PENDING.get() or {}
+
+
 def tuning(tuning_trials: int | None, results_dir: str) -> Tuning | None:
     """A profile's `tuning_trials` (None: every model in its YAML configuration) as a `Tuning`."""
     return None if tuning_trials is None else Tuning(int(tuning_trials), str(results_dir))
