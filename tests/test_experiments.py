@@ -79,6 +79,16 @@ def test_untestable_groups_name_the_dataset_and_group():
     assert all(line.startswith("toy: ") for line in lines)
 
 
+def test_group_test_items_by_hand():
+    train = np.array([[0, 0]] + [[1, i] for i in range(21)])  # user 0: degree 1 (cold); user 1: 21 (hot)
+    test = np.array([[0, 21], [0, 1], [1, 0]])  # item 21 never trained, item 1 trained once, item 0 twice
+    data = Interactions("toy", 2, 25, train=train, valid=np.array([[0, 22], [1, 23]]), test=test)
+    table = groups.group_test_items({"toy": data}).loc["toy"]
+    assert table.loc["cold"].tolist() == [1, 2.0, 0.5, 0.5]  # users, items per user, median degree, never trained
+    assert table.loc["hot"].tolist() == [1, 1.0, 2.0, 0.0]
+    assert table.loc["warm", "test users"] == 0 and table.loc["warm"].iloc[1:].isna().all()
+
+
 def test_item_popularity_groups_shares():
     popularity = np.array([50, 1, 2, 30, 3, 4, 40, 5, 6, 7])
     labels = groups.item_popularity_groups(popularity)

@@ -230,6 +230,25 @@ def untestable_groups(datasets: dict[str, Interactions]) -> list[str]:
     return lines
 
 
+def group_test_items(datasets: dict[str, Interactions]) -> pd.DataFrame:
+    """Per dataset and degree group (cold / warm / hot): what its test users are asked to find, i.e. their
+    test users, test items per user, the median train degree of those test items and the share of them with
+    no train interaction. A group whose test items are few and rare scores near zero for every model (TikTok's
+    hot users: at most one test item each, of median train degree 2)."""
+    rows = []
+    for name, data in datasets.items():
+        labels = user_degree_groups(data.user_degree)[data.test[:, 0]]
+        item_degree = data.item_degree[data.test[:, 1]]
+        for group in USER_GROUPS:
+            mask = labels == group
+            users = len(np.unique(data.test[mask, 0]))
+            rows.append({"dataset": name, "group": group, "test users": users,
+                         "test items per user": mask.sum() / users if users else np.nan,
+                         "median train degree": float(np.median(item_degree[mask])) if users else np.nan,
+                         "never trained": (item_degree[mask] == 0).mean() if users else np.nan})
+    return pd.DataFrame(rows).set_index(["dataset", "group"])
+
+
 def item_group_frame(frame: pd.DataFrame, key: str = "item_groups") -> tuple[pd.DataFrame, list[str]]:
     """Per run (rows of `Runs.frame`) and item group: metrics with only the group's items relevant, read from the
     run's stored analysis (`key`: 'item_groups' by popularity, or 'unseen_items'); runs without one are noted."""
