@@ -287,6 +287,14 @@ def test_mean_std_and_published():
     assert wide.loc["LightGCN", ("recall@20", "MMRec")] == "0.0754"
 
 
+def test_comparison_rows_print_names_and_keep_the_numbers():
+    tests = pd.DataFrame({"dataset": ["baby-drop80-s0"], "model": ["fitmm"], "baseline": ["lightgcn"],
+                          "metric": ["recall@20"], "mean_a": [0.05], "mean_b": [0.02], "wilcoxon_p": [1e-9]})
+    row = tables.comparison_rows(tests).iloc[0]
+    assert (row.model, row.baseline, row.metric) == ("FITMM", "LightGCN", "Recall@20")
+    assert (row["model mean"], row["baseline mean"], row.wilcoxon_p) == (0.05, 0.02, 1e-9)
+
+
 def test_published_values_cover_spec():
     p = tables.PUBLISHED
     assert len(p[(p.source == "SMORE T2")]) == 6 * 3 * 4

@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from fitmm.experiments.report import words
 from fitmm.experiments.runs import HEADLINE
 
 # Registry name -> the name the papers print.
@@ -92,6 +93,14 @@ def mean_std(frame: pd.DataFrame, metrics: Sequence[str] = HEADLINE, by: Sequenc
         out[m] = [f"{a:.{digits}f}" if np.isnan(s) else f"{a:.{digits}f} ± {s:.{digits}f}" for a, s in zip(mean, std)]
     out["seeds"] = stats[("seeds", "")]
     return out
+
+
+def comparison_rows(tests: pd.DataFrame) -> pd.DataFrame:
+    """Rows of `significance.versus_best_baseline` as the book prints them: model, baseline and metric by their
+    printed names, the two means as 'model mean' and 'baseline mean'."""
+    return (tests.assign(model=tests.model.map(DISPLAY), baseline=tests.baseline.map(DISPLAY),
+                         metric=tests.metric.map(words))
+            .rename(columns={"mean_a": "model mean", "mean_b": "baseline mean"}))
 
 
 def training_summary(frame: pd.DataFrame, dataset: str) -> pd.DataFrame:
