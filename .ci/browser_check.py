@@ -122,7 +122,8 @@ def probe(chromium: str, page: Path) -> tuple[list[str], int]:
     text = page.read_text(errors="replace")
     copy.write_text(text.replace("</body>", PROBE + "</body>") if "</body>" in text else text + PROBE)
     try:
-        for _ in range(3):  # on a loaded machine the DOM is sometimes dumped before the page's load event
+        for _ in range(5):  # on a loaded machine the DOM is sometimes dumped before the page's load event,
+            # in bursts: 3 tries once failed a page with two training jobs and a CI run on the two cores
             done = subprocess.run([chromium, *FLAGS, f"--window-size={WIDTH},2000", "--dump-dom", copy.as_uri()],
                                   capture_output=True, text=True, timeout=120)
             found = re.search(r'<pre id="fitmm-check">(.*?)</pre>', done.stdout, re.S)
