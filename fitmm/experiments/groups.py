@@ -219,15 +219,9 @@ MIN_GROUP_USERS = 50  # fewer test users than this in a group: no statement abou
 def untestable_groups(datasets: dict[str, Interactions]) -> list[str]:
     """One line per dataset and degree group (cold / warm / hot) with fewer than `MIN_GROUP_USERS` test users:
     the claims about that group that cannot be tested on that dataset."""
-    lines = []
-    for name, data in datasets.items():
-        labels = user_degree_groups(data.user_degree)[np.unique(data.test[:, 0])]
-        for group in USER_GROUPS:
-            n = int((labels == group).sum())
-            if n < MIN_GROUP_USERS:
-                lines.append(f"{name}: {n} {group} test users (fewer than {MIN_GROUP_USERS}), so no claim about "
-                             f"{group} users is tested on {name}.")
-    return lines
+    users = group_test_items(datasets)["test users"]
+    return [f"{name}: {n} {group} test users (fewer than {MIN_GROUP_USERS}), so no claim about {group} users is "
+            f"tested on {name}." for (name, group), n in users.items() if n < MIN_GROUP_USERS]
 
 
 def group_test_items(datasets: dict[str, Interactions]) -> pd.DataFrame:
@@ -238,14 +232,15 @@ def group_test_items(datasets: dict[str, Interactions]) -> pd.DataFrame:
     rows = []
     for name, data in datasets.items():
         labels = user_degree_groups(data.user_degree)[data.test[:, 0]]
-        item_degree = data.item_degree[data.test[:, 1]]
         for group in USER_GROUPS:
-            mask = labels == group
-            users = len(np.unique(data.test[mask, 0]))
-            rows.append({"dataset": name, "group": group, "test users": users,
-                         "test items per user": mask.sum() / users if users else np.nan,
-                         "median train degree": float(np.median(item_degree[mask])) if users else np.nan,
-                         "never trained": (item_degree[mask] == 0).mean() if users else np.nan})
+            test = data.test[labels == group]
+            users = len(np.unique(test[:, 0]))
+            row = {"dataset": name, "group": group, "test users": users}
+            if users:  # an empty group leaves NaN in the other columns
+                degree = data.item_degree[test[:, 1]]
+                row.update({"test items per user": len(test) / users, "median train degree": float(np.median(degree)),
+                            "never trained": (degree == 0).mean()})
+            rows.append(row)
     return pd.DataFrame(rows).set_index(["dataset", "group"])
 
 
