@@ -117,9 +117,9 @@ def chebyshev_filter(adj: torch.Tensor, x: torch.Tensor, coefficients: torch.Ten
 class GraphBands(nn.Module):
     """Maps a node signal X (N x D) to M bands (M x N x D) that sum to X; `forward(x, rows)` returns the bands
     of the given rows only (M x len(rows) x D), which the exact path computes at a fraction of the cost.
-    `forward(x, rows, signal)` places the band borders by the energy of `signal` (column blocks of N rows whose
-    concatenation is the signal; default X) and cuts X there, so that bands(R + H, signal=(R, H)) equals
-    bands([R | H]) with its two halves summed, without building [R | H]."""
+    `forward(x, rows, signal)`, with `signal` column blocks of N rows that sum to X (default: X alone), places
+    the band borders by the energy of the blocks side by side and cuts X there, so that bands(R + H,
+    signal=(R, H)) equals bands([R | H]) with its two halves summed, without building [R | H]."""
 
     n_bands: int
 
@@ -205,6 +205,20 @@ def energy_borders(cum: torch.Tensor, n_bands: int) -> torch.Tensor:
     return torch.searchsorted(cum, targets) + 1
 
 
+class Projection(torch.autograd.Function):
+    """C = BᵀX given its value, computed without gradient elsewhere; the backward is B G, one N² product."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, basis: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(basis)
+        return value
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (basis,) = ctx.saved_tensors
+        return basis @ grad, None, None
+
+
 class ExactBands(GraphBands):
     """The paper's equal-energy bands: C = BᵀX over eigenvectors B of L (ascending λ), band m = B_m C_m.
 
@@ -213,7 +227,8 @@ class ExactBands(GraphBands):
     The eigenvector ordering inside a degenerate eigenvalue (bipartite graphs have at least
     |N_u − N_i| eigenvalues λ = 1) is arbitrary, so a border falling there splits it arbitrarily.
     A dense eigendecomposition needs O(N²) memory and O(N³) time: refused (`check_dense_eigh`)
-    above 20,000 nodes or half the machine's RAM.
+    above 20,000 nodes or half the machine's RAM. Each forward then costs N²·D multiply-adds for C
+    (N² times the blocks' width with a `signal`), rows·N·D for the bands and N²·D backward.
     """
 
     def __init__(self, adj: torch.Tensor, n_bands: int):
@@ -226,9 +241,14 @@ class ExactBands(GraphBands):
 
     def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None,
                 signal: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-        coef = self.basis.T @ x  # N x D spectral coefficients
+        if signal is None:
+            coef = self.basis.T @ x  # N x D spectral coefficients
+            blocks = [coef.detach()]
+        else:  # the blocks' coefficients sum to X's: one N² product per block, none more for X
+            with torch.no_grad():
+                blocks = (self.basis.T @ torch.cat(list(signal), dim=1)).split([b.shape[1] for b in signal], dim=1)
+            coef = Projection.apply(x, self.basis, sum(blocks))
         with torch.no_grad():
-            blocks = [coef] if signal is None else [self.basis.T @ block for block in signal]
             cum = sum(c.double().square().sum(1) for c in blocks).cumsum(0)
             cuts = energy_borders(cum, self.n_bands).clamp(max=self.n_nodes)
             inner = cuts.clamp(1, self.n_nodes - 1)
