@@ -244,7 +244,7 @@ class ExactBands(GraphBands):
         if signal is None:
             coef = self.basis.T @ x  # N x D spectral coefficients
             blocks = [coef.detach()]
-        else:  # the blocks' coefficients sum to X's: one N² product per block, none more for X
+        else:  # one product for all blocks side by side; their coefficients sum to X's, so none more for X
             with torch.no_grad():
                 blocks = (self.basis.T @ torch.cat(list(signal), dim=1)).split([b.shape[1] for b in signal], dim=1)
             coef = Projection.apply(x, self.basis, sum(blocks))
