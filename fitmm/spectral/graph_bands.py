@@ -184,12 +184,14 @@ def check_dense_eigh(n: int, max_nodes: int = 20_000, memory_fraction: float = 0
 
 
 def laplacian_eigh(adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenvalues (ascending, float64) and eigenvectors (float32 columns) of L = I − Â, cached per graph."""
+    """Eigenvalues (ascending, float64) and eigenvectors (float32 columns) of L = I − Â, on the CPU, cached per
+    graph; computed on the GPU where there is one (the dense O(N³) step, once per graph, whatever the run's device)."""
 
     def build() -> tuple[torch.Tensor, torch.Tensor]:
-        lap = torch.eye(adj.shape[0], dtype=torch.float64) - adj.cpu().to_dense().double()
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        lap = torch.eye(adj.shape[0], dtype=torch.float64, device=device) - adj.to(device).to_dense().double()
         evals, evecs = torch.linalg.eigh(lap)
-        return evals, evecs.float()
+        return evals.cpu(), evecs.float().cpu()
 
     evals, evecs = cached(f"eigh-{graph_key(adj)}", build)
     return evals, evecs
