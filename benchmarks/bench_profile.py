@@ -17,9 +17,9 @@ import time
 import numpy as np
 import torch
 
-from fitmm.config import load_config, parse_overrides
+from fitmm.config import load_config, parse_overrides, resolve_device
 from fitmm.data import get_dataset
-from fitmm.trainer import NegativeSampler, build_model, resolve_device
+from fitmm.trainer import NegativeSampler, build_model
 
 
 def main() -> None:

@@ -36,6 +36,15 @@ def option(doc: str, *, ge: float | None = None, gt: float | None = None, le: fl
     return field(metadata={"doc": doc, "ge": ge, "gt": gt, "le": le, "choices": choices, "min_len": min_len})
 
 
+def resolve_device(name: str) -> "torch.device":
+    """The torch device a config's `device` names: `auto` is the GPU where there is one, else the CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 @dataclass(frozen=True)
 class Config:
     """The protocol every model runs under (MMRec's; book: methods page, "Protocol")."""

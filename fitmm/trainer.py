@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from fitmm.allocator import release_freed_memory, reuse_freed_memory
 from fitmm.cache import fingerprint
-from fitmm.config import Config
+from fitmm.config import Config, resolve_device
 from fitmm.data.dataset import Interactions
 from fitmm.errors import TrainingError
 from fitmm.io import atomic_path, provenance, torch_save, write_json
@@ -91,12 +91,6 @@ def learning_rate(config: Config, epoch: int) -> float:
     """MMRec's per-epoch schedule (its trainer's LambdaLR, stepped once per epoch):
     lr · lr_decay^(epoch / lr_decay_every); MMRec's default lr_decay 1.0 keeps lr constant."""
     return config.lr * config.lr_decay ** (epoch / config.lr_decay_every)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def build_model(data: Interactions, config: Config, device: torch.device) -> Recommender:

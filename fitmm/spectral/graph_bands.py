@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from fitmm.cache import cached, graph_key
+from fitmm.config import resolve_device
 from fitmm.errors import TrainingError
 
 BAND_PATHS = ("auto", "chebyshev", "exact", "scalable")
@@ -188,7 +189,7 @@ def laplacian_eigh(adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     graph; computed on the GPU where there is one (the dense O(N³) step, once per graph, whatever the run's device)."""
 
     def build() -> tuple[torch.Tensor, torch.Tensor]:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = resolve_device("auto")
         lap = torch.eye(adj.shape[0], dtype=torch.float64, device=device) - adj.to(device).to_dense().double()
         evals, evecs = torch.linalg.eigh(lap)
         return evals.cpu(), evecs.float().cpu()
