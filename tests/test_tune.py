@@ -297,7 +297,10 @@ def test_pending_searches_leave_their_runs_out_and_name_each_search(tmp_path, mo
     with pytest.raises(ConfigError, match=r"ssr is not tuned on onetext yet.*its search runs as `fitmm tune "
                                           r"--model ssr --dataset onetext --trials 5 --set contrastive=false"):
         planner.main_runs(["onetext"], str(tmp_path / "data"), ["ssr"], [1], {}, 5, str(tmp_path))
-
+    # a missing dataset folder is named first: the search the message would otherwise suggest cannot run either
+    with planner.pending_searches(), pytest.raises(ConfigError, match=r"absent: dataset folder not found.*needs "
+                                                                       r"it for ssr, whose search has not finished"):
+        planner.main_runs(["absent"], str(tmp_path / "data"), ["ssr"], [1], {}, 5, str(tmp_path))
 
 
 def test_records_only_chapters_note_the_runs_whose_search_has_not_finished(tmp_path, monkeypatch):

@@ -130,8 +130,9 @@ class Tuning:
         except ConfigError as untuned:
             try:
                 base = dataclasses.replace(data, drop=0.0, seed=0).load()
-            except DataError:
-                raise untuned from None
+            except DataError as unreadable:  # the data comes first: its search cannot run without it either
+                raise ConfigError(f"{unreadable}; the plan needs it for {model}, whose search has not finished "
+                                  f"({untuned})") from None
             fixed = MODELS[model].fallback_overrides(base)
             try:
                 MODELS[model].check_data(load_config(model, fixed), base)
