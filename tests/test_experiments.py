@@ -600,6 +600,23 @@ def test_planted_band_gains_and_band_diagnostics():
     assert diag.quantity.tolist() == ["band_weights/user"] * 2 and diag.band.tolist() == [1, 2]
 
 
+def test_trained_band_borders_per_variant():
+    """Each border's λ as mean ± sd over seeds (the mean alone for one seed), per dataset and variant, beside the
+    share of L's eigenvalues a bipartite graph puts at λ = 1 (|N_u − N_i| / N); variants without borders are left out."""
+    def record(run_id, seed, borders):
+        return {"run_id": run_id, "seed": seed, "dataset": {"name": "d", "users": 70, "items": 30},
+                "diagnostics": {"band_borders": borders} if borders else {"bands_path": "chebyshev"}}
+
+    records = [record("a", 1, [0.3, 1.0]), record("b", 2, [0.5, 1.0]), record("c", 1, [0.4]), record("e", 1, None)]
+    frame = pd.DataFrame({"dataset": "d", "variant": ["3 bands", "3 bands", "2 bands", "reference"],
+                          "seed": [1, 2, 1, 1], "run_id": ["a", "b", "c", "e"]})
+    table = spectral_checks.trained_band_borders(frame, records)
+    assert list(table.index) == [("d", "3 bands"), ("d", "2 bands")]
+    assert table.loc[("d", "3 bands")].tolist() == ["0.400 ± 0.141", "1.000 ± 0.000", "1, 2", "≥ 40.0%"]
+    assert table.loc[("d", "2 bands"), "border 1"] == "0.400" and table.loc[("d", "2 bands"), "border 2"] == ""
+    assert spectral_checks.trained_band_borders(frame.iloc[3:], records).empty
+
+
 def test_growth_slopes():
     edges = np.array([100, 1000, 10000])
     frame = pd.DataFrame({"model": "m", "edges": edges, "seconds_per_epoch": 0.01 * edges ** 1.5,

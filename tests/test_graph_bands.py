@@ -134,6 +134,25 @@ def test_exact_bands_have_equal_energy_and_are_orthogonal(medium_graph):
     assert gram.fill_diagonal_(0).abs().max() < 1e-3 * x.square().sum()
 
 
+def test_a_border_inside_the_bipartite_null_space_splits_it_along_the_solvers_basis(small_graph):
+    """L has λ = 1 at least |N_u − N_i| times (20 of these 100 nodes). A white signal's middle border (4 bands) falls
+    inside that eigenspace: it is recorded as λ = 1, and which of its directions fall below it depends only on the
+    eigenvector basis the solver returned there (book/methods.md, "SSR")."""
+    evals, _ = laplacian_eigh(small_graph)
+    at_one = ((evals - 1).abs() < 1e-6).nonzero().flatten()
+    assert len(at_one) >= 20 and (at_one.diff() == 1).all()
+    x = signals(small_graph)["white"]
+    bands = ExactBands(small_graph, 4)
+    reference = bands(x)
+    assert bands.borders[1] == 1.0 and bands.borders[0] < 1 < bands.borders[2]
+    rotation, _ = torch.linalg.qr(torch.randn(len(at_one), len(at_one), generator=torch.Generator().manual_seed(3)))
+    bands.basis[:, at_one] = bands.basis[:, at_one] @ rotation  # another orthonormal eigenbasis of the same L
+    rotated = bands(x)
+    torch.testing.assert_close(rotated[[0, 3]], reference[[0, 3]], atol=1e-5, rtol=0)  # the bands off λ = 1 keep
+    torch.testing.assert_close(rotated.sum(0), x, atol=1e-5, rtol=0)
+    assert (rotated[1] - reference[1]).norm() > 0.1 * reference[1].norm()  # the split at λ = 1 moves
+
+
 @pytest.mark.parametrize("signal", ["white", "smooth"])
 def test_scalable_matches_exact(medium_graph, signal):
     x = signals(medium_graph)[signal]

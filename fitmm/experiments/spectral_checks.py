@@ -148,6 +148,35 @@ def band_diagnostics(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def trained_band_borders(frame: pd.DataFrame, records: list[dict]) -> pd.DataFrame:
+    """Where trained equal-energy bands put their borders: per dataset and variant (`runs.record_row` rows, their
+    `records`), border m's λ of the tested weights (the record's diagnostics) as 'mean ± sd' over seeds, for the
+    variants whose records carry borders (the exact and scalable paths), and the share of L's eigenvalues the graph's
+    shape alone puts at λ = 1: |N_u − N_i| of N. A border there cuts that eigenspace, the exact path along the
+    eigensolver's basis; the scalable path resolves λ to about ±6.5/K there and splits it about evenly."""
+    by_id = {r["run_id"]: r for r in records}
+    rows = []
+    for run in frame.itertuples():
+        record = by_id[run.run_id]
+        borders = (record.get("diagnostics") or {}).get("band_borders")
+        if borders:
+            users, items = record["dataset"]["users"], record["dataset"]["items"]
+            rows.append({"dataset": run.dataset, "variant": run.variant, "seed": run.seed,
+                         "at λ = 1": abs(users - items) / (users + items),
+                         **{f"border {m}": b for m, b in enumerate(borders, 1)}})
+    if not rows:
+        return pd.DataFrame()
+    found = pd.DataFrame(rows)
+    columns = [c for c in found if c.startswith("border")]
+    groups = found.groupby(["dataset", "variant"], sort=False)
+    table = pd.DataFrame({c: groups[c].agg(lambda v: "" if v.isna().all() else
+                                             f"{v.mean():.3f}" if len(v) == 1 else f"{v.mean():.3f} ± {v.std():.3f}")
+                          for c in columns})
+    table["seeds"] = groups["seed"].agg(lambda v: ", ".join(map(str, sorted(v))))
+    table["eigenvalues at λ = 1"] = groups["at λ = 1"].first().map("≥ {:.1%}".format)
+    return table
+
+
 @torch.no_grad()
 def gates_by_user_group(model: BandedRecommender, data: Interactions) -> pd.DataFrame:
     """Mean learned band gate per (user group, band) of a trained FITMM or SSR (its `user_gates`); groups as in
