@@ -24,6 +24,7 @@ from fitmm.cache import fingerprint
 from fitmm.data.dataset import Interactions
 from fitmm.errors import TrainingError
 from fitmm.experiments.groups import json_rows, user_group_selections
+from fitmm.experiments.tables import mean_std
 from fitmm.graphs import normalized_adjacency
 from fitmm.io import write_json
 from fitmm.metrics import evaluate
@@ -167,11 +168,10 @@ def trained_band_borders(frame: pd.DataFrame, records: list[dict]) -> pd.DataFra
     if not rows:
         return pd.DataFrame()
     found = pd.DataFrame(rows)
-    columns = [c for c in found if c.startswith("border")]
-    groups = found.groupby(["dataset", "variant"], sort=False)
-    table = pd.DataFrame({c: groups[c].agg(lambda v: "" if v.isna().all() else
-                                             f"{v.mean():.3f}" if len(v) == 1 else f"{v.mean():.3f} ± {v.std():.3f}")
-                          for c in columns})
+    by = ["dataset", "variant"]
+    borders = mean_std(found, [c for c in found if c.startswith("border")], by, digits=3)
+    table = borders.replace("nan", "")  # a variant with fewer bands has no such border
+    groups = found.groupby(by, sort=False)
     table["seeds"] = groups["seed"].agg(lambda v: ", ".join(map(str, sorted(v))))
     table["eigenvalues at λ = 1"] = groups["at λ = 1"].first().map("≥ {:.1%}".format)
     return table
