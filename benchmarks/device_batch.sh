@@ -3,7 +3,7 @@
 #
 # Here, on the CPU machine, in the repository root:
 #   bash benchmarks/device_batch.sh prepare DATA_DIR NAME...   # wheels -> .whl/, datasets -> .device/data/
-#                                                              # (the default work: data tiktok baby clothing)
+#                                                              # (the default work: data tiktok baby)
 #   bash benchmarks/device_batch.sh lean                       # only if prepare says the tree is too large
 # On the device, one `run` call with carry [".whl", ".device"] and timeout_s 600:
 #   bash benchmarks/device_batch.sh run
@@ -25,9 +25,11 @@
 #      under .device/data named in TIMED_DATASETS (default: tiktok sports baby); s/epoch, valid-eval s and peak
 #      memory from each record, printed and written to $OUT/gpu_timings.tsv with the device's name.
 #   2. The heaviest work: WORK, one `fitmm` command per line, all at once, each stopped at the deadline; the
-#      default: chapter 05's five SSR runs on TikTok's exact equal-energy bands (a dense 16,018-node eigenbasis:
-#      hours per run on a CPU core, minutes on a GPU) and Clothing's LightGCN search (two workers; a finished
-#      search ends at once). Sports' data (31 MB) does not fit beside them in the 64 MiB a call carries: for
+#      default: every run chapter 05 still lacks, all at once: its five SSR runs on TikTok's exact equal-energy
+#      bands (a dense 16,018-node eigenbasis: 283 s per epoch on a CPU core) and its twelve SSR band-count runs
+#      on Baby's scalable path (330 sparse products of the 26,495-node graph per step: 320 s per epoch on a CPU
+#      core, about 10 h per run); finished runs are reused. Sports' data (31 MB) does not fit beside them in
+#      the 64 MiB a call carries: for
 #      its searches, prepare sports alone and set WORK to lines like "tune --model fitmm --dataset sports
 #      --jobs 2 --quiet".
 #      A stopped run leaves its checkpoint behind (it does not travel), so plan work that finishes; a stopped
@@ -129,8 +131,7 @@ Path(sys.argv[2]).write_text("\n".join(rows) + "\n")
 print("\n".join(rows))
 EOF
 
-    local work=${WORK:-"reproduce --profile full --only 05 --runs-only --runs-matching exact --jobs 5
-tune --model lightgcn --dataset clothing --jobs 2 --quiet"}
+    local work=${WORK:-"reproduce --profile full --only 05 --runs-only --jobs 17"}
     local left=$(( deadline - $(date +%s) )) i=0
     if [ "$left" -gt 30 ]; then
         while IFS= read -r line; do
