@@ -29,9 +29,8 @@
 #      bands (a dense 16,018-node eigenbasis: 283 s per epoch on a CPU core) and its twelve SSR band-count runs
 #      on Baby's scalable path (330 sparse products of the 26,495-node graph per step: 320 s per epoch on a CPU
 #      core, about 10 h per run); finished runs are reused. Sports' data (31 MB) does not fit beside them in
-#      the 64 MiB a call carries: for
-#      its searches, prepare sports alone and set WORK to lines like "tune --model fitmm --dataset sports
-#      --jobs 2 --quiet".
+#      the 64 MiB a call carries: for its searches, prepare sports alone and set WORK to lines like
+#      "tune --model fitmm --dataset sports --jobs 2 --quiet".
 #      A stopped run leaves its checkpoint behind (it does not travel), so plan work that finishes; a stopped
 #      search trial is freed here by `fitmm tune ... --reclaim`.
 #   3. Every record, trace and search journal written meanwhile -> $OUT/records.tar.gz (no checkpoints).
