@@ -27,10 +27,11 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 WIDTH, MAX_HEIGHT = 1280, 16000  # px: the page is laid out 1280 wide; the screenshot holds the whole page
 SKIP = {"genindex.html", "search.html"}
 
-# Runs in the page once it has loaded (MathJax typeset, layout done) and appends its findings as JSON.
+# Runs where it is inserted (end of body: DOM parsed, stylesheets applied) and again once the page has loaded
+# (MathJax typeset, images sized); each pass writes its findings as JSON into one <pre>, "loaded" saying which.
 PROBE = r"""
 <script>
-window.addEventListener("load", () => setTimeout(() => {
+const fitmmCheck = (loaded) => {
   const problems = [];
   const article = document.querySelector("article.bd-article") || document.querySelector("main") || document.body;
   const column = article.getBoundingClientRect();
@@ -69,11 +70,16 @@ window.addEventListener("load", () => setTimeout(() => {
     const caption = figure && figure.querySelector("figcaption");
     if (!caption || !caption.textContent.trim()) problems.push(`figure without a caption: ${img.src.slice(0, 60)}`);
   }
-  const out = document.createElement("pre");
-  out.id = "fitmm-check";
-  out.textContent = JSON.stringify({problems, column: column.width, height: document.documentElement.scrollHeight});
-  document.body.appendChild(out);
-}, 500));
+  let out = document.getElementById("fitmm-check");
+  if (!out) {
+    out = document.createElement("pre");
+    out.id = "fitmm-check";
+    document.body.appendChild(out);
+  }
+  out.textContent = JSON.stringify({problems, loaded, column: column.width, height: document.documentElement.scrollHeight});
+};
+fitmmCheck(false);
+window.addEventListener("load", () => setTimeout(() => fitmmCheck(true), 500));
 </script>
 """
 
@@ -121,20 +127,22 @@ def probe(chromium: str, page: Path) -> tuple[list[str], int]:
     copy = page.with_name(f".check-{page.name}")
     text = page.read_text(errors="replace")
     copy.write_text(text.replace("</body>", PROBE + "</body>") if "</body>" in text else text + PROBE)
+    result = None
     try:
-        for _ in range(5):  # on a loaded machine the DOM is sometimes dumped before the page's load event,
-            # in bursts: 3 tries once failed a page with two training jobs and a CI run on the two cores
+        for _ in range(5):  # on a loaded machine Chromium sometimes dumps the DOM before the load event (a large
+            # page, 3 s after start, whatever the virtual-time budget): then the end-of-body pass is what it found
             done = subprocess.run([chromium, *FLAGS, f"--window-size={WIDTH},2000", "--dump-dom", copy.as_uri()],
                                   capture_output=True, text=True, timeout=120)
-            found = re.search(r'<pre id="fitmm-check">(.*?)</pre>', done.stdout, re.S)
+            found = re.search(r'<pre id="fitmm-check"[^>]*>(.*?)</pre>', done.stdout, re.S)  # the theme adds tabindex
             if found:
-                break
+                result = json.loads(found.group(1).replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">")
+                                    .replace("&amp;", "&"))
+                if result["loaded"]:
+                    break
     finally:
         copy.unlink()
-    if not found:
+    if result is None:
         return [f"the probe did not run (chromium exit {done.returncode})"], 2000
-    result = json.loads(found.group(1).replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">")
-                        .replace("&amp;", "&"))
     return result["problems"], min(int(result["height"]), MAX_HEIGHT)
 
 
