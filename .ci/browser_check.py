@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -135,8 +136,7 @@ def probe(chromium: str, page: Path) -> tuple[list[str], int]:
                                   capture_output=True, text=True, timeout=120)
             found = re.search(r'<pre id="fitmm-check"[^>]*>(.*?)</pre>', done.stdout, re.S)  # the theme adds tabindex
             if found:
-                result = json.loads(found.group(1).replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">")
-                                    .replace("&amp;", "&"))
+                result = json.loads(unescape(found.group(1)))
                 if result["loaded"]:
                     break
     finally:
