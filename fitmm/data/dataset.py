@@ -19,6 +19,8 @@ class Interactions:
     `train`, `valid`, `test` are (n, 2) int64 arrays of (user, item) pairs with
     0-based contiguous ids. `features` maps a modality name to an
     (n_items, d) float32 array, in canonical modality order (see `modality_order`).
+    `feature_recipes` maps a modality built by `fitmm data encode-text` to the digest of
+    its recipe (`fitmm.data.text.recipe_digest`), which identifies it in place of its bytes.
     """
 
     name: str
@@ -28,6 +30,7 @@ class Interactions:
     valid: np.ndarray
     test: np.ndarray
     features: dict[str, np.ndarray] = field(default_factory=dict)
+    feature_recipes: dict[str, str] = field(default_factory=dict)
     path: Path | None = None
 
     @property

