@@ -15,13 +15,14 @@ selection-leak audit only (MMRec's grid search picks by test; this study does no
 Trials are claimed under a file lock, each taking the first plan point that no finished or running trial
 holds, so a killed search resumes (the point of a trial whose worker died is trained again) and several
 worker processes can share one search; whether or not it was interrupted, a search trains the same points
-and none twice. A trial whose worker ran on another host is left alone (it may be a live SLURM worker) unless
-`fitmm tune --reclaim` says no other machine works on the search.
+and none twice. A trial whose worker ran on another host (`host_id`: host name and boot id) is left alone (it may
+be a live SLURM worker) unless `fitmm tune --reclaim` says no other machine works on the search.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import itertools
 import math
@@ -126,8 +127,17 @@ def claim_lock(journal: Path) -> FileLock:
     return FileLock(journal.with_suffix(".lock"))
 
 
+@functools.cache
+def host_id() -> str:
+    """This machine: its host name and, where Linux gives one, its boot id. Sandboxes and containers often share
+    a host name, and a rebooted machine reuses pids, so a host name alone would take another machine's (or an
+    earlier boot's) worker for one of this machine's processes."""
+    boot = Path("/proc/sys/kernel/random/boot_id")
+    return f"{socket.gethostname()}/{boot.read_text().strip()[:8]}" if boot.exists() else socket.gethostname()
+
+
 def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{host_id()}:{os.getpid()}"
 
 
 def worker_of(trial: optuna.trial.FrozenTrial) -> tuple[str, str] | None:
@@ -145,7 +155,7 @@ def is_stale(trial: optuna.trial.FrozenTrial) -> bool:
     if worker is None:
         return True
     host, pid = worker
-    if host != socket.gethostname():
+    if host != host_id():
         return False
     try:
         os.kill(int(pid), 0)
@@ -161,7 +171,7 @@ def reclaim(journal: Path, model: str, dataset: str) -> list[int]:
     their numbers. Only for a search no other machine is working on: a journal copied or committed mid-trial and
     resumed elsewhere (a live worker on another host cannot be told from a dead one)."""
     study = open_study(journal, model, dataset)
-    here = socket.gethostname()
+    here = host_id()
     with claim_lock(journal):
         gone = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
                 if (worker := worker_of(t)) is not None and worker[0] != here]

@@ -2,6 +2,7 @@
 
 import json
 import multiprocessing
+import os
 import subprocess
 
 import optuna
@@ -16,9 +17,9 @@ from fitmm.data.dataset import Interactions
 from fitmm.errors import ConfigError, TrainingError
 from fitmm.models import MODELS
 from fitmm.models.vbpr import VBPR
-from fitmm.tune import (AUDIT_COLUMNS, best_overrides, check, chosen_overrides, claim, claim_lock, grids, journal_path,
-                        load_trials, open_study, plan, search_progress, search_size, selection_audit, trials_frame,
-                        tune)
+from fitmm.tune import (AUDIT_COLUMNS, best_overrides, check, chosen_overrides, claim, claim_lock, grids, is_stale,
+                        journal_path, load_trials, open_study, plan, search_progress, search_size, selection_audit,
+                        trials_frame, tune)
 from fitmm.trainer import train
 
 COMPLETE, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
@@ -115,11 +116,24 @@ def test_trial_of_a_dead_worker_is_failed_and_retried(tmp_path, monkeypatch):
     dead.wait()
     with claim_lock(journal):
         trial = claim(study, 2, plan(grids()["bpr"]["grid"], seed=999), grids()["bpr"]["grid"])
-    trial.set_user_attr("worker", f"{tune_mod.socket.gethostname()}:{dead.pid}")  # a worker killed mid-trial
+    trial.set_user_attr("worker", f"{tune_mod.host_id()}:{dead.pid}")  # a worker killed mid-trial
     study = tune(data, "bpr", trials=3, results_dir=tmp_path, progress=False)
     states = [t.state for t in study.get_trials()]
     assert states.count(COMPLETE) == 3 and states.count(FAIL) == 1 and distinct_points(study)
     assert study.get_trials()[1].params in [t.params for t in finished(study)]
+
+
+def test_a_worker_of_another_boot_or_machine_of_the_same_name_is_another_host():
+    study = optuna.create_study()
+    here = tune_mod.host_id()
+    assert here.startswith(tune_mod.socket.gethostname())
+    for worker, stale in [(f"{here}:{os.getpid()}", False),  # this process: alive
+                          (f"{tune_mod.socket.gethostname()}/00000000:999999999", False),  # another boot: left alone
+                          (f"{tune_mod.socket.gethostname()}:{os.getpid()}", False),  # an unmarked boot: left alone
+                          (f"{here}:999999999", True)]:  # this machine, process gone
+        trial = study.ask()
+        trial.set_user_attr("worker", worker)
+        assert is_stale(study.trials[-1]) is stale, worker
 
 
 def test_reclaim_frees_only_the_trials_of_other_hosts(tmp_path, monkeypatch, capsys):
