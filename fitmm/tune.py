@@ -166,15 +166,20 @@ def is_stale(trial: optuna.trial.FrozenTrial) -> bool:
     return False
 
 
+def running_elsewhere(study: optuna.Study) -> dict[int, str]:
+    """{trial number: worker} of the running trials claimed by workers on other hosts."""
+    return {t.number: t.user_attrs["worker"]
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            if (worker := worker_of(t)) is not None and worker[0] != host_id()}
+
+
 def reclaim(journal: Path, model: str, dataset: str) -> list[int]:
     """Fail every trial left running by a worker on another host, so that its point is trained again; return
     their numbers. Only for a search no other machine is working on: a journal copied or committed mid-trial and
     resumed elsewhere (a live worker on another host cannot be told from a dead one)."""
     study = open_study(journal, model, dataset)
-    here = host_id()
     with claim_lock(journal):
-        gone = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-                if (worker := worker_of(t)) is not None and worker[0] != here]
+        gone = list(running_elsewhere(study))
         for number in gone:
             study.tell(number, state=optuna.trial.TrialState.FAIL)
     return gone
@@ -421,6 +426,9 @@ def _tune(args: argparse.Namespace) -> int:
         study = open_study(journal, args.model, data.name)
     frame = trials_frame(study)
     print(f"{args.model} on {data.name}: {len(frame)} finished trial(s), journal {journal}")
+    if elsewhere := running_elsewhere(study):
+        print(f"{len(elsewhere)} trial(s) still running on other hosts ({', '.join(elsewhere.values())}): the search "
+              "finishes when they do; if no machine works on them any more, rerun with --reclaim")
     with pd.option_context("display.width", 200, "display.max_colwidth", 80):
         print(frame.drop(columns=["dataset", "model"]).to_string(index=False))
         if len(frame):

@@ -150,6 +150,9 @@ def test_reclaim_frees_only_the_trials_of_other_hosts(tmp_path, monkeypatch, cap
         live_here = claim(study, 3, plan(grid, seed=999), grid)  # this process: alive, so never reclaimed
     study = tune(data, "bpr", trials=3, results_dir=tmp_path, progress=False)
     assert len(finished(study)) == 1  # without --reclaim both points stay held
+    assert main(["tune", "--model", "bpr", "--trials", "3", "--results-dir", str(tmp_path), "--quiet"]) == 0
+    assert ("1 trial(s) still running on other hosts (another-machine:123): the search finishes when they do; "
+            "if no machine works on them any more, rerun with --reclaim") in capsys.readouterr().out
     assert main(["tune", "--model", "bpr", "--trials", "3", "--reclaim", "--results-dir", str(tmp_path), "--quiet"]) == 0
     assert f"reclaimed 1 trial(s) left running on other hosts: [{elsewhere.number}]" in capsys.readouterr().out
     study = open_study(journal, "bpr", "synthetic")
