@@ -13,29 +13,37 @@
 #
 # What travels to the device (tracked files, untracked files git does not ignore, the carried .whl/ and
 # .device/) must stay under 64 MiB. The committed run records alone outgrow that as the study fills in, and
-# the device needs none of them (a search reads its journal under results/tuning/). `lean` takes
-# results/runs/ out of git's index and ignores it (.git/info/exclude), touching no file and no commit, so it
-# stays here; `restore` puts the index back as HEAD has it. Between the two, commit nothing (stop any loop
-# that commits records): a commit would record the runs as deleted.
+# the device needs none of them, nor the executed chapters (a search reads its journal under results/tuning/;
+# `fitmm reproduce` plans from the data, and needs every dataset the profile names). `lean` takes
+# results/runs/ and results/notebooks/ out of git's index and ignores them (.git/info/exclude), touching no
+# file and no commit, so they stay here; `restore` puts the index back as HEAD has it. Between the two,
+# commit nothing (stop any loop that commits records): a commit would record them as deleted.
 #
 # `run`, all of it within DEADLINE seconds (default 500) of its start:
-#   0. The sync check: tests/test_train.py's `never_waits` test, a few training steps of every model under
-#      torch.cuda.set_sync_debug_mode("error"); its output goes to $OUT/sync_check.log.
+#   0. The sync check, beside step 1: tests/test_train.py's `never_waits` test, a few training steps of every
+#      model under torch.cuda.set_sync_debug_mode("error"); its output goes to $OUT/sync_check.log.
 #   1. GPU timings: FITMM, SSR and LightGCN (TIMED_MODELS), TIMED_EPOCHS epochs each (default 3) on every dataset
 #      under .device/data named in TIMED_DATASETS (default: tiktok sports baby); s/epoch, valid-eval s and peak
 #      memory from each record, printed and written to $OUT/gpu_timings.tsv with the device's name.
-#   2. The heaviest work: WORK, one `fitmm` command per line, all at once, each stopped at the deadline; the
+#   2. The heaviest work: WORK, one line per job, all lines at once, each stopped at the deadline; a line is a
+#      `fitmm` argument list, or several joined by ' && ' that run in turn (a search, then its seeds); the
 #      default: every run chapter 05 still lacks, all at once: its five SSR runs on TikTok's exact equal-energy
 #      bands (a dense 16,018-node eigenbasis: 283 s per epoch on a CPU core) and its twelve SSR band-count runs
 #      on Baby's scalable path (330 sparse products of the 26,495-node graph per step: 320 s per epoch on a CPU
-#      core, about 10 h per run); finished runs are reused. Sports' data (31 MB) does not fit beside them in
-#      the 64 MiB a call carries: for its searches, prepare sports alone and set WORK to lines like
-#      "tune --model fitmm --dataset sports --jobs 2 --quiet".
+#      core, about 10 h per run). No record travels (`lean`), so the device takes every planned run as
+#      unfinished: a `reproduce` line names with --runs-matching exactly the runs still to train here (the
+#      labels `fitmm reproduce --dry-run` prints), and `unpack` never replaces a record here. A `reproduce`
+#      line needs the data of every chapter it plans (`--only 05`: TikTok and Baby; `--only 01`: all four
+#      sets, 61 MiB travelling after `lean`). Quotes in a line are kept. For Sports' SSR seeds, and its FITMM
+#      search then that search's seeds, two lines (the second shown on two):
+#        reproduce --profile full --only 01 --runs-only --jobs 4 --runs-matching "ssr on sports, seed 1" ...
+#        tune --model fitmm --dataset sports --trials 12 --jobs 11 --reclaim --quiet && reproduce --profile
+#          full --only 01 --runs-only --jobs 4 --runs-matching "fitmm on sports, seed 1" ...
 #      A stopped run leaves its checkpoint behind (it does not travel), so plan work that finishes; a stopped
 #      search trial is freed here by `fitmm tune ... --reclaim`.
 #   3. Every record, trace and search journal written meanwhile -> $OUT/records.tar.gz (no checkpoints).
-# The device tree is a copy of this checkout, so results/ there starts as the committed one: a search goes
-# on where it stands here.
+# The device tree is a copy of this checkout less what `lean` keeps home: a search goes on where its
+# journal stands here.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,7 +53,7 @@ prepare() {  # DATA_DIR NAME...: what the device lacks (no internet there): optu
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
         optuna==5.0.0 alembic==1.20.1 sqlalchemy==2.1.9 colorlog==6.12.0 mako==1.4.3 \
-        pytest==9.0.3 pluggy==1.6.0 iniconfig==2.3.0 || exit 2
+        || exit 2
     for name in "$@"; do
         [ -f "$data/$name/$name.inter" ] || { echo "device_batch: $data/$name/$name.inter not found" >&2; exit 2; }
         rm -rf ".device/data/$name" && cp -rL "$data/$name" .device/data/
@@ -62,7 +70,7 @@ prepare() {  # DATA_DIR NAME...: what the device lacks (no internet there): optu
 TRAVEL_LIMIT=$(( 64 * 1048576 ))
 LEAN_MARK=.git/device_batch.lean
 EXCLUDE=.git/info/exclude
-RUNS=results/runs  # what `lean` keeps home
+HOME_ONLY="results/runs results/notebooks"  # what `lean` keeps home: the records, the executed chapters
 
 travel_bytes() {  # bytes of what a device call sends: tracked and untracked-not-ignored files, .whl/, .device/
     local files carried
@@ -72,24 +80,31 @@ travel_bytes() {  # bytes of what a device call sends: tracked and untracked-not
     echo $(( files + ${carried:-0} ))
 }
 
-lean() {  # $RUNS/ out of the index and ignored: it does not travel; files and commits untouched
+lean() {  # $HOME_ONLY out of the index and ignored: they do not travel; files and commits untouched
     [ ! -e "$LEAN_MARK" ] || { echo "device_batch: already lean; 'bash $0 restore' first" >&2; exit 2; }
     git diff --cached --quiet || { echo "device_batch: the index has staged changes; commit or unstage them first" >&2; exit 2; }
     mkdir -p "$(dirname "$EXCLUDE")"
-    git rm -r -q --cached "$RUNS" || exit 2
-    echo "/$RUNS/" >> "$EXCLUDE"
+    local path
+    for path in $HOME_ONLY; do
+        git rm -r -q --cached "$path" || exit 2
+        echo "/$path/" >> "$EXCLUDE"
+    done
     touch "$LEAN_MARK"
-    echo "device_batch: $RUNS/ will not travel; $(( $(travel_bytes) / 1048576 )) MiB would travel now." \
+    echo "device_batch: $HOME_ONLY will not travel; $(( $(travel_bytes) / 1048576 )) MiB would travel now." \
          "Commit nothing until 'bash $0 restore'."
 }
 
-restore() {  # the index as HEAD has it for $RUNS/, and the ignore line gone
+restore() {  # the index as HEAD has it for $HOME_ONLY, and their ignore lines gone
     [ -e "$LEAN_MARK" ] || { echo "device_batch: not lean (no $LEAN_MARK); nothing to restore" >&2; exit 2; }
-    git reset -q -- "$RUNS"
-    grep -vxF "/$RUNS/" "$EXCLUDE" > "$EXCLUDE.tmp"; mv "$EXCLUDE.tmp" "$EXCLUDE"
+    local path
+    for path in $HOME_ONLY; do
+        git reset -q -- "$path"
+        grep -vxF "/$path/" "$EXCLUDE" > "$EXCLUDE.tmp"; mv "$EXCLUDE.tmp" "$EXCLUDE"
+    done
     rm -f "$LEAN_MARK"
-    git status --short "$RUNS" | head -n 5
-    echo "device_batch: restored; $RUNS/ is tracked again"
+    # shellcheck disable=SC2086  # the paths
+    git status --short $HOME_ONLY | head -n 5
+    echo "device_batch: restored; $HOME_ONLY are tracked again"
 }
 
 run() {
@@ -102,8 +117,9 @@ run() {
     fi
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 FITMM_CACHE=/tmp/fitmm-cache
     python3 -c "import torch; print('device:', torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
-    timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_train.py -k never_waits > "$OUT/sync_check.log" 2>&1
-    tail -n 1 "$OUT/sync_check.log" | sed 's/^/sync check: /'
+    # the sync check runs beside the timings (a few steps on the synthetic set); its verdict is printed at the end
+    timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_train.py -k never_waits > "$OUT/sync_check.log" 2>&1 &
+    local sync_pid=$!
 
     local timing=/tmp/device_batch.timing
     rm -rf "$timing"  # this run's timings only
@@ -130,30 +146,50 @@ Path(sys.argv[2]).write_text("\n".join(rows) + "\n")
 print("\n".join(rows))
 EOF
 
-    local work=${WORK:-"reproduce --profile full --only 05 --runs-only --jobs 17"}
+    local work=${WORK:-'reproduce --profile full --only 05 --runs-only --jobs 17 --runs-matching
+        "exact equal-energy bands] on tiktok" "scalable equal-energy bands] on baby" "(scalable)] on baby"'}
+    work=${work//$'\n        '/ }  # the default's continuation line
     local left=$(( deadline - $(date +%s) )) i=0
     if [ "$left" -gt 30 ]; then
         while IFS= read -r line; do
             [ -n "$line" ] || continue
             i=$((i + 1))
-            # shellcheck disable=SC2086  # each WORK line is a fitmm argument list
-            OMP_NUM_THREADS=2 timeout "$left" python3 -m fitmm $line --data-dir "$data" --results-dir results \
-                > "$OUT/work-$i.log" 2>&1 &
+            work_line "$line" "$deadline" "$data" > "$OUT/work-$i.log" 2>&1 &
         done <<< "$work"
         wait
-        echo "work: $i command(s) ended; their logs are work-*.log"
+        for log in "$OUT"/work-*.log; do  # progress bars can fill a log past what a file back may hold
+            tail -c 2000000 "$log" > "$log.tail" && mv "$log.tail" "$log"
+        done
+        echo "work: $i line(s) ended; their logs (the last 2 MB each) are work-*.log"
     else
         echo "work: deadline reached before it started"
     fi
+    wait "$sync_pid" 2> /dev/null  # reaped already where the work waited for it
+    tail -n 1 "$OUT/sync_check.log" | sed 's/^/sync check: /'
     find results/runs results/tuning -type f -newer "$stamp" ! -path '*/checkpoints/*' ! -name '*.lock' \
         ! -name '.lock*' ! -path '*/logs/*' -print0 | tar czf "$OUT/records.tar.gz" --null -T -
     tar tzf "$OUT/records.tar.gz" | grep -c record.json | sed 's/^/records back: /'
 }
 
+work_line() {  # LINE DEADLINE DATA: one WORK line, its fitmm commands (separated by ' && ') in turn, to the deadline
+    local rest=$1 deadline=$2 data=$3 cmd left
+    while [ -n "$rest" ]; do
+        cmd=${rest%% && *}
+        if [ "$cmd" = "$rest" ]; then rest=; else rest=${rest#* && }; fi
+        left=$(( deadline - $(date +%s) ))
+        [ "$left" -gt 30 ] || { echo "work: deadline reached before: fitmm $cmd"; return; }
+        echo "work: fitmm $cmd"
+        # each command is a fitmm argument list, its quotes kept (a --runs-matching label has spaces)
+        eval "OMP_NUM_THREADS=2 timeout $left python3 -m fitmm $cmd --data-dir $data --results-dir results" || return
+    done
+}
+
 unpack() {  # FILES_AT: the folder the device call's files came back to
     local from=$1
     [ -f "$from/records.tar.gz" ] || { echo "device_batch: $from/records.tar.gz not found" >&2; exit 2; }
-    tar xzf "$from/records.tar.gz"
+    # a record here stays as it is (the device rebuilt a run whose record stayed home); journals are replaced
+    tar xzf "$from/records.tar.gz" --skip-old-files --wildcards 'results/runs/*' 2> /dev/null
+    tar xzf "$from/records.tar.gz" --wildcards 'results/tuning/*' 2> /dev/null
     [ -f "$from/gpu_timings.tsv" ] && mkdir -p results/benchmarks && cp "$from/gpu_timings.tsv" results/benchmarks/
     git status --short results | head -n 40
     echo "device_batch: commit these; resume a search that had trials running there with fitmm tune ... --reclaim"

@@ -1,8 +1,10 @@
-"""benchmarks/device_batch.sh's steps on this side: `lean` keeps the run records from travelling to the device
-without touching a file or a commit, and `restore` gives back the index HEAD has."""
+"""benchmarks/device_batch.sh's steps on this side: `lean` keeps the run records and executed chapters from
+travelling to the device without touching a file or a commit, `restore` gives back the index HEAD has, and
+`unpack` adds what came back without replacing a record here."""
 
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "device_batch.sh"
@@ -13,8 +15,8 @@ def git(repo: Path, *args: str) -> str:
                           capture_output=True, text=True).stdout
 
 
-def batch(repo: Path, step: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "benchmarks/device_batch.sh", step], cwd=repo, capture_output=True, text=True)
+def batch(repo: Path, *step: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "benchmarks/device_batch.sh", *step], cwd=repo, capture_output=True, text=True)
 
 
 def committed_repo(root: Path, files: dict[str, str]) -> Path:
@@ -37,6 +39,7 @@ def travelling(repo: Path) -> set[str]:
 
 def test_lean_keeps_the_runs_home_and_restore_gives_the_index_back(tmp_path):
     committed_repo(tmp_path, {"results/runs/baby/bpr/bpr-s1-x/record.json": "{}",
+                              "results/notebooks/full/01_main_results.ipynb": "{}",
                               "results/tuning/baby/bpr/journal.log": "{}"})
     record = tmp_path / "results" / "runs" / "baby" / "bpr" / "bpr-s1-x" / "record.json"
     head = git(tmp_path, "rev-parse", "HEAD")
@@ -45,8 +48,8 @@ def test_lean_keeps_the_runs_home_and_restore_gives_the_index_back(tmp_path):
     lean = batch(tmp_path, "lean")
     assert lean.returncode == 0, lean.stderr
     sent = travelling(tmp_path)
-    assert "results/runs/baby/bpr/bpr-s1-x/record.json" not in sent
-    assert sent == before - {"results/runs/baby/bpr/bpr-s1-x/record.json"}  # the journal and the code still go
+    home = {"results/runs/baby/bpr/bpr-s1-x/record.json", "results/notebooks/full/01_main_results.ipynb"}
+    assert sent == before - home  # the journal and the code still go
     assert record.read_text() == "{}" and git(tmp_path, "rev-parse", "HEAD") == head
     again = batch(tmp_path, "lean")
     assert again.returncode == 2 and "already lean" in again.stderr
@@ -55,7 +58,7 @@ def test_lean_keeps_the_runs_home_and_restore_gives_the_index_back(tmp_path):
     assert restored.returncode == 0, restored.stderr
     assert travelling(tmp_path) == before
     assert git(tmp_path, "status", "--porcelain") == ""
-    assert "/results/runs/" not in (tmp_path / ".git" / "info" / "exclude").read_text()
+    assert "/results/" not in (tmp_path / ".git" / "info" / "exclude").read_text()
     assert batch(tmp_path, "restore").returncode == 2
 
 
@@ -66,3 +69,25 @@ def test_lean_refuses_an_index_with_staged_changes(tmp_path):
     result = batch(tmp_path, "lean")
     assert result.returncode == 2 and "staged changes" in result.stderr
     assert git(tmp_path, "ls-files", "results/runs").strip() == "results/runs/r.json"
+
+
+def test_unpack_adds_new_records_and_journals_but_never_replaces_a_record_here(tmp_path):
+    committed_repo(tmp_path, {"results/runs/baby/bpr/bpr-s1-x/record.json": "home",
+                              "results/tuning/baby/bpr/journal.log": "old"})
+    came_back = tmp_path / "files"
+    (came_back / "results/runs/baby/bpr/bpr-s1-x").mkdir(parents=True)
+    (came_back / "results/runs/baby/bpr/bpr-s2-x").mkdir(parents=True)
+    (came_back / "results/tuning/baby/bpr").mkdir(parents=True)
+    (came_back / "results/runs/baby/bpr/bpr-s1-x/record.json").write_text("device")  # a rerun of a finished run
+    (came_back / "results/runs/baby/bpr/bpr-s2-x/record.json").write_text("new")
+    (came_back / "results/tuning/baby/bpr/journal.log").write_text("old+more")
+    with tarfile.open(came_back / "records.tar.gz", "w:gz") as tar:
+        tar.add(came_back / "results", arcname="results")
+
+    result = batch(tmp_path, "unpack", str(came_back))
+    assert result.returncode == 0, result.stderr
+    runs = tmp_path / "results/runs/baby/bpr"
+    assert (runs / "bpr-s1-x/record.json").read_text() == "home"
+    assert (runs / "bpr-s2-x/record.json").read_text() == "new"
+    assert (tmp_path / "results/tuning/baby/bpr/journal.log").read_text() == "old+more"
+    assert batch(tmp_path, "unpack", str(tmp_path / "nowhere")).returncode == 2
