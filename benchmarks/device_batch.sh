@@ -2,8 +2,9 @@
 # The prepared batch for a session lent a GPU through the device tool (README, "On a GPU").
 #
 # Here, on the CPU machine, in the repository root:
-#   bash benchmarks/device_batch.sh prepare DATA_DIR NAME...   # wheels -> .whl/, datasets -> .device/data/
-#                                                              # (the default work: data tiktok baby)
+#   bash benchmarks/device_batch.sh prepare DATA_DIR NAME...   # wheels -> .whl/, datasets -> .device/data/,
+#                                                              # the work -> .device/work.txt (the default work
+#                                                              # needs: data tiktok baby sports clothing)
 #   bash benchmarks/device_batch.sh lean                       # only if prepare says the tree is too large
 # On the device, one `run` call with carry [".whl", ".device"] and timeout_s 600:
 #   bash benchmarks/device_batch.sh run
@@ -26,21 +27,16 @@
 #      under .device/data named in TIMED_DATASETS (default: tiktok sports baby); s/epoch, valid-eval s and peak
 #      memory from each record, printed and written to $OUT/gpu_timings.tsv with the device's name.
 #   2. The heaviest work: WORK, one line per job, all lines at once, each stopped at the deadline; a line is a
-#      `fitmm` argument list, or several joined by ' && ' that run in turn (a search, then its seeds); the
-#      default: every run chapter 05 still lacks, all at once: its five SSR runs on TikTok's exact equal-energy
-#      bands (a dense 16,018-node eigenbasis: 283 s per epoch on a CPU core) and its twelve SSR band-count runs
-#      on Baby's scalable path (330 sparse products of the 26,495-node graph per step: 320 s per epoch on a CPU
-#      core, about 10 h per run). No record travels (`lean`), so the device takes every planned run as
-#      unfinished: a `reproduce` line names with --runs-matching exactly the runs still to train here (the
-#      labels `fitmm reproduce --dry-run` prints), and `unpack` never replaces a record here. A `reproduce`
-#      line needs the data of every chapter it plans (`--only 05`: TikTok and Baby; `--only 01`: all four
-#      sets, 61 MiB travelling after `lean`). Quotes in a line are kept. For Sports' SSR seeds, and its FITMM
-#      search then that search's seeds, two lines (the second shown on two):
-#        reproduce --profile full --only 01 --runs-only --jobs 4 --runs-matching "ssr on sports, seed 1" ...
-#        tune --model fitmm --dataset sports --trials 12 --jobs 11 --reclaim --quiet && reproduce --profile
-#          full --only 01 --runs-only --jobs 4 --runs-matching "fitmm on sports, seed 1" ...
-#      A stopped run leaves its checkpoint behind (it does not travel), so plan work that finishes; a stopped
-#      search trial is freed here by `fitmm tune ... --reclaim`.
+#      `fitmm` argument list (its quotes kept), or several joined by ' && ' that run in turn. The default is
+#      what `prepare` wrote to .device/work.txt (benchmarks/device_work.py): everything the full profile still
+#      lacks here, by run label, since no record travels (`lean`) and the device takes every run there as
+#      unfinished: one `reproduce` line for the runs still to train (chapter 05's SSR runs on TikTok's exact
+#      bands, 283 s per epoch on a CPU core, and Baby's band counts, 320 s there, are the heaviest), and per
+#      unfinished search its `tune`, then its seeds. These plan every chapter: prepare all four datasets (61 MiB
+#      travel after `lean`). Stop the jobs training here first (a search must not have workers on two
+#      machines); `unpack` never replaces a record here. A stopped run leaves its checkpoint behind (it does
+#      not travel), so plan work that finishes; a stopped search trial is freed here by `fitmm tune ...
+#      --reclaim`.
 #   3. Every record, trace and search journal written meanwhile -> $OUT/records.tar.gz (no checkpoints).
 # The device tree is a copy of this checkout less what `lean` keeps home: a search goes on where its
 # journal stands here.
@@ -58,6 +54,8 @@ prepare() {  # DATA_DIR NAME...: what the device lacks (no internet there): optu
         [ -f "$data/$name/$name.inter" ] || { echo "device_batch: $data/$name/$name.inter not found" >&2; exit 2; }
         rm -rf ".device/data/$name" && cp -rL "$data/$name" .device/data/
     done
+    python3 benchmarks/device_work.py --data-dir "$data" > .device/work.txt || exit 2
+    sed 's/^/work: /' .device/work.txt | cut -c 1-160
     du -sh .whl .device
     local size
     size=$(travel_bytes)
@@ -146,9 +144,7 @@ Path(sys.argv[2]).write_text("\n".join(rows) + "\n")
 print("\n".join(rows))
 EOF
 
-    local work=${WORK:-'reproduce --profile full --only 05 --runs-only --jobs 17 --runs-matching
-        "exact equal-energy bands] on tiktok" "scalable equal-energy bands] on baby" "(scalable)] on baby"'}
-    work=${work//$'\n        '/ }  # the default's continuation line
+    local work=${WORK:-$(cat .device/work.txt 2> /dev/null)}
     local left=$(( deadline - $(date +%s) )) i=0
     if [ "$left" -gt 30 ]; then
         while IFS= read -r line; do

@@ -91,3 +91,33 @@ def test_unpack_adds_new_records_and_journals_but_never_replaces_a_record_here(t
     assert (runs / "bpr-s2-x/record.json").read_text() == "new"
     assert (tmp_path / "results/tuning/baby/bpr/journal.log").read_text() == "old+more"
     assert batch(tmp_path, "unpack", str(tmp_path / "nowhere")).returncode == 2
+
+
+def test_the_device_work_names_the_runs_left_and_finishes_each_search_before_its_seeds(tmp_path, monkeypatch):
+    """benchmarks/device_work.py: no record travels, so the work names by label each run not finished here, and
+    an unfinished search is finished there before the runs that need it (all but its own seed's) are trained."""
+    import importlib.util
+
+    from fitmm import reproduce, tune as tune_mod
+    from fitmm.data import synthetic_dataset
+
+    spec = importlib.util.spec_from_file_location("device_work", SCRIPT.parent / "device_work.py")
+    device_work = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(device_work)
+    monkeypatch.setenv("FITMM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(tune_mod, "train", lambda data, config, results_dir=None, progress=True: {
+        "run_id": f"bpr-{config.reg_weight}", "best_valid": {"recall@20": -config.reg_weight},
+        "test": {"recall@20": 0.0}})
+    tune_mod.tune(synthetic_dataset(), "bpr", trials=5, results_dir=tmp_path / "out", progress=False)  # finished
+    smoke = reproduce.profiles()["smoke"]
+    monkeypatch.setattr(reproduce, "profiles", lambda: {"smoke": {
+        **smoke, "models": ["bpr", "lightgcn"], "seeds": [999, 1], "tuning_trials": 5}})
+    monkeypatch.setattr(device_work, "profiles", reproduce.profiles)
+
+    runs, *searches = device_work.work_lines("smoke", None, str(tmp_path / "out"), max_jobs=4)
+    assert runs.startswith("reproduce --profile smoke --runs-only --jobs 4 --runs-matching ")
+    assert '"bpr on synthetic, seed 999" "bpr on synthetic, seed 1"' in runs and '"lightgcn on synthetic, seed' not in runs
+    search = next(line for line in searches if line.startswith("tune --model lightgcn "))
+    assert search == ("tune --model lightgcn --dataset synthetic --trials 5 --results-dir results --jobs 4 --reclaim "
+                      '--quiet && reproduce --profile smoke --runs-only --jobs 1 --runs-matching "lightgcn on synthetic, '
+                      'seed 1"')
