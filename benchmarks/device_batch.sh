@@ -23,8 +23,9 @@
 # `run`, all of it within DEADLINE seconds (default 500) of its start:
 #   0. The sync check, beside step 1: tests/test_train.py's `never_waits` test, a few training steps of every
 #      model under torch.cuda.set_sync_debug_mode("error"); its output goes to $OUT/sync_check.log.
-#   1. GPU timings: FITMM, SSR and LightGCN (TIMED_MODELS), TIMED_EPOCHS epochs each (default 3) on every dataset
-#      under .device/data named in TIMED_DATASETS (default: tiktok sports baby); s/epoch, valid-eval s and peak
+#   1. GPU timings, before the work: FITMM, SSR and LightGCN (TIMED_MODELS), TIMED_EPOCHS epochs each (default
+#      2) on every dataset under .device/data named in TIMED_DATASETS (default: sports, the largest; each run
+#      of the work records its own s/epoch too, beside the others); s/epoch, valid-eval s and peak
 #      memory from each record, printed and written to $OUT/gpu_timings.tsv with the device's name.
 #   2. The heaviest work: WORK, one line per job, all lines at once, each stopped at the deadline; a line is a
 #      `fitmm` argument list (its quotes kept), or several joined by ' && ' that run in turn. The default is
@@ -121,13 +122,13 @@ run() {
 
     local timing=/tmp/device_batch.timing
     rm -rf "$timing"  # this run's timings only
-    for dataset in ${TIMED_DATASETS:-tiktok sports baby}; do
+    for dataset in ${TIMED_DATASETS:-sports}; do
         [ -d "$data/$dataset" ] || { echo "timing: no $data/$dataset, skipped"; continue; }
         for model in ${TIMED_MODELS:-fitmm ssr lightgcn}; do
             local left=$(( deadline - $(date +%s) ))
             [ "$left" -gt 30 ] || { echo "timing: deadline reached"; break 2; }
             timeout "$left" python3 -m fitmm train --model "$model" --dataset "$dataset" --data-dir "$data" --quiet \
-                --set epochs="${TIMED_EPOCHS:-3}" --set patience=1000 --results-dir "$timing"
+                --set epochs="${TIMED_EPOCHS:-2}" --set patience=1000 --results-dir "$timing"
         done
     done
     python3 - "$timing" "$OUT/gpu_timings.tsv" <<'EOF'
