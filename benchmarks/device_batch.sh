@@ -155,6 +155,7 @@ EOF
         done <<< "$work"
         wait
         for log in "$OUT"/work-*.log; do  # progress bars can fill a log past what a file back may hold
+            [ -f "$log" ] || continue  # no line, no log
             tail -c 2000000 "$log" > "$log.tail" && mv "$log.tail" "$log"
         done
         echo "work: $i line(s) ended; their logs (the last 2 MB each) are work-*.log"

@@ -40,10 +40,11 @@ def work_lines(profile_name: str, data_dir: str | None, results_dir: str | None,
     if left:
         lines.append(f"reproduce --profile {profile_name} --runs-only --jobs {min(len(left), max_jobs)} "
                      f"--runs-matching {quoted(left)}")
+    seeds = profiles()[profile_name]["seeds"]
     for (dataset, model), (done, size, fixed) in sorted(pending.items()):
         search = tune_command(model, dataset, size, "results", fixed).removeprefix("fitmm ")
         search_seed = load_config(model, fixed).seed  # its chosen trial is the run of that seed
-        after = [f"{model} on {dataset}, seed {seed}" for seed in profiles()[profile_name]["seeds"] if seed != search_seed]
+        after = [f"{model} on {dataset}, seed {seed}" for seed in seeds if seed != search_seed]
         lines.append(f"{search} --jobs {min(size - done, max_jobs)} --reclaim --quiet && reproduce --profile "
                      f"{profile_name} --runs-only --jobs {len(after)} --runs-matching {quoted(after)}")
     print(f"device_work: {len(left)} run(s) still to train, {len(pending)} search(es) not finished", file=sys.stderr)
