@@ -1,4 +1,7 @@
-"""Fixtures shared by the test modules: an isolated cache, the synthetic benchmark at test size, random graphs."""
+"""Fixtures shared by the test modules: an isolated cache, the synthetic benchmark at test size, random graphs,
+and a snapshot of a folder's files."""
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +23,19 @@ def isolated_cache(tmp_path_factory):
 def synthetic() -> Interactions:
     """The embedded synthetic benchmark (planted structure, image and text) with 300 users and 200 items."""
     return synthetic_dataset(n_users=300, n_items=200, seed=4)
+
+
+def file_states(root: Path) -> dict[str, tuple[int, int]]:
+    """Every path under `root` with its size and mtime: what a command wrote, if anything. A path that
+    vanishes while the folder is walked (a checkpoint's temporary file, say) is left out."""
+    states = {}
+    for path in root.rglob("*"):
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            continue
+        states[str(path.relative_to(root))] = (info.st_size, info.st_mtime_ns)
+    return states
 
 
 def random_user_item_adjacency(n_users: int, n_items: int, seed: int = 0) -> torch.Tensor:

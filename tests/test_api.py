@@ -17,6 +17,8 @@ from fitmm import api, settings
 from fitmm.errors import ConfigError
 from fitmm.experiments import notes, report, significance, tables
 
+from conftest import file_states
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -106,19 +108,6 @@ def test_train_rejects_an_unknown_key_before_training(scratch_env):
     assert not (scratch_env / "results").exists()
 
 
-def _file_states(folder: Path) -> dict[Path, int]:
-    """Each file under `folder`, relative to it, with its modification time in nanoseconds
-    (a file that vanishes while the folder is walked, such as a checkpoint's temporary, is left out)."""
-    states = {}
-    for path in folder.rglob("*"):
-        try:
-            if path.is_file():
-                states[path.relative_to(folder)] = path.stat().st_mtime_ns
-        except FileNotFoundError:
-            continue
-    return states
-
-
 @pytest.mark.slow
 def test_chapter_run_from_another_folder_writes_only_into_the_results_folder(scratch_env, monkeypatch):
     """`cd elsewhere && papermill notebooks/01_main_results.ipynb out.ipynb` with FITMM_RESULTS set."""
@@ -126,15 +115,15 @@ def test_chapter_run_from_another_folder_writes_only_into_the_results_folder(scr
     # The repository's results folder is compared only where the chapter writes: training jobs
     # running in this checkout may add records and checkpoints elsewhere in it meanwhile.
     notebooks_before = sorted((ROOT / "notebooks").rglob("*"))
-    results_before = _file_states(ROOT / "results")
+    results_before = file_states(ROOT / "results")
     cwd = scratch_env / "cwd"
     papermill.execute_notebook(str(ROOT / "notebooks" / "01_main_results.ipynb"), "out.ipynb",
                                parameters={"models": ["bpr", "lightgcn"], "budget": {"epochs": 1, "batch_size": 4096}},
                                cwd=str(cwd), progress_bar=False, kernel_name="python3")
     assert sorted(p.name for p in cwd.rglob("*")) == ["out.ipynb"]
     assert sorted((ROOT / "notebooks").rglob("*")) == notebooks_before
-    written = set(_file_states(scratch_env / "results"))
-    results_after = _file_states(ROOT / "results")
+    written = set(file_states(scratch_env / "results"))
+    results_after = file_states(ROOT / "results")
     assert {rel: results_after.get(rel) for rel in written} == {rel: results_before.get(rel) for rel in written}
     records = sorted((scratch_env / "results").glob("runs/*/*/*/record.json"))
     assert [p.relative_to(scratch_env / "results").parts[1:3] for p in records] == [("synthetic", "bpr"),

@@ -14,6 +14,8 @@ from fitmm.cli import main
 from fitmm.data import get_dataset, load_dataset
 from fitmm.errors import DataError
 
+from conftest import file_states
+
 HEADER = "userID\titemID\tx_label"
 # 3 users x 3 items; user 0 has train, valid and test rows.
 ROWS = ["0\t0\t0", "0\t1\t1", "0\t2\t2", "1\t1\t0", "1\t2\t0", "2\t0\t0", "2\t2\t1"]
@@ -26,11 +28,6 @@ def write_folder(folder: Path, lines=ROWS, header=HEADER, raw: bytes | None = No
     return folder
 
 
-def tree(root: Path) -> dict[str, tuple[int, int]]:
-    """Every path under `root` with its size and mtime: what a command wrote, if anything."""
-    return {str(p.relative_to(root)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in root.rglob("*")}
-
-
 def assert_refused(path: Path, root: Path, expected: list[str], absent: list[str], capsys) -> None:
     """load_dataset raises a DataError naming `expected`; `fitmm data check` exits 2 with it and writes nothing."""
     with pytest.raises(DataError) as err:
@@ -40,12 +37,12 @@ def assert_refused(path: Path, root: Path, expected: list[str], absent: list[str
         assert part in msg, (part, msg)
     for part in absent:
         assert part not in msg, (part, msg)
-    before = tree(root)
+    before = file_states(root)
     capsys.readouterr()
     assert main(["data", "check", str(path)]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and msg in captured.err
-    assert tree(root) == before
+    assert file_states(root) == before
 
 
 # ---------------------------------------------------------------- ids beyond any row
