@@ -7,9 +7,9 @@ then build the book; `fitmm book`: build the book from a profile's executed note
     book/ (markdown pages + executed notebooks) --jupyter-book build --all -W--> book/_build/html
 
 A profile's executed notebooks are results, kept with its run records, one folder per profile (profiles
-may share a results_dir and its records): the published profile's (`cpu`, results_dir `results`) in
-`results/notebooks/cpu/`, committed, so that `fitmm book` renders the study on a fresh clone in minutes,
-the full profile's beside them in `results/notebooks/full/`; the smoke profile's in the ignored
+may share a results_dir and its records): the published profile's (`full`, results_dir `results`) in
+`results/notebooks/full/`, committed, so that `fitmm book` renders the study on a fresh clone in minutes,
+the quick `cpu` profile's beside them in `results/notebooks/cpu/`; the smoke profile's in the ignored
 `results/smoke/notebooks/smoke/`.
 book/notebooks/ and book/status.md are build inputs, written by `stage` and ignored by git.
 
@@ -201,9 +201,9 @@ def select(notebooks: list[Path], only: list[str] | None) -> list[Path]:
 
 def executed_dir(results: Path, profile: str) -> Path:
     """Where a profile's executed notebooks are kept: with its run records, `<results_dir>/notebooks/<profile>/`
-    (the cpu and full profiles share `results/` and its records, not their chapters). The published profile's are
-    committed (results/notebooks/cpu/); the smoke profile's stay in the ignored results/smoke/. `stage` copies
-    them into book/notebooks/ for the build."""
+    (the cpu and full profiles share `results/` and its records, not their chapters). Both are committed, the
+    published study in results/notebooks/full/; the smoke profile's stay in the ignored results/smoke/. `stage`
+    copies them into book/notebooks/ for the build."""
     return Path(results) / "notebooks" / profile
 
 
@@ -565,8 +565,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_executor_arguments(cmd, "run")  # SLURM resources default to the profile's slurm: section
     cmd.set_defaults(func=_reproduce)
     book = subparsers.add_parser("book", help="build the book from a profile's executed notebooks, executing nothing")
-    book.add_argument("--profile", default="cpu", choices=sorted(profiles()),
-                      help="whose executed notebooks (<results_dir>/notebooks/) to render (default: cpu, the "
+    book.add_argument("--profile", default="full", choices=sorted(profiles()),
+                      help="whose executed notebooks (<results_dir>/notebooks/) to render (default: full, the "
                            "published study)")
     _common(book)
     book.set_defaults(func=_book)
