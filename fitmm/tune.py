@@ -46,7 +46,7 @@ from fitmm.errors import ConfigError, TrainingError
 from fitmm.executor import add_arguments as add_executor_arguments, execute, slurm_options
 from fitmm.models import MODELS
 from fitmm.settings import results_dir as default_results_dir
-from fitmm.store import NON_SEMANTIC_KEYS
+from fitmm.store import NON_SEMANTIC_KEYS, read_record
 from fitmm.trainer import train
 
 DEFAULT_TRIALS = 12
@@ -283,40 +283,55 @@ def tune(data: Interactions, model: str, trials: int = DEFAULT_TRIALS, seed: int
     return study
 
 
-TRIAL_COLUMNS = ["dataset", "model", "trial", "params", "run_id", f"valid_{METRIC}", f"test_{METRIC}"]
+TRIAL_COLUMNS = ["dataset", "model", "trial", "params", "run_id", f"valid_{METRIC}", f"test_{METRIC}", "at_cap"]
 
 
-def trials_frame(study: optuna.Study) -> pd.DataFrame:
-    """One row per finished trial: dataset, model, trial, params (JSON), run_id, valid and test Recall@20."""
+def trials_frame(study: optuna.Study, results_dir: str | Path) -> pd.DataFrame:
+    """One row per finished trial: dataset, model, trial, params (JSON), run_id, valid and test Recall@20, and
+    `at_cap` from the trial's run record under results_dir: True when the run went to its epoch cap (patience never
+    stopped it), False when patience stopped it or it is a closed-form fit, NA when the record is not there."""
     dataset, _, model = study.study_name.partition("/")
     rows = [(dataset, model, t.number, json.dumps(t.params, sort_keys=True), t.user_attrs["run_id"],
-             t.user_attrs[f"valid_{METRIC}"], t.user_attrs[f"test_{METRIC}"])
+             t.user_attrs[f"valid_{METRIC}"], t.user_attrs[f"test_{METRIC}"],
+             ran_to_cap(Path(results_dir, "runs", dataset, model, t.user_attrs["run_id"], "record.json")))
             for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
-    return pd.DataFrame(rows, columns=TRIAL_COLUMNS)
+    frame = pd.DataFrame(rows, columns=TRIAL_COLUMNS)
+    return frame.astype({"at_cap": "boolean"})
+
+
+def ran_to_cap(record: Path) -> bool | None:
+    """Whether the run record says its run went to its epoch cap; None when there is no such record."""
+    return read_record(record).get("stopped_early") is False if record.exists() else None  # closed forms: absent
 
 
 def load_trials(results_dir: str | Path = "results") -> pd.DataFrame:
     """`trials_frame` of every study under results_dir/tuning/<dataset>/<model>/."""
-    frames = [trials_frame(open_study(path, path.parent.name, path.parent.parent.name))
+    frames = [trials_frame(open_study(path, path.parent.name, path.parent.parent.name), results_dir)
               for path in sorted(Path(results_dir, TUNING).glob("*/*/journal.log"))]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=TRIAL_COLUMNS)
+    return (pd.concat(frames, ignore_index=True) if frames
+            else pd.DataFrame(columns=TRIAL_COLUMNS).astype({"at_cap": "boolean"}))
 
 
-AUDIT_COLUMNS = ["dataset", "model", "trials", "valid_params", f"valid_{METRIC}", f"test_{METRIC}",
-                 "test_params", f"test_{METRIC}_by_test", "leak"]
+AUDIT_COLUMNS = ["dataset", "model", "trials", "at_cap", "valid_params", f"valid_{METRIC}", f"test_{METRIC}",
+                 "chosen_at_cap", "test_params", f"test_{METRIC}_by_test", "leak"]
 
 
 def selection_audit(trials: pd.DataFrame) -> pd.DataFrame:
     """Per (dataset, model): the valid-selected configuration and its test Recall@20 beside the
     configuration MMRec's rule (pick by test) would choose; `leak` = test R@20 by test - by valid (>= 0).
+    `at_cap` counts the trials whose run went to its epoch cap (a budget that may have cut them short) and
+    `chosen_at_cap` says whether the valid choice is one of them (`load_trials`; NA without records).
     Ties go to the earlier trial."""
     rows = []
     for (dataset, model), group in trials.sort_values("trial").groupby(["dataset", "model"], sort=True):
         by_valid = group.loc[group[f"valid_{METRIC}"].idxmax()]
         by_test = group.loc[group[f"test_{METRIC}"].idxmax()]
+        at_cap = group["at_cap"]
         rows.append({"dataset": dataset, "model": model, "trials": len(group),
+                     "at_cap": pd.NA if at_cap.isna().any() else int(at_cap.sum()),
                      "valid_params": by_valid["params"], f"valid_{METRIC}": by_valid[f"valid_{METRIC}"],
-                     f"test_{METRIC}": by_valid[f"test_{METRIC}"], "test_params": by_test["params"],
+                     f"test_{METRIC}": by_valid[f"test_{METRIC}"], "chosen_at_cap": at_cap[by_valid.name],
+                     "test_params": by_test["params"],
                      f"test_{METRIC}_by_test": by_test[f"test_{METRIC}"],
                      "leak": by_test[f"test_{METRIC}"] - by_valid[f"test_{METRIC}"]})
     return pd.DataFrame(rows, columns=AUDIT_COLUMNS)
@@ -424,7 +439,7 @@ def _tune(args: argparse.Namespace) -> int:
         if summary.failed:
             return 1
         study = open_study(journal, args.model, data.name)
-    frame = trials_frame(study)
+    frame = trials_frame(study, args.results_dir)
     print(f"{args.model} on {data.name}: {len(frame)} finished trial(s), journal {journal}")
     if elsewhere := running_elsewhere(study):
         print(f"{len(elsewhere)} trial(s) still running on other hosts ({', '.join(elsewhere.values())}): the search "

@@ -81,6 +81,13 @@ def test_real_trials_reach_the_budget_once_and_are_ordinary_runs(tmp_path):
         assert json.loads(record.read_text())["config"]["n_layers"] == t.params["n_layers"]
     again = tune(data, "lightgcn", trials=3, overrides={"epochs": 1}, results_dir=tmp_path, progress=False)
     assert len(again.get_trials()) == 3
+    tune(data, "ease", trials=1, results_dir=tmp_path, progress=False)  # a closed form has no epoch cap
+    trials = load_trials(tmp_path).set_index("model")
+    assert trials.loc["lightgcn", "at_cap"].tolist() == [True] * 3  # one epoch each: every run went to its cap
+    assert not trials.loc["ease", "at_cap"]
+    audit = selection_audit(load_trials(tmp_path)).set_index("model")
+    assert audit.loc["lightgcn", ["at_cap", "chosen_at_cap"]].tolist() == [3, True]
+    assert audit.loc["ease", ["at_cap", "chosen_at_cap"]].tolist() == [0, False]
     assert best_overrides("lightgcn", "synthetic", tmp_path) == max(finished(study), key=lambda t: t.value).params
 
 
@@ -192,8 +199,10 @@ def test_audit_puts_the_valid_choice_beside_the_test_choice(tmp_path, monkeypatc
     tune(synthetic_dataset(), "ease", trials=12, results_dir=tmp_path, progress=False)
     trials = load_trials(tmp_path)
     assert list(trials["model"].value_counts().sort_index()) == [7, 7]  # bpr, ease
+    assert trials["at_cap"].isna().all()  # fake_train writes no record: whether a trial ran to its cap is unknown
     audit = selection_audit(trials)
     assert list(audit.columns) == AUDIT_COLUMNS
+    assert audit["at_cap"].isna().all() and audit["chosen_at_cap"].isna().all()
     bpr = audit.set_index("model").loc["bpr"]
     assert json.loads(bpr["valid_params"]) == {"reg_weight": 0.1}
     assert json.loads(bpr["test_params"]) == {"reg_weight": 1e-3}
@@ -216,9 +225,11 @@ def test_the_chosen_configuration_keeps_the_searchs_own_settings_but_not_its_bud
 def test_audit_of_constructed_trials():
     trials = pd.DataFrame({"dataset": "d", "model": "m", "trial": [0, 1, 2], "params": ["a", "b", "c"],
                            "run_id": ["r0", "r1", "r2"], "valid_recall@20": [0.2, 0.3, 0.3],
-                           "test_recall@20": [0.25, 0.2, 0.22]})
+                           "test_recall@20": [0.25, 0.2, 0.22],
+                           "at_cap": pd.array([True, False, True], dtype="boolean")})
     row = selection_audit(trials).iloc[0]
     assert (row["valid_params"], row["test_params"], row["trials"]) == ("b", "a", 3)  # tie on valid -> trial 1
+    assert (row["at_cap"], row["chosen_at_cap"]) == (2, False)
     assert row["leak"] == pytest.approx(0.05)
     assert list(selection_audit(trials.iloc[:0]).columns) == AUDIT_COLUMNS
 
@@ -252,7 +263,7 @@ def test_a_different_setting_on_the_same_journal_exits_2(capsys, monkeypatch, tm
     assert main(["tune", "--model", "bpr", "--trials", "1", "--set", "epochs=3",
                  "--results-dir", str(tmp_path), "--quiet"]) == 2
     assert "made with" in capsys.readouterr().err
-    assert len(trials_frame(open_study(journal_path(tmp_path, "synthetic", "bpr"), "bpr", "synthetic"))) == 1
+    assert len(trials_frame(open_study(journal_path(tmp_path, "synthetic", "bpr"), "bpr", "synthetic"), tmp_path)) == 1
 
 
 def test_cli_workers_share_one_search_through_the_executor(tmp_path, capsys, monkeypatch):
