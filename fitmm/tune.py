@@ -293,10 +293,15 @@ def trials_frame(study: optuna.Study, results_dir: str | Path) -> pd.DataFrame:
     dataset, _, model = study.study_name.partition("/")
     rows = [(dataset, model, t.number, json.dumps(t.params, sort_keys=True), t.user_attrs["run_id"],
              t.user_attrs[f"valid_{METRIC}"], t.user_attrs[f"test_{METRIC}"],
-             ran_to_cap(Path(results_dir, "runs", dataset, model, t.user_attrs["run_id"], "record.json")))
+             ran_to_cap(trial_record(results_dir, dataset, model, t.user_attrs["run_id"])))
             for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
     frame = pd.DataFrame(rows, columns=TRIAL_COLUMNS)
     return frame.astype({"at_cap": "boolean"})
+
+
+def trial_record(results_dir: str | Path, dataset: str, model: str, run_id: str) -> Path:
+    """Where a trial's run record lies: the trial is an ordinary run under results_dir/runs/."""
+    return Path(results_dir, "runs", dataset, model, run_id, "record.json")
 
 
 def ran_to_cap(record: Path) -> bool | None:

@@ -260,7 +260,7 @@ def compute_spent(used: pd.DataFrame, results_dir: str | Path, datasets: Iterabl
     `datasets` that chose their configurations (a search's trial of the first seed that a chapter also used is
     counted once, as used). A CPU run's device names its threads, so CPU-hours are wall hours times threads."""
     from fitmm.store import read_record
-    from fitmm.tune import load_trials
+    from fitmm.tune import load_trials, trial_record
 
     rows = [{"dataset": r.dataset, "device": r.device, "kind": "used by a chapter", "run": r.run,
              "wall_seconds": r.wall_seconds} for r in used.itertuples()]
@@ -269,7 +269,7 @@ def compute_spent(used: pd.DataFrame, results_dir: str | Path, datasets: Iterabl
         trials = load_trials(results_dir)
         for t in trials[trials.dataset.isin(list(datasets))].itertuples():
             if t.run_id not in seen:
-                record = read_record(Path(results_dir) / "runs" / t.dataset / t.model / t.run_id / "record.json")
+                record = read_record(trial_record(results_dir, t.dataset, t.model, t.run_id))
                 rows.append({"dataset": t.dataset, "device": record["provenance"]["device"],
                              "kind": "search trial", "run": t.run_id, "wall_seconds": record["wall_seconds"]})
     frame = pd.DataFrame(rows, columns=["dataset", "device", "kind", "run", "wall_seconds"])
