@@ -3,7 +3,8 @@
 A task is any picklable zero-argument callable whose `str()` names it: one training run
 (`fitmm.experiments.runs.Training`), or one tuning worker. A task with a `finished()` method
 that returns True is counted as reused and not run. Every attempt writes its own log under
-`log_dir`; a failed task is retried once, and the batch ends with a `Summary`:
+`log_dir` (its output, epoch bars included: `tail -f` it to follow a run); a failed task is
+retried once, and the batch ends with a `Summary`:
 
     local   a pool of `jobs` spawned processes, each with cores // jobs threads (at least 1; at most
             the caller's OMP_NUM_THREADS where set: on a shared machine, more threads than free
@@ -212,6 +213,8 @@ def execute(tasks: Iterable[Callable[[], object]], executor: str = "local", jobs
         if attempt:
             print(f"retrying {len(pending)} failed task(s)")
         if executor == "local":
+            if not attempt:
+                print(f"local: each task's output (its progress bars too) goes to its log in {log_dir}")
             outcome = _local(pending, [str(log_dir / f"{stems[id(t)]}.{attempt}.log") for t in pending], jobs)
         else:
             outcome = _slurm(pending, log_dir, attempt, slurm or SlurmOptions())

@@ -401,7 +401,7 @@ def chosen_overrides(model: str, dataset: str, trials: int, results_dir: str | P
 @dataclass(frozen=True)
 class Worker:
     """One search worker, picklable for `fitmm.executor`: it claims grid points from the shared journal
-    and trains them until the budget is held, as `tune` does in this process."""
+    and trains them until the budget is held, as `tune` does in this process; its bars go to the task's log."""
 
     model: str
     dataset: str
@@ -416,7 +416,7 @@ class Worker:
         from fitmm.data import get_dataset
 
         tune(get_dataset(self.dataset, self.data_dir), self.model, self.trials, self.seed, self.overrides,
-             self.results_dir, progress=False)
+             self.results_dir)
 
     def __str__(self) -> str:
         return f"tune {self.model} on {self.dataset}, worker {self.index}"

@@ -97,6 +97,16 @@ def test_local_runs_in_parallel_with_threads_logs_and_one_retry(tmp_path):
         executor.execute([], jobs=0)
 
 
+def test_a_local_run_leaves_its_epoch_bar_in_its_log(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FITMM_CACHE", str(tmp_path / "cache"))
+    spec = plan.RunSpec(plan.DataSpec("synthetic"), "bpr", 0, {"epochs": 2, "batch_size": 4096})
+    summary = executor.execute([Training(spec, str(tmp_path / "results"))], "local", log_dir=tmp_path / "logs")
+    assert summary.done == [str(spec)], str(summary)
+    assert f"goes to its log in {tmp_path / 'logs'}" in capsys.readouterr().out
+    [log] = (tmp_path / "logs").glob("*.log")
+    assert "bpr on synthetic" in log.read_text() and "2/2" in log.read_text()
+
+
 SLEEPER = """
 import os, sys, time
 from pathlib import Path

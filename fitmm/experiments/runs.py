@@ -59,7 +59,8 @@ class Runs:
 
 @dataclass(frozen=True)
 class Training:
-    """One planned run as an executor task (`fitmm.executor`): picklable, rebuilds its data where it runs."""
+    """One planned run as an executor task (`fitmm.executor`): picklable, rebuilds its data where it runs; its epoch
+    bar goes to the task's log."""
 
     spec: RunSpec
     results_dir: str
@@ -71,8 +72,7 @@ class Training:
         return finished(self.path(), self.spec.trace)
 
     def __call__(self) -> str:
-        train(self.spec.data.load(), self.spec.config(), results_dir=self.results_dir, progress=False,
-              trace=self.spec.trace)
+        train(self.spec.data.load(), self.spec.config(), results_dir=self.results_dir, trace=self.spec.trace)
         return str(self.path())
 
     def __str__(self) -> str:
