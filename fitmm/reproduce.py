@@ -333,6 +333,7 @@ def dry_run(profile_name: str, root: Path, only: list[str] | None = None, result
     cannot be planned yet), per chapter the runs planned, finished and still to train, then those runs (each once,
     under the first chapter that plans it) with their seeds; only the runs `matching`, when given."""
     from fitmm.experiments.plan import pending_searches, seeds_phrase
+    from fitmm.store import checkpoint_state
     from fitmm.tune import tune_command
 
     with pending_searches() as pending:
@@ -355,14 +356,21 @@ def dry_run(profile_name: str, root: Path, only: list[str] | None = None, result
     first = {}  # each run once, with the first chapter that plans it
     for chapter, ts in by_chapter.items():
         for task in ts:
-            first.setdefault(task.spec.key(), (chapter, task.spec))
-    left = {}  # (chapter, 'model [variant] on dataset') -> seeds still to train
-    for key, (chapter, spec) in first.items():
+            first.setdefault(task.spec.key(), (chapter, task))
+    left, started = {}, {}  # (chapter, 'model [variant] on dataset') -> seeds still to train, where each started one is
+    for key, (chapter, task) in first.items():
+        spec = task.spec
         if not done[key]:
             left.setdefault((chapter, spec.group), []).append(spec.seed)
+            state = checkpoint_state(task.path())
+            if state and state["epoch"]:
+                started.setdefault((chapter, spec.group), []).append(
+                    f"seed {spec.seed} at epoch {state['epoch']} of {spec.config().epochs}, best {state['best_epoch']}, "
+                    f"{state['wall_seconds'] / state['epoch']:.0f} s/epoch")
     if left:
-        lines.append("still to train:")
+        lines.append("still to train (a started run resumes from its last checkpoint):")
         lines += [f"  {chapter:26s} {group}: {seeds_phrase(seeds)}"
+                  + (f" ({'; '.join(started[chapter, group])})" if (chapter, group) in started else "")
                   for (chapter, group), seeds in left.items()]
     return "\n".join(lines)
 

@@ -79,6 +79,18 @@ def finished(folder: str | Path, trace: bool = False) -> bool:
     return (folder / "record.json").exists() and (not trace or (folder / "trace.npz").exists())
 
 
+def checkpoint_state(folder: str | Path) -> dict | None:
+    """The trainer's state in an unfinished run's last checkpoint (`epoch` reached, `best_epoch`, `wall_seconds`,
+    `history`, ...), read without loading its tensors; None when the run has no readable checkpoint."""
+    import torch
+
+    path = Path(folder) / "checkpoints" / "last.pt"
+    try:
+        return torch.load(path, mmap=True, weights_only=False, map_location="cpu")["state"]
+    except Exception:  # noqa: BLE001 — absent or unreadable: the run starts (or says why it cannot) when trained
+        return None
+
+
 def read_record(path: str | Path) -> dict:
     """A record.json, checked against RECORD_SCHEMA; RecordError names the file and what to do."""
     path = Path(path)

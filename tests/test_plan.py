@@ -14,10 +14,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from fitmm import reproduce
+from fitmm import reproduce, trainer
 from fitmm.cli import main
 from fitmm.errors import ConfigError, DataError
 from fitmm.executor import slurm_options
+from fitmm.store import checkpoint_state
 from fitmm.experiments import claims, plan, runs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,7 +167,7 @@ def test_dry_run_counts_the_runs_planned_finished_and_to_train(tmp_path, monkeyp
     out = capsys.readouterr().out
     assert re.search(r"01_main_results +1 +0 +1\n +06_cost +2 +0 +2\n +all \(each run once\) +2 +0 +2", out), out
     # then each run still to train, once, under the first chapter that plans it, with its seeds
-    assert re.search(r"still to train:\n +01_main_results +bpr on synthetic: seed \d+\n +06_cost +bpr on synthetic-u300-i200: "
+    assert re.search(r"still to train[^:\n]*:\n +01_main_results +bpr on synthetic: seed \d+\n +06_cost +bpr on synthetic-u300-i200: "
                      r"seed \d+$", out), out
     assert "searches not finished" not in out and not (tmp_path / "out").exists()
     _, _, by_chapter, _ = reproduce.planned_runs("smoke", ROOT, ["01"], tmp_path / "out", None)
@@ -175,7 +176,25 @@ def test_dry_run_counts_the_runs_planned_finished_and_to_train(tmp_path, monkeyp
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert re.search(r"01_main_results +1 +1 +0\n +06_cost +2 +1 +1\n +all \(each run once\) +2 +1 +1", out)
-    assert re.search(r"still to train:\n +06_cost +bpr on synthetic-u300-i200: seed \d+$", out), out
+    assert re.search(r"still to train[^:\n]*:\n +06_cost +bpr on synthetic-u300-i200: seed \d+$", out), out
+    # a run interrupted after its first epoch is listed with the epoch its checkpoint reached
+    _, _, by_chapter, _ = reproduce.planned_runs("smoke", ROOT, ["06"], tmp_path / "out", None)
+    (growth,) = [t for t in by_chapter["06_cost"] if not t.finished()]
+    saved = trainer.torch_save
+
+    def interrupt_after_last(path, obj):
+        saved(path, obj)
+        if path.name == "last.pt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "torch_save", interrupt_after_last)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(growth.spec.data.load(), growth.spec.config(), tmp_path / "out", progress=False)
+    monkeypatch.setattr(trainer, "torch_save", saved)
+    assert checkpoint_state(growth.path())["epoch"] == 1
+    assert main(argv) == 0
+    assert re.search(r"06_cost +bpr on synthetic-u300-i200: seed \d+ \(seed \d+ at epoch 1 of 1, best 0, \d+ s/epoch\)$",
+                     capsys.readouterr().out)
     # a tuned profile: the search not run yet is listed with the command that runs it, and its runs are not planned
     monkeypatch.setattr(reproduce, "profiles", lambda: {"smoke": {**tiny, "tuning_trials": 5}})
     assert main(argv) == 0
@@ -198,7 +217,7 @@ def test_runs_matching_keeps_the_runs_whose_label_contains_a_text(tmp_path, monk
         "bpr on synthetic, seed 2", "lightgcn on synthetic, seed 1", "lightgcn on synthetic, seed 2"]
     argv = ["reproduce", "--profile", "smoke", "--only", "01", "--root", str(ROOT), "--results-dir", str(tmp_path / "out")]
     assert main([*argv, "--dry-run", "--runs-matching", "bpr"]) == 0
-    assert re.search(r"still to train:\n +01_main_results +bpr on synthetic: seeds 1, 2$", capsys.readouterr().out)
+    assert re.search(r"still to train[^:\n]*:\n +01_main_results +bpr on synthetic: seeds 1, 2$", capsys.readouterr().out)
     assert main([*argv, "--runs-only", "--runs-matching", "vbpr"]) == 2
     assert "no planned run matches; the planned groups: bpr on synthetic, lightgcn on synthetic" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
