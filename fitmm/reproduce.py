@@ -332,9 +332,9 @@ def dry_run(profile_name: str, root: Path, only: list[str] | None = None, result
     """What is left of a profile, training nothing: the searches it needs that have not finished (their runs
     cannot be planned yet), per chapter the runs planned, finished and still to train, then those runs (each once,
     under the first chapter that plans it) with their seeds; only the runs `matching`, when given."""
-    from fitmm.experiments.plan import pending_searches, seeds_phrase
+    from fitmm.experiments.plan import DataSpec, pending_searches, seeds_phrase
     from fitmm.store import checkpoint_state
-    from fitmm.tune import tune_command
+    from fitmm.tune import running_trials, tune_command
 
     with pending_searches() as pending:
         _, where, by_chapter, left_out = planned_runs(profile_name, root, only, results_dir, data_dir, matching)
@@ -343,9 +343,11 @@ def dry_run(profile_name: str, root: Path, only: list[str] | None = None, result
     if pending:
         lines.append(f"searches not finished ({len(pending)}; the runs that need them are not planned yet):")
         trials = profiles()[profile_name]["tuning_trials"]
-        lines += [f"  {dataset:10s} {model:9s} {trials_done:3d}/{size:<3d} "
-                  f"{tune_command(model, dataset, trials, results, fixed, where[settings.ENV['data']])}"
-                  for (dataset, model), (trials_done, size, fixed) in sorted(pending.items())]
+        for (dataset, model), (trials_done, size, fixed) in sorted(pending.items()):
+            lines.append(f"  {dataset:10s} {model:9s} {trials_done:3d}/{size:<3d} "
+                         f"{tune_command(model, dataset, trials, results, fixed, where[settings.ENV['data']])}")
+            data = DataSpec(dataset, str(where[settings.ENV["data"]])).load()
+            lines += [f"  {'':24s} running: {line}" for line in running_trials(model, data, results, fixed)]
     done = {t.spec.key(): t.finished() for ts in by_chapter.values() for t in ts}  # each run looked up once
     rows = [(chapter, len(ts), sum(done[t.spec.key()] for t in ts)) for chapter, ts in by_chapter.items()]
     rows.append(("all (each run once)", len(done), sum(done.values())))

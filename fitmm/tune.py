@@ -46,7 +46,7 @@ from fitmm.errors import ConfigError, TrainingError
 from fitmm.executor import add_arguments as add_executor_arguments, execute, slurm_options
 from fitmm.models import MODELS
 from fitmm.settings import results_dir as default_results_dir
-from fitmm.store import NON_SEMANTIC_KEYS, read_record
+from fitmm.store import NON_SEMANTIC_KEYS, checkpoint_state, read_record, run_dir
 from fitmm.trainer import train
 
 DEFAULT_TRIALS = 12
@@ -171,6 +171,24 @@ def running_elsewhere(study: optuna.Study) -> dict[int, str]:
     return {t.number: t.user_attrs["worker"]
             for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
             if (worker := worker_of(t)) is not None and worker[0] != host_id()}
+
+
+def running_trials(model: str, data: Interactions, results_dir: str | Path, fixed: dict | None = None) -> list[str]:
+    """One line per trial of the search of `model` on `data` still running (`fixed`: the search's --set
+    overrides): its grid point and the epoch its run's checkpoint reached, with the best valid score so far."""
+    journal = journal_path(results_dir, data.name, model)
+    if not journal.exists():
+        return []
+    lines = []
+    for trial in open_study(journal, model, data.name).get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        overrides = dict(sorted(trial.user_attrs.get("overrides", trial.params).items()))
+        config = load_config(model, {**(fixed or {}), **overrides})
+        state = checkpoint_state(run_dir(data, config, results_dir))
+        point = ", ".join(f"{key} {value}" for key, value in overrides.items())
+        lines.append(f"trial {trial.number} ({point}): " + (
+            f"epoch {state['epoch']} of {config.epochs}, best valid {METRIC} {state['best_valid'][METRIC]:.4f} at "
+            f"epoch {state['best_epoch']}" if state and state["epoch"] else "not started"))
+    return lines
 
 
 def reclaim(journal: Path, model: str, dataset: str) -> list[int]:

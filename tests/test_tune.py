@@ -3,6 +3,7 @@
 import json
 import multiprocessing
 import os
+import re
 import subprocess
 
 import optuna
@@ -166,6 +167,39 @@ def test_reclaim_frees_only_the_trials_of_other_hosts(tmp_path, monkeypatch, cap
     assert study.get_trials()[elsewhere.number].state == FAIL
     assert study.get_trials()[live_here.number].state == optuna.trial.TrialState.RUNNING
     assert elsewhere.params in [t.params for t in finished(study)] and len(finished(study)) == 2
+
+
+def test_running_trials_show_the_epoch_their_checkpoint_reached(tmp_path, monkeypatch):
+    """What `fitmm reproduce --dry-run` lists under a search not finished: each trial still running, its grid
+    point, and the epoch its run's checkpoint reached (here a real BPR run killed after its first epoch)."""
+    from fitmm import trainer
+
+    data = synthetic_dataset()
+    journal = journal_path(tmp_path, "synthetic", "bpr")
+    monkeypatch.setattr(tune_mod, "train", fake_train)
+    tune(data, "bpr", trials=1, results_dir=tmp_path, progress=False)
+    study = open_study(journal, "bpr", "synthetic")
+    grid = grids()["bpr"]["grid"]
+    with claim_lock(journal):
+        trial = claim(study, 2, plan(grid, seed=999), grid)
+    trial.set_user_attr("overrides", trial.params)  # as run_trial does before it trains
+    point = ", ".join(f"{key} {value}" for key, value in sorted(trial.params.items()))
+    assert tune_mod.running_trials("bpr", data, tmp_path) == [f"trial {trial.number} ({point}): not started"]
+    saved = trainer.torch_save
+
+    def killed_after_first_checkpoint(path, obj):
+        saved(path, obj)
+        if path.name == "last.pt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "torch_save", killed_after_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train(data, load_config("bpr", trial.params), results_dir=tmp_path, progress=False)
+    epochs = load_config("bpr").epochs
+    [line] = tune_mod.running_trials("bpr", data, tmp_path)
+    assert re.fullmatch(rf"trial {trial.number} \({point}\): epoch 1 of {epochs}, best valid recall@20 0\.\d{{4}} at "
+                        r"epoch 0", line), line
+    assert tune_mod.running_trials("bpr", data, tmp_path / "elsewhere") == []  # no search there
 
 
 def _worker(results_dir):
