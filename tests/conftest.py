@@ -1,5 +1,5 @@
 """Fixtures shared by the test modules: an isolated cache, the synthetic benchmark at test size, random graphs,
-and a snapshot of a folder's files."""
+a snapshot of a folder's files, and a run killed after its first checkpoint."""
 
 from pathlib import Path
 
@@ -23,6 +23,24 @@ def isolated_cache(tmp_path_factory):
 def synthetic() -> Interactions:
     """The embedded synthetic benchmark (planted structure, image and text) with 300 users and 200 items."""
     return synthetic_dataset(n_users=300, n_items=200, seed=4)
+
+
+def train_killed_after_first_checkpoint(data: Interactions, config, results_dir) -> None:
+    """Train `config` on `data` under `results_dir` until its first `last.pt` is written, then die as a killed
+    run does (KeyboardInterrupt): the checkpoint it leaves is a real one."""
+    from fitmm import trainer
+
+    saved = trainer.torch_save
+
+    def save_then_die(path, obj):
+        saved(path, obj)
+        if path.name == "last.pt":
+            raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer, "torch_save", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            trainer.train(data, config, results_dir=results_dir, progress=False)
 
 
 def file_states(root: Path) -> dict[str, tuple[int, int]]:

@@ -14,12 +14,14 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from fitmm import reproduce, trainer
+from fitmm import reproduce
 from fitmm.cli import main
 from fitmm.errors import ConfigError, DataError
 from fitmm.executor import slurm_options
-from fitmm.store import checkpoint_state
 from fitmm.experiments import claims, plan, runs
+from fitmm.store import checkpoint_state
+
+from conftest import train_killed_after_first_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = {p.stem: p for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))}
@@ -180,17 +182,7 @@ def test_dry_run_counts_the_runs_planned_finished_and_to_train(tmp_path, monkeyp
     # a run interrupted after its first epoch is listed with the epoch its checkpoint reached
     _, _, by_chapter, _ = reproduce.planned_runs("smoke", ROOT, ["06"], tmp_path / "out", None)
     (growth,) = [t for t in by_chapter["06_cost"] if not t.finished()]
-    saved = trainer.torch_save
-
-    def interrupt_after_last(path, obj):
-        saved(path, obj)
-        if path.name == "last.pt":
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer, "torch_save", interrupt_after_last)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.train(growth.spec.data.load(), growth.spec.config(), tmp_path / "out", progress=False)
-    monkeypatch.setattr(trainer, "torch_save", saved)
+    train_killed_after_first_checkpoint(growth.spec.data.load(), growth.spec.config(), tmp_path / "out")
     assert checkpoint_state(growth.path())["epoch"] == 1
     assert main(argv) == 0
     assert re.search(r"06_cost +bpr on synthetic-u300-i200: seed \d+ \(seed \d+ at epoch 1 of 1, best 0, \d+ s/epoch\)$",

@@ -5,6 +5,7 @@ import multiprocessing
 import os
 import re
 import subprocess
+from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -22,6 +23,8 @@ from fitmm.tune import (AUDIT_COLUMNS, best_overrides, check, chosen_overrides, 
                         journal_path, load_trials, open_study, plan, search_progress, search_size, selection_audit,
                         trials_frame, tune)
 from fitmm.trainer import train
+
+from conftest import train_killed_after_first_checkpoint
 
 COMPLETE, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
 
@@ -114,16 +117,28 @@ def test_interrupted_study_resumes_and_retries_the_point(tmp_path, monkeypatch):
     assert sorted(map(str, points)) == sorted(str(t.params) for t in finished(study))
 
 
-def test_trial_of_a_dead_worker_is_failed_and_retried(tmp_path, monkeypatch):
+def started_search(tmp_path, monkeypatch) -> tuple[Interactions, Path, optuna.Study]:
+    """A BPR search on the synthetic set under `tmp_path` with one trial finished (fake training): data, journal,
+    study."""
     data = synthetic_dataset()
     journal = journal_path(tmp_path, "synthetic", "bpr")
     monkeypatch.setattr(tune_mod, "train", fake_train)
-    tune(data, "bpr", trials=1, results_dir=tmp_path, progress=False)  # creates the study
-    study = open_study(journal, "bpr", "synthetic")
+    tune(data, "bpr", trials=1, results_dir=tmp_path, progress=False)
+    return data, journal, open_study(journal, "bpr", "synthetic")
+
+
+def hold_point(study: optuna.Study, journal, trials: int) -> optuna.Trial:
+    """Claim the next grid point of a BPR search of budget `trials`, as a worker does, and leave it running."""
+    grid = grids()["bpr"]["grid"]
+    with claim_lock(journal):
+        return claim(study, trials, plan(grid, seed=999), grid)
+
+
+def test_trial_of_a_dead_worker_is_failed_and_retried(tmp_path, monkeypatch):
+    data, journal, study = started_search(tmp_path, monkeypatch)
     dead = subprocess.Popen(["true"])
     dead.wait()
-    with claim_lock(journal):
-        trial = claim(study, 2, plan(grids()["bpr"]["grid"], seed=999), grids()["bpr"]["grid"])
+    trial = hold_point(study, journal, 2)
     trial.set_user_attr("worker", f"{tune_mod.host_id()}:{dead.pid}")  # a worker killed mid-trial
     study = tune(data, "bpr", trials=3, results_dir=tmp_path, progress=False)
     states = [t.state for t in study.get_trials()]
@@ -145,17 +160,10 @@ def test_a_worker_of_another_boot_or_machine_of_the_same_name_is_another_host():
 
 
 def test_reclaim_frees_only_the_trials_of_other_hosts(tmp_path, monkeypatch, capsys):
-    data = synthetic_dataset()
-    journal = journal_path(tmp_path, "synthetic", "bpr")
-    monkeypatch.setattr(tune_mod, "train", fake_train)
-    tune(data, "bpr", trials=1, results_dir=tmp_path, progress=False)
-    study = open_study(journal, "bpr", "synthetic")
-    grid = grids()["bpr"]["grid"]
-    with claim_lock(journal):
-        elsewhere = claim(study, 3, plan(grid, seed=999), grid)
+    data, journal, study = started_search(tmp_path, monkeypatch)
+    elsewhere = hold_point(study, journal, 3)
     elsewhere.set_user_attr("worker", "another-machine:123")  # a journal committed mid-trial on another host
-    with claim_lock(journal):
-        live_here = claim(study, 3, plan(grid, seed=999), grid)  # this process: alive, so never reclaimed
+    live_here = hold_point(study, journal, 3)  # this process: alive, so never reclaimed
     study = tune(data, "bpr", trials=3, results_dir=tmp_path, progress=False)
     assert len(finished(study)) == 1  # without --reclaim both points stay held
     assert main(["tune", "--model", "bpr", "--trials", "3", "--results-dir", str(tmp_path), "--quiet"]) == 0
@@ -172,29 +180,12 @@ def test_reclaim_frees_only_the_trials_of_other_hosts(tmp_path, monkeypatch, cap
 def test_running_trials_show_the_epoch_their_checkpoint_reached(tmp_path, monkeypatch):
     """What `fitmm reproduce --dry-run` lists under a search not finished: each trial still running, its grid
     point, and the epoch its run's checkpoint reached (here a real BPR run killed after its first epoch)."""
-    from fitmm import trainer
-
-    data = synthetic_dataset()
-    journal = journal_path(tmp_path, "synthetic", "bpr")
-    monkeypatch.setattr(tune_mod, "train", fake_train)
-    tune(data, "bpr", trials=1, results_dir=tmp_path, progress=False)
-    study = open_study(journal, "bpr", "synthetic")
-    grid = grids()["bpr"]["grid"]
-    with claim_lock(journal):
-        trial = claim(study, 2, plan(grid, seed=999), grid)
+    data, journal, study = started_search(tmp_path, monkeypatch)
+    trial = hold_point(study, journal, 2)
     trial.set_user_attr("overrides", trial.params)  # as run_trial does before it trains
     point = ", ".join(f"{key} {value}" for key, value in sorted(trial.params.items()))
     assert tune_mod.running_trials("bpr", data, tmp_path) == [f"trial {trial.number} ({point}): not started"]
-    saved = trainer.torch_save
-
-    def killed_after_first_checkpoint(path, obj):
-        saved(path, obj)
-        if path.name == "last.pt":
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer, "torch_save", killed_after_first_checkpoint)
-    with pytest.raises(KeyboardInterrupt):
-        train(data, load_config("bpr", trial.params), results_dir=tmp_path, progress=False)
+    train_killed_after_first_checkpoint(data, load_config("bpr", trial.params), tmp_path)
     epochs = load_config("bpr").epochs
     [line] = tune_mod.running_trials("bpr", data, tmp_path)
     assert re.fullmatch(rf"trial {trial.number} \({point}\): epoch 1 of {epochs}, best valid recall@20 0\.\d{{4}} at "
