@@ -15,7 +15,7 @@ import pytest
 import fitmm
 from fitmm import api, settings
 from fitmm.errors import ConfigError
-from fitmm.experiments import notes, report, significance, tables
+from fitmm.experiments import claims, notes, report, significance, tables
 
 from conftest import file_states
 
@@ -33,7 +33,7 @@ def scratch_env(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.mark.parametrize("module", [api, notes, report, tables, significance], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [api, claims, notes, report, tables, significance], ids=lambda m: m.__name__)
 def test_docstring_examples_run(module, scratch_env):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

@@ -231,6 +231,18 @@ def test_paired_test_identical_and_disjoint():
         significance.paired_test(a, {"users": np.arange(5, 10), "m": np.ones(5)}, "m")
 
 
+def test_seed_test_over_the_runs_means():
+    a, b = [0.30, 0.32, 0.31, 0.33], [0.20, 0.21, 0.19]
+    assert significance.seed_test(a, b) == pytest.approx(scipy.stats.ttest_ind(a, b, equal_var=False).pvalue)
+    assert significance.seed_test(a, b) == significance.seed_test(b, a) < 1e-3
+    # against one run (a closed form): the one-sample test, whichever side it is on
+    assert significance.seed_test(a, [0.2]) == pytest.approx(scipy.stats.ttest_1samp(a, 0.2).pvalue)
+    assert significance.seed_test([0.2], a) == significance.seed_test(a, [0.2])
+    assert significance.seed_test([0.31, 0.30], [0.30, 0.31]) == pytest.approx(1.0)
+    for undefined in (([0.3], [0.2]), ([0.3, 0.3], [0.3]), ([0.3, 0.3], [0.2, 0.2])):  # one run each; no spread
+        assert np.isnan(significance.seed_test(*undefined)), undefined
+
+
 def write_run(path, users, values):
     path.mkdir(parents=True)
     np.savez(path / "per_user.npz", users=np.asarray(users), **{"recall@20": np.asarray(values, dtype=np.float32)})
@@ -252,9 +264,15 @@ def test_seed_mean_and_versus_best_baseline(tmp_path):
     assert mean["recall@20"] == pytest.approx(np.clip(base + 0.2, 0, None) + 0.005, abs=1e-6)
     out = significance.versus_best_baseline(frame, ["fitmm"])
     assert out.loc[0, "baseline"] == "strong" and out.loc[0, "mean_diff"] > 0 and out.loc[0, "seeds"] == 2
+    run_means = {m: [np.clip(base + shift + 0.01 * seed, 0, None) for seed in (0, 1)]
+                 for m, shift in (("strong", 0.0), ("fitmm", 0.2))}  # each seed's per-user values (stored as float32)
+    assert out.loc[0, "seeds_welch_p"] == pytest.approx(scipy.stats.ttest_ind(
+        *([v.mean() for v in run_means[m]] for m in ("fitmm", "strong")), equal_var=False).pvalue, rel=1e-5)
     keep = {"d": users < 10}
     restricted = significance.versus_best_baseline(frame, ["fitmm"], keep_users=keep)
     assert restricted.loc[0, "users"] == 10
+    assert restricted.loc[0, "seeds_welch_p"] == pytest.approx(scipy.stats.ttest_ind(
+        *([v[:10].mean() for v in run_means[m]] for m in ("fitmm", "strong")), equal_var=False).pvalue, rel=1e-5)
     frame["variant"] = frame.model
     ref = significance.versus_reference(frame.assign(model="m"), "strong")
     assert set(ref.variant) == {"weak", "fitmm"}

@@ -231,6 +231,20 @@ def significant_wins(tests: pd.DataFrame) -> pd.Series:
     return (tests.mean_diff > 0) & (tests.wilcoxon_p < SIGNIFICANCE_ALPHA)
 
 
+def comparison_evidence(row, label: str) -> str:
+    """One `significance.versus_best_baseline` row as a claim's evidence: `label`, the two means, the Wilcoxon p
+    over users (the verdict's test) and Welch's p over the seeds' means (training noise), where it is defined.
+
+    >>> row = pd.Series({"baseline": "smore", "mean_a": .0966, "mean_b": .0954, "wilcoxon_p": .153,
+    ...                  "seeds_welch_p": .167})
+    >>> comparison_evidence(row, "baby: Recall@20 ")
+    'baby: Recall@20 0.0966 vs smore 0.0954, Wilcoxon p = 1.53e-01 over users, Welch p = 1.67e-01 over seeds'
+    """
+    seeds = "" if math.isnan(row.seeds_welch_p) else f", Welch p = {row.seeds_welch_p:.2e} over seeds"
+    return (f"{label}{row.mean_a:.4f} vs {row.baseline} {row.mean_b:.4f}, Wilcoxon p = {row.wilcoxon_p:.2e} over users"
+            + seeds)
+
+
 def comparison_verdict(tests: pd.DataFrame, runs: pd.DataFrame | None = None, unfinished: Sequence[str] = ()) -> str:
     """From paired tests (rows with mean_diff, wilcoxon_p; one per dataset), where a win is a positive mean
     difference at Wilcoxon p < SIGNIFICANCE_ALPHA: a win everywhere -> reproduced; a win somewhere -> partly; no

@@ -5,6 +5,8 @@ test metrics (`per_user.npz`) pair up by user id. The tests are two-sided:
 Wilcoxon signed-rank (no normality assumption; zero differences dropped) and the
 paired t-test. With several seeds, each model's per-user values are first averaged
 over its seeds, so the unit of the test is the user, not the (user, seed) pair.
+Beside them, `seed_test` asks whether the gap stands out from training noise: Welch's
+t-test over the seeds' test means, each run one sample.
 """
 
 from __future__ import annotations
@@ -52,6 +54,32 @@ def paired_test(a: dict[str, np.ndarray], b: dict[str, np.ndarray], metric: str)
             "wilcoxon_p": p_wilcoxon, "ttest_p": p_t}
 
 
+def seed_test(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided p of Welch's t-test between two models' test means per run (seed); against a single run (a
+    closed form such as EASE, which gives the same result for every seed) the one-sample t-test of the other
+    side's runs. NaN where it is undefined: no side with two runs, or no spread on either side.
+
+    >>> round(seed_test([.30, .31, .32], [.20, .21, .22]), 4), round(seed_test([.30, .31, .32], [.31]), 4)
+    (0.0003, 1.0)
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 2 and len(b) < 2:
+        return float("nan")
+    if len(a) < 2:
+        a, b = b, a
+    spread = a.var(ddof=1) / len(a) + (b.var(ddof=1) / len(b) if len(b) > 1 else 0.0)
+    if spread <= (1e-9 * np.abs(np.r_[a, b]).max()) ** 2:  # equal runs up to rounding: no t statistic
+        return float("nan")
+    if len(b) < 2:
+        return float(scipy.stats.ttest_1samp(a, b[0]).pvalue)
+    return float(scipy.stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def run_means(paths: Sequence[str | Path], metric: str, keep_users: np.ndarray | None = None) -> list[float]:
+    """Each run's test `metric` averaged over its users (those where `keep_users` holds, when given)."""
+    return [float(restrict(per_user(p), keep_users)[metric].mean()) for p in paths]
+
+
 def seed_mean(paths: Sequence[str | Path]) -> dict[str, np.ndarray]:
     """Per-user metrics averaged over runs (seeds), over the users every run evaluated."""
     runs = [per_user(p) for p in paths]
@@ -78,7 +106,8 @@ def versus_best_baseline(frame: pd.DataFrame, targets: Sequence[str], metric: st
 
     `frame` is `Runs.frame` (one row per run, with `path`). `keep_users` (dataset -> bool per
     user) limits both the choice of the best baseline and the test to a user group. Rows:
-    dataset, model, baseline, seeds, users, the means, the mean difference and both p-values.
+    dataset, model, baseline, seeds, users, the means, the mean difference, both p-values over users
+    and `seeds_welch_p` (`seed_test` over the runs' means on the same users).
     """
     rows = []
     for dataset, runs in frame.groupby("dataset"):
@@ -89,9 +118,10 @@ def versus_best_baseline(frame: pd.DataFrame, targets: Sequence[str], metric: st
             continue
         best = max(baselines, key=baselines.get)
         for target in (t for t in targets if t in vectors):
+            paths = {m: runs[runs.model == m]["path"].tolist() for m in (target, best)}
             rows.append({"dataset": dataset, "model": target, "baseline": best, "metric": metric,
-                         "seeds": int((runs.model == target).sum()),
-                         **paired_test(vectors[target], vectors[best], metric)})
+                         "seeds": len(paths[target]), **paired_test(vectors[target], vectors[best], metric),
+                         "seeds_welch_p": seed_test(*(run_means(paths[m], metric, keep) for m in (target, best)))})
     return pd.DataFrame(rows)
 
 
