@@ -180,7 +180,8 @@ def running_trials(model: str, data: Interactions, results_dir: str | Path, fixe
     if not journal.exists():
         return []
     lines = []
-    for trial in open_study(journal, model, data.name).get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+    study = open_study(journal, model, data.name)
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         overrides = dict(sorted(trial.user_attrs.get("overrides", trial.params).items()))
         config = load_config(model, {**(fixed or {}), **overrides})
         state = checkpoint_state(run_dir(data, config, results_dir))

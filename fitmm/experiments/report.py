@@ -30,7 +30,8 @@ from fitmm.io import utc_now, write_json
 # Raw keys -> the words a table prints.
 WORDS = {
     "mean_a": "mean of the first", "mean_b": "mean of the second", "mean_diff": "mean difference",
-    "wilcoxon_p": "Wilcoxon p", "ttest_p": "paired t-test p", "seeds_welch_p": "Welch p over seeds", "best_epoch": "best epoch",
+    "wilcoxon_p": "Wilcoxon p", "ttest_p": "paired t-test p", "seeds_welch_p": "Welch p over seeds",
+    "best_epoch": "best epoch",
     "seconds_per_epoch": "seconds per epoch", "eval_seconds": "seconds per evaluation",
     "wall_seconds": "wall time (s)", "wall_hours": "wall time (h)", "peak_memory_mb": "peak memory (MB)",
     "git_commit": "commit", "run_id": "run", "n_train": "train pairs", "n_valid": "valid pairs", "n_test": "test pairs",
