@@ -268,6 +268,14 @@ def test_seed_mean_and_versus_best_baseline(tmp_path):
                  for m, shift in (("strong", 0.0), ("fitmm", 0.2))}  # each seed's per-user values (stored as float32)
     assert out.loc[0, "seeds_welch_p"] == pytest.approx(scipy.stats.ttest_ind(
         *([v.mean() for v in run_means[m]] for m in ("fitmm", "strong")), equal_var=False).pvalue, rel=1e-5)
+    # one seed of a trained model: its spread over seeds is unknown, so no seed test; a closed form's one run is fixed
+    one_seed = significance.versus_best_baseline(frame[(frame.model != "fitmm") | (frame.seed == 0)], ["fitmm"])
+    assert one_seed.loc[0, "seeds"] == 1 and np.isnan(one_seed.loc[0, "seeds_welch_p"])
+    closed = significance.versus_best_baseline(frame[frame.model != "strong"].replace({"weak": "ease"}).query(
+        "model != 'ease' or seed == 0"), ["fitmm"])
+    assert closed.loc[0, "baseline"] == "ease" and closed.loc[0, "seeds_welch_p"] == pytest.approx(
+        scipy.stats.ttest_1samp([v.mean() for v in run_means["fitmm"]], np.clip(base - 0.3, 0, None).mean()).pvalue,
+        rel=1e-5)
     keep = {"d": users < 10}
     restricted = significance.versus_best_baseline(frame, ["fitmm"], keep_users=keep)
     assert restricted.loc[0, "users"] == 10

@@ -20,6 +20,7 @@ import scipy.stats
 
 from fitmm.experiments.claims import on_shared_seeds
 from fitmm.experiments.runs import per_user
+from fitmm.models import MODELS
 
 
 def align(a: dict[str, np.ndarray], b: dict[str, np.ndarray], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -107,7 +108,8 @@ def versus_best_baseline(frame: pd.DataFrame, targets: Sequence[str], metric: st
     `frame` is `Runs.frame` (one row per run, with `path`). `keep_users` (dataset -> bool per
     user) limits both the choice of the best baseline and the test to a user group. Rows:
     dataset, model, baseline, seeds, users, the means, the mean difference, both p-values over users
-    and `seeds_welch_p` (`seed_test` over the runs' means on the same users).
+    and `seeds_welch_p` (`seed_test` over the runs' means on the same users; NaN while a trained model has
+    one run only, whose spread over seeds is not known yet).
     """
     rows = []
     for dataset, runs in frame.groupby("dataset"):
@@ -119,9 +121,12 @@ def versus_best_baseline(frame: pd.DataFrame, targets: Sequence[str], metric: st
         best = max(baselines, key=baselines.get)
         for target in (t for t in targets if t in vectors):
             paths = {m: runs[runs.model == m]["path"].tolist() for m in (target, best)}
+            # one run of a trained model (its other seeds still to run) shows no training noise: no seed test yet
+            spread_known = all(len(paths[m]) > 1 or not getattr(MODELS.get(m), "trainable", True) for m in paths)
             rows.append({"dataset": dataset, "model": target, "baseline": best, "metric": metric,
                          "seeds": len(paths[target]), **paired_test(vectors[target], vectors[best], metric),
-                         "seeds_welch_p": seed_test(*(run_means(paths[m], metric, keep) for m in (target, best)))})
+                         "seeds_welch_p": seed_test(*(run_means(paths[m], metric, keep) for m in (target, best)))
+                         if spread_known else float("nan")})
     return pd.DataFrame(rows)
 
 
