@@ -76,14 +76,13 @@ def seed_test(a: Sequence[float], b: Sequence[float]) -> float:
     return float(scipy.stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
-def run_means(paths: Sequence[str | Path], metric: str, keep_users: np.ndarray | None = None) -> list[float]:
-    """Each run's test `metric` averaged over its users (those where `keep_users` holds, when given)."""
-    return [float(restrict(per_user(p), keep_users)[metric].mean()) for p in paths]
-
-
 def seed_mean(paths: Sequence[str | Path]) -> dict[str, np.ndarray]:
     """Per-user metrics averaged over runs (seeds), over the users every run evaluated."""
-    runs = [per_user(p) for p in paths]
+    return mean_over_runs([per_user(p) for p in paths])
+
+
+def mean_over_runs(runs: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-user vectors of several runs averaged, over the users every run evaluated."""
     users = runs[0]["users"]
     for run in runs[1:]:
         users = np.intersect1d(users, run["users"])
@@ -114,18 +113,19 @@ def versus_best_baseline(frame: pd.DataFrame, targets: Sequence[str], metric: st
     rows = []
     for dataset, runs in frame.groupby("dataset"):
         keep = None if keep_users is None else keep_users[dataset]
-        vectors = {m: restrict(seed_mean(g["path"].tolist()), keep) for m, g in runs.groupby("model")}
+        per_run = {m: [restrict(per_user(p), keep) for p in g["path"]] for m, g in runs.groupby("model")}  # read once
+        vectors = {m: mean_over_runs(v) for m, v in per_run.items()}
         baselines = {m: v[metric].mean() for m, v in vectors.items() if m not in targets and len(v["users"])}
         if not baselines:
             continue
         best = max(baselines, key=baselines.get)
         for target in (t for t in targets if t in vectors):
-            paths = {m: runs[runs.model == m]["path"].tolist() for m in (target, best)}
+            pair = (target, best)
             # one run of a trained model (its other seeds still to run) shows no training noise: no seed test yet
-            spread_known = all(len(paths[m]) > 1 or not getattr(MODELS.get(m), "trainable", True) for m in paths)
+            spread_known = all(len(per_run[m]) > 1 or not getattr(MODELS.get(m), "trainable", True) for m in pair)
             rows.append({"dataset": dataset, "model": target, "baseline": best, "metric": metric,
-                         "seeds": len(paths[target]), **paired_test(vectors[target], vectors[best], metric),
-                         "seeds_welch_p": seed_test(*(run_means(paths[m], metric, keep) for m in (target, best)))
+                         "seeds": len(per_run[target]), **paired_test(vectors[target], vectors[best], metric),
+                         "seeds_welch_p": seed_test(*([float(v[metric].mean()) for v in per_run[m]] for m in pair))
                          if spread_known else float("nan")})
     return pd.DataFrame(rows)
 
