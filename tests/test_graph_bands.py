@@ -10,6 +10,7 @@ from fitmm.spectral.graph_bands import (
     ScalableBands,
     chebyshev_moments,
     chebyshev_responses,
+    energy_borders,
     jackson_damping,
     laplacian_eigh,
     make_graph_bands,
@@ -85,8 +86,11 @@ def test_chebyshev_filter_gradient_and_values(small_graph):
     c = torch.randn(2, 7, dtype=torch.float64)
     for coefficients in (c, c * (torch.rand(2, 7) < 0.5)):  # zero coefficients are skipped
         direct = torch.einsum("fk,knd->fnd", coefficients, recurrence(adj, x, 6))
-        torch.testing.assert_close(ChebyshevFilter.apply(adj, x, coefficients), direct)
-        assert torch.autograd.gradcheck(lambda v: ChebyshevFilter.apply(adj, v, coefficients), (x,), fast_mode=True)
+        for rows in (None, torch.tensor([4, 0, 99, 4, 37])):  # a repeated row gets both rows' gradients
+            expected = direct if rows is None else direct[:, rows]
+            torch.testing.assert_close(ChebyshevFilter.apply(adj, x, coefficients, rows), expected)
+            assert torch.autograd.gradcheck(lambda v: ChebyshevFilter.apply(adj, v, coefficients, rows), (x,),
+                                            fast_mode=True)
 
 
 def test_chebyshev_responses_hand_values():
@@ -132,6 +136,34 @@ def test_exact_bands_have_equal_energy_and_are_orthogonal(medium_graph):
     assert torch.allclose(energy_fractions(bands, x), torch.full((3,), 1 / 3), atol=0.01)
     gram = torch.einsum("mnd,knd->mk", bands, bands)
     assert gram.fill_diagonal_(0).abs().max() < 1e-3 * x.square().sum()
+
+
+@pytest.mark.parametrize("signal", ["white", "smooth"])
+def test_exact_bands_project_only_below_the_last_border_with_the_full_projections_values_and_gradients(
+        medium_graph, signal):
+    """Bands m < M from the eigenvectors below the last border, the top band X minus them: the same values and
+    gradients as projecting X on all N eigenvectors, band m = B_m B_mᵀ X (with a `signal` and rows too)."""
+    g = torch.Generator().manual_seed(8)
+    x = signals(medium_graph)[signal]
+    r, h = (x + torch.randn(x.shape, generator=g)).requires_grad_(), x.clone().requires_grad_()
+    rows = torch.tensor([3, 0, 1500, 3, 2299])
+    weights = torch.randn(3, len(rows), x.shape[1], generator=g)
+    exact = ExactBands(medium_graph, 3)
+    exact.chunk = 64
+    (exact(r + h, rows, signal=(r, h)) * weights).sum().backward()
+    grads = r.grad.clone(), h.grad.clone()
+    r.grad = h.grad = None
+
+    basis = exact.basis
+    coefs = basis.T @ torch.cat([r, h], dim=1).detach()
+    cuts = energy_borders(coefs.double().square().sum(1).cumsum(0), 3)
+    assert cuts[-1] < medium_graph.shape[0] - exact.chunk  # the forward stopped before the last eigenvectors
+    bounds = [0, *cuts.tolist(), medium_graph.shape[0]]
+    reference = torch.stack([basis[rows, a:b] @ (basis[:, a:b].T @ (r + h)) for a, b in zip(bounds[:-1], bounds[1:])])
+    (reference * weights).sum().backward()
+    torch.testing.assert_close(exact(r + h, rows, signal=(r, h)), reference, atol=1e-4, rtol=1e-4)
+    for grad, expected in zip(grads, (r.grad, h.grad)):
+        torch.testing.assert_close(grad, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_a_border_inside_the_bipartite_null_space_splits_it_along_the_solvers_basis(small_graph):
