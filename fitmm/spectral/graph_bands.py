@@ -106,13 +106,14 @@ class ChebyshevFilter(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor, None, None]:
         adj, c, rows = ctx.adj, ctx.coefficients, ctx.rows
         n, width = adj.shape[0], grad.shape[2]
+        stacked = grad.reshape(len(c), -1).T  # (rows·D) x F: H_k = stacked @ c_k, one pass over the F gradients
+        coefficients = torch.tensor(c, dtype=grad.dtype, device=grad.device)
 
         def h(k: int, into: torch.Tensor) -> torch.Tensor:
             """into + H_k, H_k = Σ_f c_fk G_f (on the rows)."""
-            weights = [(f, c[f][k]) for f in range(len(c)) if c[f][k]]
-            if not weights:
+            if not any(c[f][k] for f in range(len(c))):
                 return into
-            h_k = sum(grad[f] * w for f, w in weights)
+            h_k = torch.mv(stacked, coefficients[:, k]).view(-1, width)
             return into.add_(h_k) if rows is None else into.index_add_(0, rows, h_k)
 
         b1, b2 = h(len(c[0]) - 1, grad.new_zeros(n, width)), grad.new_zeros(n, width)
