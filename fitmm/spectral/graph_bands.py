@@ -224,7 +224,7 @@ def energy_borders(cum: torch.Tensor, n_bands: int, total: torch.Tensor | None =
 
 
 class Projection(torch.autograd.Function):
-    """C = BᵀX given its value, computed without gradient elsewhere; the backward is B G, one N² product."""
+    """C = BᵀX (B: N x J eigenvectors) given its value, computed without gradient elsewhere; the backward is B G."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, basis: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
