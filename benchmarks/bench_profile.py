@@ -19,7 +19,7 @@ import torch
 
 from fitmm.config import load_config, parse_overrides, resolve_device
 from fitmm.data import get_dataset
-from fitmm.trainer import NegativeSampler, build_model
+from fitmm.trainer import NegativeSampler, build_model, make_optimizer
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
     config = load_config(args.model, {**parse_overrides(args.set), "device": args.device})
     device = resolve_device(config.device)
     model = build_model(data, config, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = make_optimizer(model, config)
     sampler = NegativeSampler(data, config.batch_size, config.negative_items, model.batch_distinct_ids)
     batches = [b.to(device) for b, _ in zip(sampler.epoch(np.random.default_rng([config.seed, 0])),
                                             range(args.batches + 2))]

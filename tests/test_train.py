@@ -19,7 +19,7 @@ from fitmm import trainer
 from fitmm.models.lightgcn import LightGCN
 from fitmm.models import MODELS
 from fitmm.models.base import Batch
-from fitmm.trainer import NegativeSampler, build_model, learning_rate, train
+from fitmm.trainer import NegativeSampler, build_model, learning_rate, make_optimizer, train
 
 
 def planted(n_users=120, n_items=80, rank=4, per_user=12, seed=0) -> Interactions:
@@ -84,8 +84,9 @@ def test_a_training_step_never_waits_for_the_device(synthetic, name, monkeypatch
 
     monkeypatch.setattr(torch.linalg, "eigh", eigh_may_wait)
     overrides = {"bands": "chebyshev"} if name == "ssr" else {}
-    model = build_model(synthetic, config(name, device="cuda", **overrides), device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # as the trainer's
+    run_config = config(name, device="cuda", **overrides)
+    model = build_model(synthetic, run_config, device)
+    optimizer = make_optimizer(model, run_config)
     groups = [list(ps) for ps in model.parameter_groups().values()]
     model.on_epoch_start(0)
     model.train()
