@@ -571,17 +571,27 @@ def test_reading_findings_name_the_reading_valid_supports_and_the_seeds():
                          "variant": ["code", "code", "code", "paper", "paper", "code", "paper"],
                          "seed": [1, 2, 3, 1, 2, 999, 999],  # seed 3: the code's reading only, left out
                          "valid_recall@20": [0.10, 0.12, 0.50, 0.10, 0.10, 0.05, 0.05]})
-    tests = pd.DataFrame({"dataset": ["a", "b"], "paired seeds": ["1, 2", "999"], "mean_a": [0.2, 0.1],
-                          "mean_b": [0.19, 0.1], "wilcoxon_p": [0.01, 1.0]})
-    first, second = claims.reading_findings(tests, runs, "code", "paper")
+    tests = pd.DataFrame({"dataset": ["a", "b"], "variant": "paper", "paired seeds": ["1, 2", "999"],
+                          "mean_a": [0.2, 0.1], "mean_b": [0.19, 0.1], "wilcoxon_p": [0.01, 1.0]})
+    first, second = claims.reading_findings(tests, runs, "code")
     assert first == ("a: valid Recall@20 code 0.1100 vs 'paper' 0.1000 (the code's reading better on valid); "
                      "test 0.2000 vs 0.1900, Wilcoxon p = 1.00e-02, seeds 1, 2")
     assert second.startswith("b:") and "(the code's reading better on valid)" in second  # a tie: the code's
     paper_seed_7 = runs.assign(seed=[1, 2, 3, 7, 7, 999, 999])  # no seed in common: every seed of each side
     tested_on_7 = tests.assign(**{"paired seeds": ["7", "999"]})
-    assert "code 0.2400 vs 'paper' 0.1000" in claims.reading_findings(tested_on_7, paper_seed_7, "code", "paper")[0]
+    assert "code 0.2400 vs 'paper' 0.1000" in claims.reading_findings(tested_on_7, paper_seed_7, "code")[0]
     runs.loc[3, "valid_recall@20"] = 0.2
-    assert "('paper' reading better on valid)" in claims.reading_findings(tests, runs, "code", "paper")[0]
+    assert "('paper' reading better on valid)" in claims.reading_findings(tests, runs, "code")[0]
+
+
+def test_deciding_tests_take_per_dataset_the_first_reading_that_ran_there():
+    tests = pd.DataFrame({"dataset": ["tiktok", "tiktok", "baby", "baby", "tiktok"],
+                          "model": ["ssr", "ssr", "ssr", "ssr", "fitmm"],
+                          "variant": ["scalable", "exact", "scalable", "2 bands", "exact"],
+                          "wilcoxon_p": [0.1, 0.2, 0.3, 0.4, 0.5]})
+    found = claims.deciding_tests(tests, "ssr", ["exact", "scalable"])
+    assert sorted(zip(found.dataset, found.variant)) == [("baby", "scalable"), ("tiktok", "exact")]
+    assert claims.deciding_tests(tests, "ssr", ["paper"]).empty
 
 
 # --- data and spectral checks -------------------------------------------------------------------
