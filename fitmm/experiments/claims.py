@@ -147,7 +147,9 @@ def on_shared_seeds(runs: pd.DataFrame, by: str) -> pd.DataFrame:
 def deciding_tests(tests: pd.DataFrame, model: str, labels: Sequence[str]) -> pd.DataFrame:
     """Per dataset, the paired tests (`significance.versus_reference` rows) of the first of a discrepancy's
     readings `labels` (in order) that has one there: on a dataset where the paper's own reading cannot run
-    (SSR's exact bands above 20,000 nodes) or has not run yet, the next reading decides."""
+    (SSR's exact bands above 20,000 nodes) or has not run yet, the next reading decides. No tests: none."""
+    if tests.empty:
+        return tests
     rows = tests[(tests.model == model) & tests.variant.isin(labels)]
     rank = rows.variant.map({label: i for i, label in enumerate(labels)})
     return rows[rank == rank.groupby(rows.dataset).transform("min")]
