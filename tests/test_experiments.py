@@ -592,6 +592,7 @@ def test_deciding_tests_take_per_dataset_the_first_reading_that_ran_there():
     found = claims.deciding_tests(tests, "ssr", ["exact", "scalable"])
     assert sorted(zip(found.dataset, found.variant)) == [("baby", "scalable"), ("tiktok", "exact")]
     assert claims.deciding_tests(tests, "ssr", ["paper"]).empty
+    assert claims.deciding_tests(pd.DataFrame(), "ssr", ["exact"]).empty  # no paired tests at all (no columns)
 
 
 # --- data and spectral checks -------------------------------------------------------------------
