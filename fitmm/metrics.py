@@ -62,24 +62,26 @@ def evaluate(
     Train items are masked for valid and test alike; valid items are not masked at test time.
     The per-user dict holds `users` (ids) and one float32 array per metric, aligned with it;
     with `item_hits_at` = K (in `topk`) also `item_hits`, (n_items,) int64: how often each item is a hit in a top K.
+    The user ids go to `device`; the ranking is done where the scorer's scores are (a model on a GPU scores there
+    whatever `device` says).
     """
-    device = torch.device(device)
     relevant = data.matrix(split)
     n_relevant = np.diff(relevant.indptr)
     users = np.flatnonzero(n_relevant > 0)
     # (user, item) keys of the split, sorted: membership of ranked items by binary search.
     keys = torch.from_numpy(np.sort(data.pairs(split)[:, 0].astype(np.int64) * data.n_items + data.pairs(split)[:, 1]))
-    keys = keys.to(device)
     max_k = max(topk)
     train = data.train_matrix
     per_user: dict[str, list[torch.Tensor]] = {}
-    item_hits = torch.zeros(data.n_items, dtype=torch.long, device=device)
+    item_hits = torch.zeros(data.n_items, dtype=torch.long)
     for start in range(0, len(users), batch_users):
         batch = users[start : start + batch_users]
-        batch_t = torch.from_numpy(batch).to(device)
-        scores = scorer(batch_t).float()
+        scores = scorer(torch.from_numpy(batch).to(device)).float()
+        on = scores.device
+        keys, item_hits = keys.to(on), item_hits.to(on)  # no-ops after the first batch
+        batch_t = torch.from_numpy(batch).to(on)
         rows, cols = _rows_of(train, batch)
-        scores[rows.to(device), cols.to(device)] = -torch.inf
+        scores[rows.to(on), cols.to(on)] = -torch.inf
         top = scores.topk(max_k, dim=1).indices
         ranked_keys = batch_t[:, None].long() * data.n_items + top
         pos = torch.searchsorted(keys, ranked_keys).clamp(max=len(keys) - 1)
@@ -87,7 +89,7 @@ def evaluate(
         if item_hits_at is not None:
             hit_at_k = hits[:, :item_hits_at].bool()
             item_hits = item_hits + torch.bincount(top[:, :item_hits_at][hit_at_k], minlength=data.n_items)
-        n_rel = torch.from_numpy(n_relevant[batch]).double().to(device)
+        n_rel = torch.from_numpy(n_relevant[batch]).double().to(on)
         for name, values in rank_metrics(hits, n_rel, topk).items():
             per_user.setdefault(name, []).append(values.cpu())
     result = {name: torch.cat(v).numpy().astype(np.float32) for name, v in per_user.items()}

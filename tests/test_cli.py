@@ -84,3 +84,15 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     assert resumed["test"] == pytest.approx(straight["test"], abs=1e-7)
     losses = lambda record: [v for h in record["history"] for v in h["losses"].values()]  # noqa: E731
     assert losses(resumed) == pytest.approx(losses(straight), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["fitmm", "ssr"])
+def test_training_and_its_analysis_run_without_the_notebook_stack(tmp_path, name):
+    """`fitmm train`, the analysis written when a run ends included, imports no IPython: a bare GPU node has none."""
+    generate(tmp_path, name="toy", n_users=200, n_items=120, seed=1)
+    argv = ["train", "--model", name, "--dataset", "toy", "--data-dir", str(tmp_path), "--quiet",
+            "--results-dir", str(tmp_path / "results"), "--set", "epochs=1", "--set", "device=cpu"]
+    code = f"import sys; sys.modules['IPython'] = None; from fitmm.cli import main; sys.exit(main({argv!r}))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(list((tmp_path / "results" / "runs" / "toy" / name).glob("*/analysis.json"))) == 1

@@ -20,12 +20,14 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import pandas as pd
-from IPython.display import HTML, display
 
 from fitmm.io import utc_now, write_json
+
+if TYPE_CHECKING:
+    from IPython.display import HTML
 
 # Raw keys -> the words a table prints.
 WORDS = {
@@ -156,11 +158,21 @@ def format_table(frame: pd.DataFrame, caption: str, rerun: str, percent: Iterabl
     styler = styler.hide(axis="index") if isinstance(frame.index, pd.RangeIndex) else styler.format_index(_index_words, axis=0)
     head = (f'<p class="fitmm-caption">{html.escape(caption)}<br>'
             f'<span class="fitmm-rerun">Rerun: <code>{html.escape(rerun)}</code></span></p>')
-    return HTML(f'<div class="fitmm-table">{head}<div class="fitmm-scroll">{styler.to_html()}</div></div>')
+    return _html(f'<div class="fitmm-table">{head}<div class="fitmm-scroll">{styler.to_html()}</div></div>')
+
+
+def _html(markup: str) -> HTML:
+    """An HTML notebook output. IPython is imported here, not with the module: training imports these helpers
+    (a run's analysis tabulates) where IPython may be absent, as on a bare GPU node."""
+    from IPython.display import HTML
+
+    return HTML(markup)
 
 
 def show_table(frame: pd.DataFrame, caption: str, rerun: str, **kwargs) -> None:
     """Display `format_table(frame, caption, rerun, ...)`."""
+    from IPython.display import display
+
     display(format_table(frame, caption, rerun, **kwargs))
 
 
@@ -173,7 +185,9 @@ def show_figure(fig, caption: str) -> None:
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     data = base64.b64encode(buf.getvalue()).decode()
-    display(HTML(f'<figure class="fitmm-figure"><img src="data:image/png;base64,{data}" '
+    from IPython.display import display
+
+    display(_html(f'<figure class="fitmm-figure"><img src="data:image/png;base64,{data}" '
                  f'alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>'))
 
 

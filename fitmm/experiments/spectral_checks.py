@@ -63,11 +63,12 @@ def planted_band_gains(meta: dict, n_bands: int) -> np.ndarray:
 
 @torch.no_grad()
 def backbone_views(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The trained backbone's views (r_u, r_i, h_u, h_i where present) of a FITMM or SSR model."""
+    """The trained backbone's views (r_u, r_i, h_u, h_i where present) of a FITMM or SSR model, on the CPU, where
+    the checks built on them run (numpy, and the graph bands of the CPU-built adjacency) whatever the model's device."""
     backbone = getattr(model, "backbone", None)
     if not isinstance(backbone, Backbone):
         raise TypeError(f"{type(model).__name__} has no DRAGON-style backbone")
-    return {k: v for k, v in backbone()._asdict().items() if v is not None}
+    return {k: v.cpu() for k, v in backbone()._asdict().items() if v is not None}
 
 
 @torch.no_grad()
