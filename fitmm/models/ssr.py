@@ -147,7 +147,7 @@ def band_infonce(z: torch.Tensor, n_blocks: int, pairs: list[tuple[int, int]], t
         rows = (torch.randperm(n_cand, device=z.device)[:anchors] if anchors is not None and anchors < n_cand
                 else torch.arange(n_cand, device=z.device))
         logits = (cand[rows] / temperature) @ cand.T
-        logits[torch.arange(len(rows), device=z.device), rows] = float("-inf")  # an anchor is not its own candidate
+        logits = logits.scatter(1, rows[:, None], float("-inf"))  # an anchor is not its own candidate (no host sync)
         losses.append(F.cross_entropy(logits, target[rows]))
     return torch.stack(losses).mean()
 
