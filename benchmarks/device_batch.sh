@@ -23,10 +23,11 @@
 # `run`, all of it within DEADLINE seconds (default 500) of its start:
 #   0. The sync check, beside step 1: tests/test_train.py's `never_waits` test, a few training steps of every
 #      model under torch.cuda.set_sync_debug_mode("error"); its output goes to $OUT/sync_check.log.
-#   1. GPU timings, before the work: FITMM, SSR and LightGCN (TIMED_MODELS), TIMED_EPOCHS epochs each (default
-#      2) on every dataset under .device/data named in TIMED_DATASETS (default: sports, the largest; each run
-#      of the work records its own s/epoch too, beside the others); s/epoch, valid-eval s and peak
-#      memory from each record, printed and written to $OUT/gpu_timings.tsv with the device's name.
+#   1. GPU timings, before the work: TIMED, one run per line, "DATASET MODEL [KEY=VALUE ...]" (default: FITMM, SSR
+#      and LightGCN on sports, the largest; SSR without its contrastive term where the dataset has one modality, as
+#      the full profile runs it), TIMED_EPOCHS epochs each (default 2; each run of the work records its own s/epoch
+#      too, beside the others); s/epoch, valid-eval s and peak memory from each record, printed and written to
+#      $OUT/gpu_timings.tsv with the device's name.
 #   2. The heaviest work: WORK, one line per job, all lines at once, each stopped at the deadline; a line is a
 #      `fitmm` argument list (its quotes kept), or several joined by ' && ' that run in turn. The default is
 #      what `prepare` wrote to .device/work.txt (benchmarks/device_work.py): everything the full profile still
@@ -38,7 +39,9 @@
 #      machines); `unpack` never replaces a record here. A stopped run leaves its checkpoint behind (it does
 #      not travel), so plan work that finishes; a stopped search trial is freed here by `fitmm tune ...
 #      --reclaim`.
-#   3. Every record, trace and search journal written meanwhile -> $OUT/records.tar.gz (no checkpoints).
+#      WORK= (empty) runs none: timings only.
+#   3. Every record, trace and search journal written meanwhile -> $OUT/records.tar.gz (no checkpoints); each run's
+#      own log (progress bars, s/epoch), its last 20 kB, -> $OUT/run-logs/.
 # The device tree is a copy of this checkout less what `lean` keeps home: a search goes on where its
 # journal stands here.
 set -uo pipefail
@@ -122,15 +125,21 @@ run() {
 
     local timing=/tmp/device_batch.timing
     rm -rf "$timing"  # this run's timings only
-    for dataset in ${TIMED_DATASETS:-sports}; do
+    local dataset model overrides
+    while IFS=' ' read -r dataset model overrides; do
+        [ -n "$model" ] || continue
         [ -d "$data/$dataset" ] || { echo "timing: no $data/$dataset, skipped"; continue; }
-        for model in ${TIMED_MODELS:-fitmm ssr lightgcn}; do
-            local left=$(( deadline - $(date +%s) ))
-            [ "$left" -gt 30 ] || { echo "timing: deadline reached"; break 2; }
-            timeout "$left" python3 -m fitmm train --model "$model" --dataset "$dataset" --data-dir "$data" --quiet \
-                --set epochs="${TIMED_EPOCHS:-2}" --set patience=1000 --results-dir "$timing"
-        done
-    done
+        local left=$(( deadline - $(date +%s) )) sets=()
+        [ "$left" -gt 30 ] || { echo "timing: deadline reached"; break; }
+        for kv in $overrides; do sets+=(--set "$kv"); done
+        # SSR's contrastive term needs two item modalities; the full profile drops it where a dataset has one
+        if [ "$model" = ssr ] && [ "$(find "$data/$dataset" -name '*_feat.npy' | wc -l)" -lt 2 ]; then
+            sets+=(--set contrastive=false)
+        fi
+        echo "timing: $dataset $model ${sets[*]}"
+        timeout "$left" python3 -m fitmm train --model "$model" --dataset "$dataset" --data-dir "$data" --quiet \
+            --set epochs="${TIMED_EPOCHS:-2}" --set patience=1000 "${sets[@]}" --results-dir "$timing"
+    done <<< "${TIMED:-$'sports fitmm\nsports ssr\nsports lightgcn'}"
     python3 - "$timing" "$OUT/gpu_timings.tsv" <<'EOF'
 import json, sys
 from pathlib import Path
@@ -145,7 +154,7 @@ Path(sys.argv[2]).write_text("\n".join(rows) + "\n")
 print("\n".join(rows))
 EOF
 
-    local work=${WORK:-$(cat .device/work.txt 2> /dev/null)}
+    local work=${WORK-$(cat .device/work.txt 2> /dev/null)}  # WORK= (empty): timings only
     local left=$(( deadline - $(date +%s) )) i=0
     if [ "$left" -gt 30 ]; then
         while IFS= read -r line; do
@@ -162,11 +171,16 @@ EOF
     else
         echo "work: deadline reached before it started"
     fi
+    mkdir -p "$OUT/run-logs"  # each run's own log (its progress, s/epoch), the last 20 kB
+    for log in results/logs/*.log; do
+        [ -f "$log" ] && [ "$log" -nt "$stamp" ] && tail -c 20000 "$log" | tr '\r' '\n' > "$OUT/run-logs/${log##*/}"
+    done
     wait "$sync_pid" 2> /dev/null  # reaped already where the work waited for it
     tail -n 1 "$OUT/sync_check.log" | sed 's/^/sync check: /'
+    mkdir -p results/runs results/tuning  # none yet where nothing was trained
     find results/runs results/tuning -type f -newer "$stamp" ! -path '*/checkpoints/*' ! -name '*.lock' \
         ! -name '.lock*' ! -path '*/logs/*' -print0 | tar czf "$OUT/records.tar.gz" --null -T -
-    tar tzf "$OUT/records.tar.gz" | grep -c record.json | sed 's/^/records back: /'
+    echo "records back: $(tar tzf "$OUT/records.tar.gz" | grep -c 'record\.json$')"
 }
 
 work_line() {  # LINE DEADLINE DATA: one WORK line, its fitmm commands (separated by ' && ') in turn, to the deadline

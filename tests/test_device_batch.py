@@ -2,6 +2,7 @@
 travelling to the device without touching a file or a commit, `restore` gives back the index HEAD has, and
 `unpack` adds what came back without replacing a record here."""
 
+import os
 import shutil
 import subprocess
 import tarfile
@@ -121,3 +122,27 @@ def test_the_device_work_names_the_runs_left_and_finishes_each_search_before_its
     assert search == ("tune --model lightgcn --dataset synthetic --trials 5 --results-dir results --jobs 4 --reclaim "
                       '--quiet && reproduce --profile smoke --runs-only --jobs 1 --runs-matching "lightgcn on synthetic, '
                       'seed 1"')
+
+
+def test_run_times_each_timed_line_with_its_overrides_and_does_no_work_when_told_none(tmp_path):
+    """`run` on this side (no GPU): each TIMED line trains with its overrides, SSR without its contrastive term on a
+    one-modality set, a missing dataset is skipped; WORK= (empty) runs nothing after the timings."""
+    from fitmm.data import generate
+
+    (tmp_path / "repo").mkdir()
+    repo = committed_repo(tmp_path / "repo", {"results/tuning/.keep": ""})
+    generate(repo / ".device/data", name="toy", n_users=200, n_items=120, seed=1)
+    (repo / ".device/data/toy/image_feat.npy").unlink()  # text only, as Baby and Sports here
+    out = tmp_path / "out"
+    out.mkdir()
+    timed = "toy ssr n_bands=2 bands=scalable\nnowhere bpr\ntoy lightgcn"
+    result = subprocess.run(["bash", "benchmarks/device_batch.sh", "run"], cwd=repo, capture_output=True, text=True,
+                            env={**os.environ, "OUT": str(out), "DEADLINE": "300", "TIMED": timed,
+                                 "TIMED_EPOCHS": "1", "WORK": "", "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "timing: toy ssr --set n_bands=2 --set bands=scalable --set contrastive=false" in result.stdout
+    assert "timing: no .device/data/nowhere, skipped" in result.stdout
+    assert "work: 0 line(s) ended" in result.stdout
+    rows = [line.split("\t") for line in (out / "gpu_timings.tsv").read_text().splitlines()]
+    assert rows[0][:3] == ["device", "dataset", "model"]
+    assert sorted((r[0], r[1], r[2], r[3]) for r in rows[1:]) == [("cpu", "toy", "lightgcn", "1"), ("cpu", "toy", "ssr", "1")]
