@@ -76,10 +76,10 @@ def evaluate(
     item_hits = torch.zeros(data.n_items, dtype=torch.long)
     for start in range(0, len(users), batch_users):
         batch = users[start : start + batch_users]
-        scores = scorer(torch.from_numpy(batch).to(device)).float()
+        batch_t = torch.from_numpy(batch).to(device)
+        scores = scorer(batch_t).float()
         on = scores.device
-        keys, item_hits = keys.to(on), item_hits.to(on)  # no-ops after the first batch
-        batch_t = torch.from_numpy(batch).to(on)
+        batch_t, keys, item_hits = batch_t.to(on), keys.to(on), item_hits.to(on)  # no-ops where `device` is `on`
         rows, cols = _rows_of(train, batch)
         scores[rows.to(on), cols.to(on)] = -torch.inf
         top = scores.topk(max_k, dim=1).indices
