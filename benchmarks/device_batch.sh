@@ -41,7 +41,7 @@
 #      --reclaim`.
 #      WORK= (empty) runs none: timings only.
 #   3. Every record, trace and search journal written meanwhile -> $OUT/records.tar.gz (no checkpoints); each run's
-#      own log (progress bars, s/epoch), its last 20 kB, -> $OUT/run-logs/.
+#      own log (progress bars, s/epoch), its last 20 kB, -> $OUT/run-logs.tar.gz.
 # The device tree is a copy of this checkout less what `lean` keeps home: a search goes on where its
 # journal stands here.
 set -uo pipefail
@@ -171,10 +171,12 @@ EOF
     else
         echo "work: deadline reached before it started"
     fi
-    mkdir -p "$OUT/run-logs"  # each run's own log (its progress, s/epoch), the last 20 kB
+    local logs=/tmp/device_batch.run-logs  # each run's own log (its progress, s/epoch), the last 20 kB, in one
+    rm -rf "$logs" && mkdir -p "$logs"     # archive: at most 8 files come back from a call
     for log in results/logs/*.log; do
-        [ -f "$log" ] && [ "$log" -nt "$stamp" ] && tail -c 20000 "$log" | tr '\r' '\n' > "$OUT/run-logs/${log##*/}"
+        [ -f "$log" ] && [ "$log" -nt "$stamp" ] && tail -c 20000 "$log" | tr '\r' '\n' > "$logs/${log##*/}"
     done
+    tar czf "$OUT/run-logs.tar.gz" -C "$logs" .
     wait "$sync_pid" 2> /dev/null  # reaped already where the work waited for it
     tail -n 1 "$OUT/sync_check.log" | sed 's/^/sync check: /'
     mkdir -p results/runs results/tuning  # none yet where nothing was trained

@@ -142,7 +142,7 @@ def test_run_times_each_timed_line_with_its_overrides_and_does_no_work_when_told
     assert result.returncode == 0, result.stderr
     assert "timing: toy ssr --set n_bands=2 --set bands=scalable --set contrastive=false" in result.stdout
     assert "timing: no .device/data/nowhere, skipped" in result.stdout
-    assert "work: 0 line(s) ended" in result.stdout
+    assert "work: 0 line(s) ended" in result.stdout and (out / "run-logs.tar.gz").exists()
     rows = [line.split("\t") for line in (out / "gpu_timings.tsv").read_text().splitlines()]
     assert rows[0][:3] == ["device", "dataset", "model"]
     assert sorted((r[0], r[1], r[2], r[3]) for r in rows[1:]) == [("cpu", "toy", "lightgcn", "1"), ("cpu", "toy", "ssr", "1")]
