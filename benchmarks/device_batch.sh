@@ -171,12 +171,13 @@ EOF
     else
         echo "work: deadline reached before it started"
     fi
-    local logs=/tmp/device_batch.run-logs  # each run's own log (its progress, s/epoch), the last 20 kB, in one
-    rm -rf "$logs" && mkdir -p "$logs"     # archive: at most 8 files come back from a call
+    # each run's own log (its progress, s/epoch), the last 20 kB, in one archive: a call returns at most 8 files
+    local logs
+    logs=$(mktemp -d)
     for log in results/logs/*.log; do
         [ -f "$log" ] && [ "$log" -nt "$stamp" ] && tail -c 20000 "$log" | tr '\r' '\n' > "$logs/${log##*/}"
     done
-    tar czf "$OUT/run-logs.tar.gz" -C "$logs" .
+    tar czf "$OUT/run-logs.tar.gz" -C "$logs" . && rm -rf "$logs"
     wait "$sync_pid" 2> /dev/null  # reaped already where the work waited for it
     tail -n 1 "$OUT/sync_check.log" | sed 's/^/sync check: /'
     mkdir -p results/runs results/tuning  # none yet where nothing was trained
