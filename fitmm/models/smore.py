@@ -23,6 +23,7 @@ B is the configured batch size (as in the code). With one modality Π_m F x̃^m 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -178,7 +179,9 @@ class SMORE(Recommender):
         freq = {m: torch.fft.rfft(v, dim=1, norm="ortho") for m, v in x.items()}
         conv = {m: torch.fft.irfft(f * torch.view_as_complex(self.filters[m]), n=dim, dim=1, norm="ortho")
                 for m, f in freq.items()}
-        fused = torch.stack(list(freq.values())).prod(0) * torch.view_as_complex(self.fusion_filter)
+        # Π_m as a chain of products: Tensor.prod's backward reads a zero count on the host (a GPU wait) and
+        # divides the product by each factor; the chain's backward multiplies the other factors, exactly
+        fused = math.prod(freq.values()) * torch.view_as_complex(self.fusion_filter)
         return conv, torch.fft.irfft(fused, n=dim, dim=1, norm="ortho")
 
     def item_view(self, name: str, z: torch.Tensor) -> torch.Tensor:
