@@ -355,15 +355,16 @@ def test_a_win_on_the_datasets_run_so_far_is_only_partly_while_planned_runs_are_
     assert claims.comparison_verdict(tested, unfinished=unfinished) == "partly"
     assert claims.comparison_verdict(tested.assign(mean_diff=-0.1), unfinished=unfinished) == "not reproduced"
     assert claims.comparison_verdict(tested, unfinished=[]) == "reproduced"
-    assert claims.unfinished_note(unfinished, tested.dataset) == "; no runs yet on baby (the verdict rests on tiktok)"
-    assert claims.unfinished_note(unfinished, []) == "; no runs yet on baby"  # a pending verdict rests on nothing
+    assert claims.unfinished_note(unfinished, tested.dataset) == "; not tested yet on baby, runs missing there (the verdict rests on tiktok)"
+    assert claims.unfinished_note(unfinished, []) == "; not tested yet on baby, runs missing there"  # a pending verdict rests on nothing
     assert claims.unfinished_note([], tested.dataset) == ""
     # a seed still to run where the others ran: tested on those, but "everywhere" is not shown yet either
     unfinished = claims.unfinished_datasets(missing + [RunSpec(DataSpec("tiktok"), "fitmm", 4)], "fitmm")
     assert unfinished == ["baby", "tiktok"]
     assert claims.comparison_verdict(tested, unfinished=["tiktok"]) == "partly"
     assert claims.unfinished_note(unfinished, tested.dataset) == (
-        "; no runs yet on baby (the verdict rests on tiktok); seeds still to run on tiktok (tested on those finished)")
+        "; not tested yet on baby, runs missing there (the verdict rests on tiktok); "
+        "seeds still to run on tiktok (tested on those finished)")
     assert claims.unfinished_note(["tiktok"], tested.dataset) == "; seeds still to run on tiktok (tested on those finished)"
 
 
@@ -499,11 +500,14 @@ def test_band_count_rivals_and_their_paired_test(tmp_path):
     assert claims.band_count_verdict(best, out) == "reproduced"  # won on d; e, uncontested, shows nothing
     evidence = claims.band_count_evidence(means, best, out)
     assert evidence.startswith("d: best on valid at 3 bands of [2, 3, 4, 5], seeds 1, 2; 3 vs 2 bands")
-    assert "e: best on valid at 3 bands of [3], seeds 1; every count run lies on one side of 3-4" in evidence
+    assert "e: best on valid at 3 bands of [3], seeds 1; no count outside 3-4 run: nothing contests" in evidence
     only_inside = means.loc[["e"]]  # no dataset contested: no test rows, and the evidence says so
     assert significance.band_count_tests(runs, claims.band_count_rivals(only_inside)).empty
     assert claims.band_count_evidence(only_inside, claims.best_band_counts(only_inside), pd.DataFrame()).endswith(
         "nothing contests the claim")
+    only_outside = claims.band_count_means(runs[runs.bands.isin([2, 5])])
+    assert "; no count in 3-4 run: nothing contests" in claims.band_count_evidence(
+        only_outside, claims.best_band_counts(only_outside), pd.DataFrame())
 
 
 def test_module_effects_read_the_single_switch_variants():

@@ -302,12 +302,13 @@ def unfinished_datasets(missing: Sequence, model: str, variants: Iterable[str] |
 
 def unfinished_note(unfinished: Sequence[str], tested: Iterable[str]) -> str:
     """The evidence's clause for the datasets whose planned runs are not all finished ('' when none): those
-    with no test yet, then those tested on the seeds finished so far; and what the verdict rests on."""
+    with no test yet (no run, or too few to test), then those tested on the seeds finished so far; and what the
+    verdict rests on."""
     tested = sorted(set(tested))
     untested = [d for d in unfinished if d not in tested]
     partial = [d for d in unfinished if d in tested]
     rests_on = f" (the verdict rests on {', '.join(tested)})" if tested else ""
-    clauses = ([f"no runs yet on {', '.join(untested)}{rests_on}"] if untested else []) + (
+    clauses = ([f"not tested yet on {', '.join(untested)}, runs missing there{rests_on}"] if untested else []) + (
         [f"seeds still to run on {', '.join(partial)} (tested on those finished)"] if partial else [])
     return "".join(f"; {clause}" for clause in clauses)
 
@@ -440,7 +441,8 @@ def band_count_evidence(means: pd.DataFrame, best: pd.Series, tests: pd.DataFram
             text += (f"; {r.inside} vs {r.outside} bands (the best on valid in and outside {span}): "
                      f"test Recall@20 {r.mean_a:.4f} vs {r.mean_b:.4f}, Wilcoxon p = {r.wilcoxon_p:.2e}")
         if rows.empty:
-            text += f"; every count run lies on one side of {span}: nothing contests the claim"
+            side = "outside" if set(counts) <= set(BEST_BAND_COUNTS) else "in"
+            text += f"; no count {side} {span} run: nothing contests the claim"
         found.append(text)
     return "; ".join(found)
 
