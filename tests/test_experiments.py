@@ -355,8 +355,10 @@ def test_a_win_on_the_datasets_run_so_far_is_only_partly_while_planned_runs_are_
     assert claims.comparison_verdict(tested, unfinished=unfinished) == "partly"
     assert claims.comparison_verdict(tested.assign(mean_diff=-0.1), unfinished=unfinished) == "not reproduced"
     assert claims.comparison_verdict(tested, unfinished=[]) == "reproduced"
-    assert claims.unfinished_note(unfinished, tested.dataset) == "; not tested yet on baby, runs missing there (the verdict rests on tiktok)"
-    assert claims.unfinished_note(unfinished, []) == "; not tested yet on baby, runs missing there"  # a pending verdict rests on nothing
+    assert claims.unfinished_note(unfinished, tested.dataset) == (
+        "; not tested yet on baby, runs missing there (the verdict rests on tiktok)")
+    # a pending verdict rests on nothing
+    assert claims.unfinished_note(unfinished, []) == "; not tested yet on baby, runs missing there"
     assert claims.unfinished_note([], tested.dataset) == ""
     # a seed still to run where the others ran: tested on those, but "everywhere" is not shown yet either
     unfinished = claims.unfinished_datasets(missing + [RunSpec(DataSpec("tiktok"), "fitmm", 4)], "fitmm")
