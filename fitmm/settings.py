@@ -1,4 +1,4 @@
-"""Where run records, datasets and the cache live: one answer for the CLI, the notebooks and the API.
+"""Where run records, datasets, the cache and checkpoints live: one answer for the CLI, the notebooks and the API.
 
 Each folder is the first of:
 
@@ -8,6 +8,8 @@ Each folder is the first of:
 3. a profile's value (`results_dir`, `data_dir` in `fitmm/experiments/profiles.yaml`, which a
    chapter's parameters cell receives), relative to the project root;
 4. the default: `<project>/results`, `<project>/data`, `<project>/cache`.
+
+A run's checkpoints go to its folder's `checkpoints/`, or under `FITMM_CHECKPOINTS` (`checkpoints_dir`).
 
 The project root is the folder holding `pyproject.toml` above the `fitmm` package: a source
 checkout, installed editable or put on PYTHONPATH. So a notebook opened from `notebooks/`, run by
@@ -30,7 +32,7 @@ import os
 from functools import cache
 from pathlib import Path
 
-ENV = {"results": "FITMM_RESULTS", "data": "FITMM_DATA", "cache": "FITMM_CACHE"}
+ENV = {"results": "FITMM_RESULTS", "data": "FITMM_DATA", "cache": "FITMM_CACHE", "checkpoints": "FITMM_CHECKPOINTS"}
 
 
 @cache
@@ -88,3 +90,21 @@ def cache_dir(path: str | os.PathLike | None = None) -> Path:
     """Derived graphs, spectra and the generated synthetic benchmark: `path`, else $FITMM_CACHE, else
     `<project>/cache` (`~/.cache/fitmm` without a project root)."""
     return _resolve("cache", path, None)
+
+
+def checkpoints_dir(run: str | os.PathLike) -> Path:
+    """Where the run in folder `run` keeps its last and best state while it trains: `<run>/checkpoints`, or, with
+    $FITMM_CHECKPOINTS set, that folder joined with the run folder as typed (relative to the project root when
+    under it). Checkpoints (tens of MB a run, never committed) can so live on a scratch disk, or outside a
+    checkout that is cloned anew while the machine is kept, and a run resumes from them wherever its results go.
+
+    >>> checkpoints_dir("/elsewhere/runs/toy/bpr/bpr-s1-00000000")  # FITMM_CHECKPOINTS unset
+    PosixPath('/elsewhere/runs/toy/bpr/bpr-s1-00000000/checkpoints')
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"FITMM_CHECKPOINTS": "/scratch/ckpt"}):
+    ...     checkpoints_dir(project_root() / "results/runs/toy/bpr/bpr-s1-00000000"), checkpoints_dir("/elsewhere/r")
+    (PosixPath('/scratch/ckpt/results/runs/toy/bpr/bpr-s1-00000000'), PosixPath('/scratch/ckpt/elsewhere/r'))
+    """
+    if not os.environ.get(ENV["checkpoints"]):
+        return Path(run) / "checkpoints"
+    return Path(os.environ[ENV["checkpoints"]]).expanduser() / as_typed(run).lstrip("/")

@@ -5,7 +5,8 @@ A run is identified by (dataset, model, seed, what it computes):
     results_dir/runs/<dataset>/<model>/<model>-s<seed>-<digest>/
         record.json     the run record (validated whenever it is read)
         per_user.npz    per-user test metrics
-        checkpoints/    last and best state while the run trains (git-ignored)
+        checkpoints/    last and best state while the run trains (git-ignored; or under
+                        $FITMM_CHECKPOINTS, `fitmm.settings.checkpoints_dir`)
         .lock           held by the process that trains the run
 
 The digest hashes the dataset's fingerprint, the behaviour version (the trainer's
@@ -31,6 +32,7 @@ from fitmm.config import Config, load_config
 from fitmm.data.dataset import Interactions
 from fitmm.errors import ConfigError, DataError
 from fitmm.io import utc_now
+from fitmm.settings import checkpoints_dir
 from fitmm.cache import fingerprint
 
 # Bump when the trainer changes what any run computes (sampling, stopping, evaluation).
@@ -84,7 +86,7 @@ def checkpoint_state(folder: str | Path) -> dict | None:
     `history`, ...), read without loading its tensors; None when the run has no readable checkpoint."""
     import torch
 
-    path = Path(folder) / "checkpoints" / "last.pt"
+    path = checkpoints_dir(folder) / "last.pt"
     try:
         return torch.load(path, mmap=True, weights_only=False, map_location="cpu")["state"]
     except Exception:  # noqa: BLE001 — absent or unreadable: the run starts (or says why it cannot) when trained
@@ -142,9 +144,11 @@ def check_writable(folder: str | Path, what: str) -> None:
 
 
 def remove_stale_temporaries(folder: Path) -> None:
-    """Delete `.*.tmp` files a killed writer left behind (call only while holding the run's lock)."""
-    for tmp in folder.rglob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
+    """Delete `.*.tmp` files a killed writer left behind in a run folder and its checkpoints (call only while
+    holding the run's lock)."""
+    for where in {folder, checkpoints_dir(folder)}:
+        for tmp in where.rglob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 class RunLock:

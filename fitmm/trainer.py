@@ -3,7 +3,8 @@
 A run's folder (`fitmm.store`: `results_dir/runs/<dataset>/<model>/<run_id>/`) holds
 `record.json`, `per_user.npz` and `analysis.json` (what the book's chapters use from the trained
 model, `Recommender.analysis`) once it has finished (and `trace.npz` when traced, `fitmm.trace`), and
-`checkpoints/` (last and best state) while it runs, so an interrupted run resumes where it stopped. Randomness is
+`checkpoints/` (last and best state; elsewhere with $FITMM_CHECKPOINTS, `fitmm.settings.checkpoints_dir`)
+while it runs, so an interrupted run resumes where it stopped. Randomness is
 drawn per epoch from (seed, epoch), which makes a resumed run identical to an
 uninterrupted one. One process at a time trains a run (a lock on its folder).
 """
@@ -36,7 +37,7 @@ from fitmm.io import atomic_path, provenance, torch_save, write_json
 from fitmm.metrics import evaluate
 from fitmm.models import MODELS
 from fitmm.models.base import Batch, Recommender
-from fitmm.settings import cache_dir
+from fitmm.settings import cache_dir, checkpoints_dir
 from fitmm.trace import add_epoch, new_trace, save_trace
 from fitmm.store import (RecordError, RunLock, behaviour_version, check_writable, config_changes, finished,
                          read_record, remove_stale_temporaries, run_dir, run_id, warn_stale)
@@ -169,7 +170,7 @@ def train(data: Interactions, config: Config, results_dir: str | Path | None = N
         remove_stale_temporaries(out)
         if (out / "record.json").exists():  # finished untraced: the same run again from its first epoch, traced
             print(f"{out}: finished without a trace; training it again, traced", file=sys.stderr)
-            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+            shutil.rmtree(checkpoints_dir(out), ignore_errors=True)
         return _run(data, config, out, progress, trace)
 
 
@@ -258,7 +259,7 @@ def _train_sgd(data: Interactions, config: Config, device: torch.device, out: Pa
              "trace": new_trace() if trace else None}
     group_names, groups = zip(*model.parameter_groups().items())
     best_state = copy.deepcopy(model.state_dict())
-    ckpt = out / "checkpoints" if out is not None else None
+    ckpt = checkpoints_dir(out) if out is not None else None
     if ckpt is not None and (ckpt / "last.pt").exists():
         saved = _load_checkpoint(ckpt / "last.pt")
         best_state = _load_checkpoint(ckpt / "best.pt")

@@ -13,9 +13,11 @@ from fitmm.graphs import scipy_to_torch_csr, user_item_adjacency
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
-    """One fresh $FITMM_CACHE for the session (subprocesses inherit it): tests never touch ~/.cache/fitmm."""
+    """One fresh $FITMM_CACHE for the session (subprocesses inherit it): tests never touch ~/.cache/fitmm; and no
+    $FITMM_CHECKPOINTS of the developer's: a run's checkpoints are in its folder unless a test says otherwise."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FITMM_CACHE", str(tmp_path_factory.mktemp("cache")))
+        mp.delenv("FITMM_CHECKPOINTS", raising=False)
         yield
 
 

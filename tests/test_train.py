@@ -19,7 +19,11 @@ from fitmm import trainer
 from fitmm.models.lightgcn import LightGCN
 from fitmm.models import MODELS
 from fitmm.models.base import Batch
+from fitmm.experiments.runs import trained_model
+from fitmm.settings import checkpoints_dir
+from fitmm.store import checkpoint_state
 from fitmm.trainer import NegativeSampler, build_model, learning_rate, make_optimizer, train
+from conftest import train_killed_after_first_checkpoint
 
 
 def planted(n_users=120, n_items=80, rank=4, per_user=12, seed=0) -> Interactions:
@@ -173,6 +177,25 @@ def test_learning_rate_schedule_is_per_epoch_and_exact_on_resume(tmp_path, monke
     assert resumed["resumed_at_epoch"] == 3
     assert list(dict.fromkeys(used)) == pytest.approx(expected[3:])
     assert [h["losses"] for h in resumed["history"]] == [h["losses"] for h in whole["history"]]
+
+
+def test_checkpoints_go_under_fitmm_checkpoints_and_a_run_resumes_from_there(tmp_path, monkeypatch):
+    """With $FITMM_CHECKPOINTS (a scratch disk, or a folder a fresh clone of the checkout keeps), the run folder
+    holds no checkpoint; the run resumes, its progress is read, and its best state rebuilt, from that folder."""
+    monkeypatch.setenv("FITMM_CHECKPOINTS", str(tmp_path / "scratch"))
+    cfg = config("bpr", epochs=4)
+    whole = train(planted(), cfg, progress=False)
+    train_killed_after_first_checkpoint(planted(), cfg, tmp_path / "results")
+    run = next((tmp_path / "results").glob("runs/planted/bpr/*"))
+    assert checkpoints_dir(run) == tmp_path / "scratch" / str(run).lstrip("/")
+    assert (checkpoints_dir(run) / "last.pt").exists() and not (run / "checkpoints").exists()
+    assert checkpoint_state(run)["epoch"] == 1
+    resumed = train(planted(), cfg, results_dir=tmp_path / "results", progress=False)
+    assert resumed["resumed_at_epoch"] == 1
+    assert [h["losses"] for h in resumed["history"]] == [h["losses"] for h in whole["history"]]
+    best = torch.load(checkpoints_dir(run) / "best.pt", weights_only=False)
+    rebuilt = trained_model(planted(), run).state_dict()  # what reanalyses and the diagnosis load
+    assert all(torch.equal(rebuilt[name], value) for name, value in best.items())
     assert resumed["test"] == whole["test"]
 
 

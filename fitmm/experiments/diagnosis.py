@@ -20,6 +20,7 @@ from fitmm.data.dataset import Interactions
 from fitmm.experiments.groups import ITEM_GROUPS, USER_GROUPS, item_popularity_groups, user_degree_groups
 from fitmm.experiments.runs import Runs
 from fitmm.io import write_json
+from fitmm.settings import checkpoints_dir
 from fitmm.store import read_record
 from fitmm.trainer import NegativeSampler, build_model
 
@@ -334,15 +335,16 @@ def term_gradients_by_stage(data: Interactions, path: str | Path, n_batches: int
     path = Path(path)
     if (path / TERM_GRADIENTS).exists():
         return pd.DataFrame(json.loads((path / TERM_GRADIENTS).read_text())).set_index(["stage", "term"])
-    if not (path / "checkpoints" / "last.pt").exists():
+    ckpt = checkpoints_dir(path)
+    if not (ckpt / "last.pt").exists():
         return None
     record = read_record(path / "record.json")
     config = load_config("fitmm", {**record["config"], "device": "cpu"})
     model = build_model(data, config, torch.device("cpu"))
     frames = {"init (epoch 0 start)": term_gradients(model, data, n_batches)}
-    model.load_state_dict(torch.load(path / "checkpoints" / "best.pt", map_location="cpu", weights_only=False))
+    model.load_state_dict(torch.load(ckpt / "best.pt", map_location="cpu", weights_only=False))
     frames[f"best (epoch {record['best_epoch']})"] = term_gradients(model, data, n_batches)
-    last = torch.load(path / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["model"]
+    last = torch.load(ckpt / "last.pt", map_location="cpu", weights_only=False)["model"]
     model.load_state_dict(last)
     frames[f"last (epoch {record['epochs'] - 1})"] = term_gradients(model, data, n_batches)
     table = pd.concat(frames, names=["stage", "term"])

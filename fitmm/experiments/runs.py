@@ -31,6 +31,7 @@ from fitmm.experiments.plan import RECORDS_ONLY, DataSpec, RunSpec, seeds_phrase
 from fitmm.io import write_json
 from fitmm.models import MODELS
 from fitmm.models.base import Recommender
+from fitmm.settings import checkpoints_dir
 from fitmm.store import RecordError, behaviour_version, finished, read_record, run_dir
 from fitmm.trainer import build_model, train
 
@@ -179,7 +180,7 @@ def ensure_analysis(data: Interactions, path: Path) -> None:
     if (path / "analysis.json").exists():
         return
     record = read_record(path / "record.json")
-    if MODELS[record["model"]].trainable and not (path / "checkpoints" / "best.pt").exists():
+    if MODELS[record["model"]].trainable and not (checkpoints_dir(path) / "best.pt").exists():
         return
     write_json(path / "analysis.json", trained_model(data, path).analysis(data))
 
@@ -211,7 +212,7 @@ def reanalyse(path: str | Path, data_dir: str | Path | None = None, progress: bo
         raise RecordError(f"{path / 'record.json'}: made by behaviour version {record['version']}, the code is now "
                           f"{behaviour_version(record['model'])}; train the run again instead")
     data = record_dataset(record, data_dir)
-    if not MODELS[record["model"]].trainable or (path / "checkpoints" / "best.pt").exists():
+    if not MODELS[record["model"]].trainable or (checkpoints_dir(path) / "best.pt").exists():
         out = trained_model(data, path).analysis(data)
     else:
         stored = {k: v for k, v in (analysis(path) or {}).items() if k != "trained_again"}
@@ -236,7 +237,7 @@ def trained_model(data: Interactions, path: str | Path, device: str = "cpu") -> 
     config = load_config(record["model"], {**record["config"], "device": device})
     if MODELS[config.model].trainable:
         model = build_model(data, config, torch.device(device))
-        model.load_state_dict(torch.load(path / "checkpoints" / "best.pt", map_location=device, weights_only=False))
+        model.load_state_dict(torch.load(checkpoints_dir(path) / "best.pt", map_location=device, weights_only=False))
     else:  # refit with the grid value chosen on valid
         model = build_model(data, config.replace(**record["chosen"]), torch.device(device))
         model.fit()
