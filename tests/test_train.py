@@ -180,7 +180,7 @@ def test_learning_rate_schedule_is_per_epoch_and_exact_on_resume(tmp_path, monke
 
 
 def test_checkpoints_go_under_fitmm_checkpoints_and_a_run_resumes_from_there(tmp_path, monkeypatch):
-    """With $FITMM_CHECKPOINTS (a scratch disk, or a folder a fresh clone of the checkout keeps), the run folder
+    """With $FITMM_CHECKPOINTS (a scratch disk, or a folder outside a checkout that is cloned anew), the run folder
     holds no checkpoint; the run resumes, its progress is read, and its best state rebuilt, from that folder."""
     monkeypatch.setenv("FITMM_CHECKPOINTS", str(tmp_path / "scratch"))
     cfg = config("bpr", epochs=4)
