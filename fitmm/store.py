@@ -146,7 +146,8 @@ def check_writable(folder: str | Path, what: str) -> None:
 def remove_stale_temporaries(folder: Path) -> None:
     """Delete `.*.tmp` files a killed writer left behind in a run folder and its checkpoints (call only while
     holding the run's lock)."""
-    for where in {folder, checkpoints_dir(folder)}:
+    checkpoints = checkpoints_dir(folder)
+    for where in [folder] if checkpoints.is_relative_to(folder) else [folder, checkpoints]:
         for tmp in where.rglob(".*.tmp"):
             tmp.unlink(missing_ok=True)
 

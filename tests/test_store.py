@@ -13,7 +13,7 @@ from fitmm.data import generate, load_dataset
 from fitmm.errors import ConfigError
 from fitmm.io import atomic_path, git_commit
 from fitmm.models import MODELS
-from fitmm.store import RecordError, RunLock, read_record, run_dir, run_id
+from fitmm.store import RecordError, RunLock, read_record, remove_stale_temporaries, run_dir, run_id
 from fitmm.trainer import train
 
 
@@ -93,6 +93,23 @@ def test_a_damaged_checkpoint_is_named_and_stale_temporaries_are_removed(data, d
     err = capsys.readouterr().err
     assert f"{out / 'checkpoints' / 'last.pt'}: unreadable checkpoint" in err and "delete the folder" in err
     assert not stale.exists() and not (out / "record.json").exists()
+
+
+@pytest.mark.parametrize("scratch", [False, True])
+def test_stale_temporaries_are_removed_from_the_run_folder_and_its_checkpoints(tmp_path, monkeypatch, scratch):
+    """In-folder checkpoints or $FITMM_CHECKPOINTS: a killed writer's `.*.tmp` goes in both places, nothing else."""
+    run = tmp_path / "results" / "runs" / "toy" / "bpr" / "bpr-s1-00000000"
+    if scratch:
+        monkeypatch.setenv("FITMM_CHECKPOINTS", str(tmp_path / "scratch"))
+    checkpoints = tmp_path / "scratch" / str(run).lstrip("/") if scratch else run / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (run / "vectors").mkdir(parents=True)
+    stale = [run / ".record.json.abc.tmp", run / "vectors" / ".test.npz.def.tmp", checkpoints / ".last.pt.ghi.tmp"]
+    kept = [run / "record.json", checkpoints / "last.pt", checkpoints / "best.pt"]
+    for path in stale + kept:
+        path.write_text("x")
+    remove_stale_temporaries(run)
+    assert not any(path.exists() for path in stale) and all(path.exists() for path in kept)
 
 
 def test_a_second_identical_run_is_refused_naming_the_holder(data, data_dir, tmp_path, capsys):
