@@ -13,6 +13,7 @@ from fitmm.data import generate, load_dataset
 from fitmm.errors import ConfigError
 from fitmm.io import atomic_path, git_commit
 from fitmm.models import MODELS
+from fitmm.settings import checkpoints_dir
 from fitmm.store import RecordError, RunLock, read_record, remove_stale_temporaries, run_dir, run_id
 from fitmm.trainer import train
 
@@ -101,7 +102,7 @@ def test_stale_temporaries_are_removed_from_the_run_folder_and_its_checkpoints(t
     run = tmp_path / "results" / "runs" / "toy" / "bpr" / "bpr-s1-00000000"
     if scratch:
         monkeypatch.setenv("FITMM_CHECKPOINTS", str(tmp_path / "scratch"))
-    checkpoints = tmp_path / "scratch" / str(run).lstrip("/") if scratch else run / "checkpoints"
+    checkpoints = checkpoints_dir(run)
     checkpoints.mkdir(parents=True)
     (run / "vectors").mkdir(parents=True)
     stale = [run / ".record.json.abc.tmp", run / "vectors" / ".test.npz.def.tmp", checkpoints / ".last.pt.ghi.tmp"]
